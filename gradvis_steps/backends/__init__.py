@@ -1,0 +1,1 @@
+"""Framework backends: the only code that imports a deep-learning framework."""

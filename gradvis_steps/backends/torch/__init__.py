@@ -1,0 +1,79 @@
+"""PyTorch backend: models, flat parameters, the Objective (loss/grad/HVP) and training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...data import ArrayDataset, load_dataset
+from ...storage.trajectory import Trajectory
+from .models import build_model
+from .objective import TorchObjective
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` picks the GPU when there is one; anything else must be a valid torch device string."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a torch device (use auto, cpu, cuda, cuda:0, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here (use auto or cpu)")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def model_for(config: dict[str, Any], dataset: ArrayDataset) -> torch.nn.Module:
+    """Build (and seed) the model a run config names, for the given dataset's input shape."""
+    torch.manual_seed(int(config.get("train", {}).get("seed", 0)))
+    return build_model(config["model"], dataset.input_shape, dataset.num_classes)
+
+
+def objective_for_trajectory(
+    trajectory: Trajectory,
+    *,
+    fraction: float = 0.2,
+    subset_seed: int = 0,
+    batch_size: int = 1024,
+    device: str | None = "auto",
+    dtype: str = "float32",
+    buffers_from: int = -1,
+    dataset: ArrayDataset | None = None,
+) -> TorchObjective:
+    """The objective of a trained run: its model and data, evaluated on the deterministic subset.
+
+    Batch-norm running statistics are taken from checkpoint ``buffers_from`` (default: the last one,
+    the centre of landscapes and the point the paper analyses).
+    """
+    config = trajectory.config
+    dataset = dataset if dataset is not None else load_dataset(config["dataset"])
+    model = model_for(config, dataset)
+    x, y = dataset.evaluation_subset(fraction, subset_seed)
+    objective = TorchObjective(model, x, y, batch_size=batch_size, device=resolve_device(device),
+                               dtype=resolve_dtype(dtype))
+    if objective.layout != trajectory.layout:
+        raise ValueError(f"{trajectory.path}: stored parameter layout does not match the model its config builds")
+    if trajectory.buffer_layout:
+        objective.set_buffers(np.asarray(trajectory.buffers(buffers_from)), trajectory.buffer_layout)
+    return objective
+
+
+__all__ = [
+    "TorchObjective",
+    "build_model",
+    "model_for",
+    "objective_for_trajectory",
+    "resolve_device",
+    "resolve_dtype",
+]

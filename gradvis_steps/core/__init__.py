@@ -1,0 +1,1 @@
+"""Framework-neutral core: linear algebra, directions, geometry, grids."""

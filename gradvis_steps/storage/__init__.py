@@ -1,0 +1,1 @@
+"""Storage in open formats (HDF5) readable without gradvis."""

@@ -1,0 +1,189 @@
+"""The trajectory store: one HDF5 file per training run, one row per checkpoint.
+
+Layout of the file (readable with plain h5py, no gradvis needed)::
+
+    /params       (n, N) float32   flat trainable parameters, chunked one row per chunk
+    /buffers      (n, B) float64   flat buffers (batch-norm running statistics)
+    /iteration    (n,)   int64     optimizer steps taken before this checkpoint (0 = initial point)
+    /epoch        (n,)   int64     epoch the checkpoint was taken in
+    /batch_loss   (n,)   float64   mini-batch loss evaluated at this checkpoint's parameters
+    attrs: format, version, layout (JSON list of {name, shape, kind, offset, filter_axis}),
+           buffer_layout (JSON), config (JSON), provenance (JSON)
+
+Rows are chunked individually, so reading one checkpoint reads only that row. A run is written to
+``<path>.partial`` and renamed when complete; the partial file also keeps a ``/resume`` group (model,
+optimizer state and counters at the last epoch boundary) so an interrupted run can continue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..core.layout import ParameterLayout
+
+FORMAT = "gradvis-trajectory"
+VERSION = 1
+_SERIES = ("iteration", "epoch", "batch_loss")
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    return Path(f"{path}.partial")
+
+
+class TrajectoryWriter:
+    """Append checkpoints to ``<path>.partial``; ``commit()`` renames it to ``path`` atomically."""
+
+    def __init__(self, path: str | os.PathLike, layout: ParameterLayout, buffer_layout: list[dict],
+                 config: dict[str, Any], provenance: dict[str, Any], *, resume: bool = False):
+        self.path = Path(path)
+        self.partial = partial_path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.layout = layout
+        n_buffers = sum(int(np.prod(b["shape"], dtype=np.int64)) for b in buffer_layout)
+        if resume and self.partial.exists():
+            self.file = h5py.File(self.partial, "r+")
+            stored = self.file.attrs.get("config")
+            if stored != json.dumps(config, sort_keys=True):
+                self.file.close()
+                raise ValueError(
+                    f"cannot resume {self.partial}: it was written by a different configuration; "
+                    "delete it or run without --resume"
+                )
+            return
+        self.file = h5py.File(self.partial, "w")
+        self.file.attrs.update({
+            "format": FORMAT,
+            "version": VERSION,
+            "layout": layout.to_json(),
+            "buffer_layout": json.dumps(buffer_layout),
+            "config": json.dumps(config, sort_keys=True),
+            "provenance": json.dumps(provenance, sort_keys=True, default=str),
+        })
+        self.file.create_dataset("params", (0, layout.size), maxshape=(None, layout.size), dtype="f4",
+                                 chunks=(1, layout.size))
+        # maxshape None on axis 1 lets a model without buffers (n_buffers = 0) keep a (1, 1) chunk.
+        self.file.create_dataset("buffers", (0, n_buffers), maxshape=(None, None), dtype="f8",
+                                 chunks=(1, max(n_buffers, 1)))
+        for name in _SERIES:
+            dtype = "f8" if name == "batch_loss" else "i8"
+            self.file.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+
+    def __len__(self) -> int:
+        return int(self.file["params"].shape[0])
+
+    def append(self, params: np.ndarray, buffers: np.ndarray, *, iteration: int, epoch: int,
+               batch_loss: float) -> None:
+        """Add one checkpoint row."""
+        n = len(self)
+        for name in ("params", "buffers", *_SERIES):
+            self.file[name].resize(n + 1, axis=0)
+        self.file["params"][n] = params
+        self.file["buffers"][n] = buffers
+        self.file["iteration"][n] = iteration
+        self.file["epoch"][n] = epoch
+        self.file["batch_loss"][n] = batch_loss
+
+    def truncate(self, n: int) -> None:
+        """Drop checkpoints after the first ``n`` (used when resuming from an epoch boundary)."""
+        for name in ("params", "buffers", *_SERIES):
+            self.file[name].resize(n, axis=0)
+
+    def save_resume_state(self, state: dict[str, np.ndarray | int | float]) -> None:
+        """Replace the ``/resume`` group with ``state`` and flush, so a crash after this loses nothing."""
+        if "resume" in self.file:
+            del self.file["resume"]
+        group = self.file.create_group("resume")
+        for key, value in state.items():
+            group.create_dataset(key, data=value)
+        self.file.flush()
+
+    def resume_state(self) -> dict[str, np.ndarray] | None:
+        if "resume" not in self.file:
+            return None
+        return {key: self.file["resume"][key][()] for key in self.file["resume"]}
+
+    def commit(self, summary: dict[str, Any] | None = None) -> Path:
+        """Finish the run: drop resume state, store a summary, rename ``.partial`` onto the target."""
+        if "resume" in self.file:
+            del self.file["resume"]
+        if summary is not None:
+            self.file.attrs["summary"] = json.dumps(summary, sort_keys=True, default=str)
+        self.file.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def close(self) -> None:
+        """Close without committing (the partial file stays for ``--resume``)."""
+        if self.file.id.valid:
+            self.file.close()
+
+
+class Trajectory:
+    """Read-only access to a trajectory file; loads one checkpoint at a time."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"trajectory file {self.path} does not exist")
+        self.file = h5py.File(self.path, "r")
+        if self.file.attrs.get("format") != FORMAT:
+            self.file.close()
+            raise ValueError(f"{self.path} is not a gradvis trajectory (format attribute missing)")
+        self.layout = ParameterLayout.from_json(self.file.attrs["layout"])
+        self.buffer_layout = json.loads(self.file.attrs["buffer_layout"])
+        self.config = json.loads(self.file.attrs["config"])
+        self.provenance = json.loads(self.file.attrs["provenance"])
+        self.iterations = self.file["iteration"][()]
+        self.epochs = self.file["epoch"][()]
+        self.batch_loss = self.file["batch_loss"][()]
+
+    def __enter__(self) -> Trajectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+    def __len__(self) -> int:
+        return int(self.file["params"].shape[0])
+
+    @property
+    def dim(self) -> int:
+        return self.layout.size
+
+    def params(self, index: int) -> np.ndarray:
+        """Flat parameters of checkpoint ``index`` (negative indices count from the end)."""
+        return self.file["params"][self._index(index)]
+
+    def buffers(self, index: int) -> np.ndarray:
+        return self.file["buffers"][self._index(index)]
+
+    def index_of_iteration(self, iteration: int) -> int:
+        """Row of the checkpoint taken after ``iteration`` steps; error lists what exists."""
+        rows = np.flatnonzero(self.iterations == iteration)
+        if len(rows) == 0:
+            raise ValueError(
+                f"{self.path} has no checkpoint at iteration {iteration}; it has iterations "
+                f"{self.iterations.min()}..{self.iterations.max()} ({len(self)} checkpoints)"
+            )
+        return int(rows[0])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.params(i)
+
+    def _index(self, index: int) -> int:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"checkpoint {index} out of range for {self.path} with {n} checkpoints")
+        return index % n

@@ -1,0 +1,100 @@
+"""Step: train a model with SGD + momentum, writing a checkpoint every k iterations.
+
+    python -m gradvis_steps.train --dataset digits --model lenet --epochs 2 --batch-size 64 \\
+        --lr 0.01 --seed 0 --out results/run/trajectory.h5
+
+The output is an HDF5 trajectory (see ``gradvis_steps.storage.trajectory``) holding the flat
+parameters of every checkpoint, the parameter layout, iteration, epoch, batch loss and this config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, fields
+from typing import Any
+
+from . import cli
+from .provenance import provenance
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", required=True, help="trajectory file to write (.h5)")
+    parser.add_argument("--framework", default="torch", choices=["torch"], help="deep-learning backend")
+    parser.add_argument("--dataset", default="digits", help="digits | cifar10 | synthetic | custom")
+    parser.add_argument("--dataset-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
+                        help="dataset option, e.g. root=data or entry_point=mymod:load (repeatable)")
+    parser.add_argument("--model", default="lenet", help="lenet | mlp | resnet20 | resnet | custom")
+    parser.add_argument("--model-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
+                        help="model option, e.g. widths=[6,16,120,84] or entry_point=mymod:net (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialization and data order")
+    parser.add_argument("--epochs", type=cli.positive_int, default=1)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=256)
+    parser.add_argument("--lr", type=float, default=0.01, help="learning rate")
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--checkpoint-every", type=cli.positive_int, default=1,
+                        help="store a checkpoint every k iterations (the initial and final points always)")
+    parser.add_argument("--max-iterations", type=cli.positive_int, default=None,
+                        help="stop after this many iterations (default: all epochs)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from <out>.partial (same settings required)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The framework-neutral run config stored in the trajectory (device excluded: it does not change results
+    on CPU and must not change the config hash when a run moves to a GPU)."""
+    from .backends.torch.training import TrainSettings
+
+    names = {f.name for f in fields(TrainSettings)}
+    settings = TrainSettings(**{k: v for k, v in vars(args).items() if k in names})
+    return {
+        "framework": args.framework,
+        "dataset": cli.spec(args.dataset, args.dataset_option),
+        "model": cli.spec(args.model, args.model_option),
+        "train": asdict(settings),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = run_config(args)
+
+    from .backends.torch import model_for, resolve_device
+    from .backends.torch.flat import buffer_layout, layout_of
+    from .backends.torch.training import TrainSettings, train
+    from .data import load_dataset
+    from .storage.trajectory import TrajectoryWriter
+
+    device = resolve_device(args.device)
+    dataset = load_dataset(config["dataset"])
+    model = model_for(config, dataset)
+    writer = TrajectoryWriter(args.out, layout_of(model), buffer_layout(model), config,
+                              provenance(config, device=str(device)), resume=args.resume)
+    start = time.perf_counter()
+    try:
+        summary = train(model, dataset, TrainSettings(**config["train"]), writer, device=device,
+                        progress=not args.no_progress)
+    except BaseException:
+        writer.close()  # keep <out>.partial (with its resume state) for --resume
+        raise
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    path = writer.commit(summary)
+    print(f"wrote {summary['checkpoints']} checkpoints ({summary['iterations']} iterations, "
+          f"{layout_of(model).size} parameters) to {path} in {summary['seconds']:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
+
+
+def console_main() -> None:
+    """Console-script entry point (``gradvis-train``)."""
+    sys.exit(cli.run(main))

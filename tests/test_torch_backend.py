@@ -1,0 +1,182 @@
+"""PyTorch backend against independent truths: autograd's dense Hessian, finite differences,
+the model's own forward pass."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from gradvis_steps.backends.torch.flat import (
+    flatten_buffers,
+    flatten_parameters,
+    layout_of,
+    load_flat_parameters,
+    unflatten,
+)
+from gradvis_steps.backends.torch.models import LeNet, ResNet, build_model
+from gradvis_steps.backends.torch.objective import HVP_MODES, TorchObjective
+
+
+def tiny_lenet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return LeNet((1, 8, 8), 10, widths=(2, 3, 8, 6)).double()
+
+
+def tiny_bn_net() -> torch.nn.Module:
+    """ResNet-8 of width 2 with batch-norm statistics moved away from their defaults by training steps."""
+    torch.manual_seed(1)
+    model = ResNet((1, 8, 8), 10, depth=8, width=2).double()
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 1, 8, 8, dtype=torch.float64))
+    return model
+
+
+def reference_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """Mean cross-entropy over all samples in one batch, as a function of a flat vector (eval mode).
+
+    Written independently of the backend: splits the vector by ``named_parameters`` order.
+    """
+    module = copy.deepcopy(model).eval()
+    shapes = [(name, p.shape) for name, p in module.named_parameters()]
+    buffers = dict(module.named_buffers())
+
+    def f(theta: torch.Tensor) -> torch.Tensor:
+        params, offset = {}, 0
+        for name, shape in shapes:
+            count = int(np.prod(shape))
+            params[name] = theta[offset:offset + count].reshape(shape)
+            offset += count
+        return F.cross_entropy(functional_call(module, {**params, **buffers}, (x,)), y)
+
+    return f
+
+
+@pytest.fixture
+def eval_data(digits):
+    x, y = digits.evaluation_subset(0.02, seed=3)  # 30 samples
+    return torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y)
+
+
+@pytest.mark.parametrize("make_model", [tiny_lenet, tiny_bn_net], ids=["lenet", "batchnorm"])
+@pytest.mark.parametrize("mode", HVP_MODES)
+def test_hvp_equals_dense_hessian_times_vector(make_model, mode, eval_data):
+    x, y = eval_data
+    model = make_model()
+    objective = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64, hvp_mode=mode)  # 30 = 4*7 + 2
+    theta = objective.initial_point()
+    hessian = torch.autograd.functional.hessian(reference_loss(model, x, y), theta)
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        v = torch.randn(theta.shape, generator=generator, dtype=torch.float64)
+        expected = hessian @ v
+        got = objective.hvp(theta, v)
+        assert torch.linalg.norm(got - expected) <= 1e-10 * torch.linalg.norm(expected)
+
+
+def test_hvp_batch_size_does_not_change_result(eval_data):
+    x, y = eval_data
+    model = tiny_lenet()
+    theta = flatten_parameters(model)
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    full = TorchObjective(model, x, y, batch_size=len(x), dtype=torch.float64).hvp(theta, v)
+    for batch_size in (1, 4, 11):
+        part = TorchObjective(model, x, y, batch_size=batch_size, dtype=torch.float64).hvp(theta, v)
+        torch.testing.assert_close(part, full, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("make_model", [tiny_lenet, tiny_bn_net], ids=["lenet", "batchnorm"])
+def test_gradient_matches_central_finite_differences(make_model, eval_data):
+    x, y = eval_data
+    model = make_model()
+    objective = TorchObjective(model, x, y, batch_size=9, dtype=torch.float64)
+    theta = objective.initial_point()
+    g = objective.grad(theta)
+    generator = torch.Generator().manual_seed(7)
+    eps = 1e-6
+    for _ in range(4):
+        d = torch.randn(theta.shape, generator=generator, dtype=torch.float64)
+        d /= torch.linalg.norm(d)
+        fd = (objective.loss(theta + eps * d) - objective.loss(theta - eps * d)) / (2 * eps)
+        assert abs(float(g @ d) - fd) <= 1e-6 * max(1.0, abs(fd))
+
+
+def test_flat_round_trip_is_exact():
+    model = build_model("resnet20", (3, 32, 32), 10)
+    layout = layout_of(model)
+    theta = flatten_parameters(model)
+    assert theta.shape == (layout.size,) == (sum(p.numel() for p in model.parameters()),)
+    views = unflatten(theta, layout)
+    for name, param in model.named_parameters():
+        assert torch.equal(views[name], param)
+        assert views[name].data_ptr() >= theta.data_ptr()  # views into theta, not copies
+    other = build_model("resnet20", (3, 32, 32), 10)
+    load_flat_parameters(other, theta)
+    assert torch.equal(flatten_parameters(other), theta)
+
+
+def test_layout_kinds_and_filter_axes():
+    layout = layout_of(build_model("resnet20", (3, 32, 32), 10))
+    assert layout["conv.weight"].kind == "conv" and layout["conv.weight"].filter_axis == 0
+    assert layout["bn.weight"].kind == "batchnorm" and layout["bn.bias"].kind == "batchnorm"
+    assert layout["fc.weight"].kind == "linear" and layout["fc.bias"].kind == "bias"
+    lenet = layout_of(build_model("lenet", (1, 8, 8), 10))
+    assert [s.kind for s in lenet] == ["conv", "bias", "conv", "bias"] + ["linear", "bias"] * 3
+
+
+def test_loss_at_flat_vector_equals_models_own_loss(digits):
+    x, y = digits.evaluation_subset(0.2, seed=0)
+    torch.manual_seed(0)
+    model = ResNet((1, 8, 8), 10, depth=8, width=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    xt, yt = torch.as_tensor(digits.x_train), torch.as_tensor(digits.y_train)
+    for start in range(0, 320, 64):  # a few real training steps: BN statistics and weights move
+        loss = F.cross_entropy(model(xt[start:start + 64]), yt[start:start + 64])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.as_tensor(x))
+        own_loss = F.cross_entropy(logits, torch.as_tensor(y)).item()
+        own_acc = (logits.argmax(1) == torch.as_tensor(y)).double().mean().item()
+    model.train()
+    objective = TorchObjective(model, x, y, batch_size=64)
+    result = objective.evaluate(flatten_parameters(model))
+    assert result.loss == pytest.approx(own_loss, rel=1e-5)
+    assert result.accuracy == pytest.approx(own_acc, abs=1e-12)
+    assert model.training  # the user's model was not switched to eval mode
+
+
+def test_objective_never_mutates_the_users_model(eval_data):
+    x, y = eval_data
+    model = tiny_bn_net()
+    before = flatten_parameters(model).clone(), flatten_buffers(model).copy(), model.training
+    objective = TorchObjective(model, x, y, batch_size=8, dtype=torch.float64)
+    theta = objective.initial_point() + 0.5
+    objective.evaluate(theta)
+    objective.grad(theta)
+    objective.hvp(theta, torch.ones_like(theta))
+    assert torch.equal(flatten_parameters(model), before[0])
+    assert np.array_equal(flatten_buffers(model), before[1])
+    assert model.training == before[2]
+
+
+def test_bad_inputs_are_named():
+    model = tiny_lenet()
+    x = np.zeros((4, 1, 8, 8))
+    with pytest.raises(ValueError, match="batch_size"):
+        TorchObjective(model, x, np.zeros(4), batch_size=0)
+    with pytest.raises(ValueError, match="hvp_mode 'bogus'"):
+        TorchObjective(model, x, np.zeros(4), hvp_mode="bogus")
+    objective = TorchObjective(model, x, np.zeros(4), dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"expected \({objective.dim},\)"):
+        objective.loss(torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        build_model("vgg", (1, 8, 8), 10)
