@@ -1,0 +1,270 @@
+"""Matplotlib figures of a :class:`~.grid.LandscapeResult`: 2D contour, 3D surface, 1D line.
+
+Non-finite grid values (NaN: not evaluated or diverged; inf: overflow) are masked and never crash a
+plot; a grid with no finite value gives a figure that says so. Every function takes an optional ``ax``
+(so the frames step can put a landscape beside a spectrum plot) and returns the Figure. The backend is
+Agg: figures are built as ``matplotlib.figure.Figure`` objects (not through pyplot), which render
+with the Agg canvas and need no screen, and leave the user's pyplot backend untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter
+
+from ..storage.atomic import atomic_path
+from .grid import LandscapeResult
+
+__all__ = ["direction_labels", "contour_levels", "plot_contour", "plot_surface", "plot_line", "save_figure"]
+
+_EMPTY_MSG = "no finite loss values"
+
+
+def direction_labels(result: LandscapeResult) -> list[str]:
+    """Axis labels: the stored labels, else e.g. "PCA 1 (62.3% var)", "eigenvector 1 (λ=12.3)"."""
+    labels = []
+    for k in range(result.ndim):
+        if k < len(result.labels) and result.labels[k]:
+            labels.append(result.labels[k])
+        elif result.method == "pca":
+            r = result.explained_variance_ratio
+            extra = f" ({100 * r[k]:.1f}% var)" if r is not None and k < r.size else ""
+            labels.append(f"PCA {k + 1}{extra}")
+        elif result.method == "eigenvector":
+            ev = result.eigenvalues
+            extra = f" (λ={ev[k]:.3g})" if ev is not None and k < ev.size else ""
+            labels.append(f"eigenvector {k + 1}{extra}")
+        else:
+            labels.append(f"{result.method} direction {k + 1}")
+    return labels
+
+
+def _masked(z: np.ndarray) -> np.ma.MaskedArray:
+    z = np.asarray(z, dtype=np.float64)
+    return np.ma.masked_invalid(z)
+
+
+def contour_levels(z: np.ndarray, n_levels: int = 30, log_levels: bool = False) -> np.ndarray | None:
+    """Increasing contour levels spanning the finite values of ``z`` (log-spaced over the positive ones
+    if ``log_levels``); None if there is no finite value. A constant field gets a tiny band around it."""
+    zf = np.asarray(z, dtype=np.float64)
+    zf = zf[np.isfinite(zf)]
+    if log_levels:
+        zf = zf[zf > 0]
+    if zf.size == 0:
+        return None
+    lo, hi = float(zf.min()), float(zf.max())
+    if log_levels:
+        if hi <= lo * (1 + 1e-12):
+            lo, hi = lo / 1.01, hi * 1.01
+        return np.geomspace(lo, hi, n_levels)
+    if hi - lo <= 1e-12 * max(1.0, abs(lo)):
+        pad = 1e-6 * max(1.0, abs(lo))
+        lo, hi = lo - pad, hi + pad
+    return np.linspace(lo, hi, n_levels)
+
+
+def _new_ax(ax: Axes | None, projection: str | None = None, figsize: tuple[float, float] = (6, 5)) -> Axes:
+    if ax is not None:
+        if projection == "3d" and getattr(ax, "name", "") != "3d":
+            raise ValueError("plot_surface needs a 3D axes (fig.add_subplot(..., projection='3d'))")
+        return ax
+    fig = Figure(figsize=figsize)  # not pyplot: no global figure registry to leak in long runs
+    return fig.add_subplot(1, 1, 1, projection=projection)
+
+
+def _say_empty(ax: Axes, text: str = _EMPTY_MSG) -> None:
+    kw: dict[str, Any] = {"ha": "center", "va": "center", "transform": ax.transAxes}
+    if getattr(ax, "name", "") == "3d":
+        ax.text2D(0.5, 0.5, text, **kw)
+    else:
+        ax.text(0.5, 0.5, text, **kw)
+
+
+def _trajectory(result: LandscapeResult) -> np.ndarray | None:
+    t = result.trajectory
+    if t is None or t.shape[0] == 0:
+        return None
+    return t
+
+
+def plot_contour(
+    result: LandscapeResult,
+    ax: Axes | None = None,
+    *,
+    log_levels: bool = False,
+    n_levels: int = 30,
+    cmap: str = "viridis",
+    show_trajectory: bool = True,
+    colorbar: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """2D filled contour + contour lines of the loss with the trajectory overlaid (start: circle, end:
+    star), colorbar "loss", axes labelled by direction (paper Fig. 4-7)."""
+    if result.ndim != 2:
+        raise ValueError(f"plot_contour needs a 2D landscape, got {result.ndim}D")
+    ax = _new_ax(ax)
+    fig = ax.figure
+    x, y = result.axes
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    Z = _masked(result.loss)
+    levels = contour_levels(Z.filled(np.nan), n_levels, log_levels)
+    xl, yl = direction_labels(result)
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    if title:
+        ax.set_title(title)
+    if x.size > 1 and y.size > 1:
+        ax.set_xlim(x[0], x[-1])
+        ax.set_ylim(y[0], y[-1])
+    if levels is None:
+        _say_empty(ax)
+    elif min(x.size, y.size) >= 2 and Z.count() > 0:
+        norm = None
+        if log_levels:
+            Z = np.ma.masked_where(Z.filled(np.nan) <= 0, Z.filled(np.nan))
+            Z = np.ma.masked_invalid(Z)
+            norm = LogNorm(vmin=levels[0], vmax=levels[-1])
+        cs = ax.contourf(X, Y, Z, levels=levels, cmap=cmap, norm=norm, extend="neither")
+        ax.contour(X, Y, Z, levels=levels, colors="k", linewidths=0.4, alpha=0.5, norm=norm)
+        if colorbar:
+            fig.colorbar(cs, ax=ax, label="loss", format=FormatStrFormatter("%.3g") if log_levels else None)
+    if show_trajectory and (t := _trajectory(result)) is not None:
+        ax.plot(t[:, 0], t[:, 1], "-", color="tab:red", lw=1.5, marker=".", ms=3, label="trajectory")
+        ax.plot(t[0, 0], t[0, 1], "o", color="white", mec="k", ms=8, label="start")
+        ax.plot(t[-1, 0], t[-1, 1], "*", color="gold", mec="k", ms=14, label="end")
+        ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def plot_surface(
+    result: LandscapeResult,
+    ax: Axes | None = None,
+    *,
+    log_z: bool = False,
+    cmap: str = "viridis",
+    show_trajectory: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """3D surface of the loss with the trajectory drawn at its projected loss (paper Fig. 4-6).
+
+    Non-finite cells are left as holes. With ``log_z`` the z axis is ``log10(loss)``.
+    """
+    if result.ndim != 2:
+        raise ValueError(f"plot_surface needs a 2D landscape, got {result.ndim}D")
+    ax = _new_ax(ax, projection="3d", figsize=(7, 6))
+    fig = ax.figure
+    x, y = result.axes
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        Z = np.log10(result.loss) if log_z else np.array(result.loss, dtype=np.float64)
+    Z = np.where(np.isfinite(Z), Z, np.nan)
+    xl, yl = direction_labels(result)
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    ax.set_zlabel("log10 loss" if log_z else "loss")
+    if title:
+        ax.set_title(title)
+    finite = np.isfinite(Z)
+    if not finite.any():
+        _say_empty(ax)
+        return fig
+    if min(x.size, y.size) >= 2:
+        vmin, vmax = float(Z[finite].min()), float(Z[finite].max())
+        if vmax <= vmin:
+            vmax = vmin + 1e-12 * max(1.0, abs(vmin))
+        ax.plot_surface(
+            X,
+            Y,
+            Z,
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            rstride=1,
+            cstride=1,
+            linewidth=0,
+            antialiased=True,
+            alpha=0.85,
+            zorder=1,
+        )
+        ax.set_zlim(vmin, vmax)
+    if show_trajectory and (t := _trajectory(result)) is not None and result.trajectory_loss is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zt = np.log10(result.trajectory_loss) if log_z else np.asarray(result.trajectory_loss, float)
+        ok = np.isfinite(zt)
+        if ok.any():
+            ax.computed_zorder = False  # draw the path over the surface instead of depth-sorting it away
+            ax.plot(
+                t[ok, 0], t[ok, 1], zt[ok], "-", color="tab:red", lw=2, marker=".", ms=3, label="trajectory", zorder=3
+            )
+            i0, i1 = np.flatnonzero(ok)[[0, -1]]
+            ax.scatter([t[i0, 0]], [t[i0, 1]], [zt[i0]], marker="o", color="white", edgecolors="k", s=40, zorder=4)
+            ax.scatter([t[i1, 0]], [t[i1, 1]], [zt[i1]], marker="*", color="gold", edgecolors="k", s=120, zorder=4)
+    return fig
+
+
+def plot_line(
+    result: LandscapeResult,
+    ax: Axes | None = None,
+    *,
+    log_scale: bool = False,
+    show_accuracy: bool = True,
+    show_trajectory: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """1D loss curve along the direction (accuracy on a twin axis when available), trajectory points at
+    their projected loss."""
+    if result.ndim != 1:
+        raise ValueError(f"plot_line needs a 1D landscape, got {result.ndim}D")
+    ax = _new_ax(ax, figsize=(6, 4))
+    fig = ax.figure
+    x = result.axes[0]
+    z = _masked(result.loss)
+    if log_scale:
+        z = np.ma.masked_where(z.filled(np.nan) <= 0, z.filled(np.nan))
+        z = np.ma.masked_invalid(z)
+    ax.set_xlabel(direction_labels(result)[0])
+    ax.set_ylabel("loss")
+    if title:
+        ax.set_title(title)
+    if z.count() == 0:
+        _say_empty(ax)
+        return fig
+    ax.plot(x, z, "-", color="tab:blue", label="loss")
+    if log_scale:
+        ax.set_yscale("log")
+    if show_trajectory and (t := _trajectory(result)) is not None and result.trajectory_loss is not None:
+        zt = np.ma.masked_invalid(np.asarray(result.trajectory_loss, float))
+        if log_scale:
+            zt = np.ma.masked_where(zt.filled(np.nan) <= 0, zt.filled(np.nan))
+        ax.plot(t[:, 0], zt, ".", color="tab:red", label="trajectory")
+        ax.plot(t[0, 0], zt[0], "o", color="white", mec="k", ms=8, label="start")
+        ax.plot(t[-1, 0], zt[-1], "*", color="gold", mec="k", ms=14, label="end")
+    handles, names = ax.get_legend_handles_labels()
+    acc = np.ma.masked_invalid(np.asarray(result.accuracy, float))
+    if show_accuracy and acc.count() > 0:
+        ax2 = ax.twinx()
+        (h,) = ax2.plot(x, acc, "--", color="tab:green", label="accuracy")
+        ax2.set_ylabel("accuracy")
+        handles, names = handles + [h], names + ["accuracy"]
+    ax.legend(handles, names, loc="best", fontsize="small")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150, close: bool = True) -> None:
+    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    try:
+        with atomic_path(path, "." + ext) as tmp:
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
+    finally:
+        if close and fig.canvas.manager is not None:  # a pyplot figure: drop it from pyplot's registry
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)

@@ -1,0 +1,114 @@
+"""Step: the two (or more) directions that span a landscape: random, PCA, Hessian eigenvectors, custom.
+
+    python -m gradvis_steps.directions --trajectory results/run/trajectory.h5 --method pca \\
+        --out results/run/directions/pca.h5
+
+Normalization (paper eq. 2, Li et al.'s filter-wise normalization) defaults by method (``auto``):
+random and custom directions are filter-normalized to the centre point's weights, with biases and
+batch-norm parameters set to zero; PCA components and Hessian eigenvectors are kept as they are, so an
+eigenvector stays an eigenvector and a principal axis stays a principal axis (pass ``--normalization
+filter`` to normalize them anyway). The stored vectors are exactly the ones the landscape spans and the
+trajectory is projected on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from . import cli
+from .core.normalization import METHODS as NORMALIZATIONS
+from .core.normalization import normalize_directions
+
+METHODS = ("random", "pca", "hessian", "custom")
+DEFAULT_NORMALIZATION = {"random": "filter", "custom": "filter", "pca": "none", "hessian": "none"}
+KINDS = ("bias", "batchnorm", "norm", "conv", "linear", "other")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.directions", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
+    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--out", required=True, help="directions file to write (.h5)")
+    parser.add_argument("--count", type=cli.positive_int, default=2, help="number of directions")
+    parser.add_argument("--center-iteration", type=int, default=None,
+                        help="checkpoint the landscape is centred on (default: the last one)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random directions")
+    parser.add_argument("--eigendirections", help="eigendirections file (method hessian)")
+    parser.add_argument("--pick", type=int, nargs="+", default=None,
+                        help="which eigenvectors of the eigendirections file to use (default: the first --count)")
+    parser.add_argument("--custom", help="file with the directions (method custom): .npy, .npz or .h5, (k, N)")
+    parser.add_argument("--normalization", default="auto", choices=("auto", *NORMALIZATIONS),
+                        help="auto: filter for random/custom, none for pca/hessian")
+    parser.add_argument("--ignore", nargs="*", default=["bias", "batchnorm", "norm"], choices=KINDS,
+                        help="parameter kinds set to zero by normalization (paper: all batch-norm parameters)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .core.directions import load_directions, random_directions
+    from .core.pca import trajectory_pca
+    from .provenance import provenance
+    from .storage.directions import Directions, load_directions_file, save_directions
+    from .storage.trajectory import Trajectory
+
+    with Trajectory(args.trajectory) as traj:
+        center_index = -1 if args.center_iteration is None else traj.index_of_iteration(args.center_iteration)
+        center = traj.params(center_index)
+        center_iteration = int(traj.iterations[center_index])
+        normalization = DEFAULT_NORMALIZATION[args.method] if args.normalization == "auto" else args.normalization
+        extra: dict = {}
+        if args.method == "random":
+            vectors = random_directions(traj.dim, args.seed, count=args.count)
+            labels = [f"random direction {i + 1}" for i in range(args.count)]
+        elif args.method == "pca":
+            if len(traj) < 3:
+                raise ValueError(f"PCA directions need at least 3 checkpoints, {traj.path} has {len(traj)}")
+            pca = trajectory_pca(traj.params, len(traj), n_components=min(args.count, len(traj) - 1),
+                                 reference_index=center_index)
+            if len(pca.components) < args.count:
+                raise ValueError(
+                    f"the trajectory in {traj.path} spans only {len(pca.components)} PCA direction(s) with "
+                    f"non-zero variance; --count {args.count} asks for more"
+                )
+            vectors = pca.components
+            ratios = pca.explained_variance_ratio
+            labels = [f"PCA {i + 1} ({100 * r:.1f}% var)" for i, r in enumerate(ratios)]
+            extra = {"explained_variance": pca.explained_variance, "explained_variance_ratio": ratios}
+        elif args.method == "hessian":
+            if not args.eigendirections:
+                raise ValueError("method hessian needs --eigendirections FILE (from gradvis_steps.eigendirections)")
+            eig = load_directions_file(args.eigendirections)
+            eig = eig.select(args.pick if args.pick is not None else list(range(args.count)))
+            if eig.vectors.shape[1] != traj.dim:
+                raise ValueError(f"{args.eigendirections} has vectors of length {eig.vectors.shape[1]}, "
+                                 f"the trajectory's parameters have {traj.dim}")
+            vectors = eig.vectors
+            labels = list(eig.labels)
+            extra = {"eigenvalues": eig.eigenvalues, "residuals": eig.residuals}
+        else:
+            if not args.custom:
+                raise ValueError("method custom needs --custom FILE with the directions")
+            vectors = load_directions(args.custom, traj.dim)
+            labels = [f"custom direction {i + 1}" for i in range(len(vectors))]
+        if normalization != "none":
+            vectors = normalize_directions(np.asarray(vectors), center, traj.layout, method=normalization,
+                                           ignore=args.ignore)
+        if normalization != "none":
+            labels = [f"{label}, {normalization}-normalized" for label in labels]
+        config = {key: value for key, value in vars(args).items() if key != "out"}
+        result = Directions(np.asarray(vectors, dtype=np.float32), "eigenvector" if args.method == "hessian"
+                            else args.method, tuple(labels), normalization, center_iteration,
+                            config=config, provenance=provenance({**config, "run": traj.config}), **extra)
+    save_directions(result, args.out)
+    print(f"wrote {len(result)} {args.method} directions ({normalization} normalization) to {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

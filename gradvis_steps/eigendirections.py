@@ -1,0 +1,79 @@
+"""Step: Hessian eigenvectors at a checkpoint, as directions for the landscape (paper section 3.2).
+
+    python -m gradvis_steps.eigendirections --trajectory results/run/trajectory.h5 --which largest \\
+        --count 2 --steps 40 --out results/run/eigendirections.h5
+
+Lanczos with full reorthogonalization on exact Hessian-vector products over the evaluation subset; the
+Ritz pairs asked for (the largest eigenvalues, the most negative ones, or those nearest a value such
+as 0) are written with their eigenvalues and true residuals ||H v - lambda v|| to a directions file
+that ``gradvis_steps.directions --method hessian`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from . import cli
+from .landscape import add_evaluation_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.eigendirections",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
+    parser.add_argument("--out", required=True, help="directions file to write (.h5)")
+    parser.add_argument("--iteration", type=int, default=None, help="checkpoint to analyse (default: the last)")
+    parser.add_argument("--which", choices=("largest", "smallest", "nearest"), default="largest",
+                        help="largest eigenvalues, most negative ones, or nearest --target")
+    parser.add_argument("--target", type=float, default=0.0, help="value for --which nearest")
+    parser.add_argument("--count", type=cli.positive_int, default=2, help="number of eigenvectors")
+    parser.add_argument("--steps", type=cli.positive_int, default=40, help="Lanczos steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starting vector")
+    add_evaluation_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.count > args.steps:
+        raise ValueError(f"--count {args.count} exceeds --steps {args.steps}: Lanczos gives at most one Ritz pair "
+                         "per step")
+
+    from .backends.torch import objective_for_trajectory
+    from .core.lanczos import ritz_pairs
+    from .core.slq import starting_vector
+    from .provenance import provenance
+    from .storage.directions import Directions, save_directions
+    from .storage.trajectory import Trajectory
+
+    with Trajectory(args.trajectory) as traj:
+        row = -1 if args.iteration is None else traj.index_of_iteration(args.iteration)
+        objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
+                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                                             buffers_from=row)
+        theta = objective.from_numpy(traj.params(row))
+        v0 = starting_vector(traj.dim, args.seed, 0, like=theta)
+        pairs = ritz_pairs(lambda v: objective.hvp(theta, v), v0, min(args.steps, traj.dim), args.count,
+                           which=args.which, target=args.target)
+        iteration = int(traj.iterations[row])
+        config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress")}
+        labels = [f"eigenvector {i + 1} (λ={value:.3g})" for i, value in enumerate(pairs.values)]
+        result = Directions(
+            vectors=objective.to_numpy(pairs.vectors).astype(np.float32), method="eigenvector", labels=tuple(labels),
+            normalization="none", center_iteration=iteration, eigenvalues=pairs.values, residuals=pairs.residuals,
+            config={**config, "run": traj.config}, provenance=provenance(config),
+        )
+    save_directions(result, args.out)
+    for value, residual in zip(pairs.values, pairs.residuals, strict=True):
+        flag = "" if residual <= 1e-2 * max(abs(value), 1e-12) else "  (not converged: raise --steps)"
+        print(f"λ = {value:.6g}, ||Hv - λv|| = {residual:.2e}{flag}", file=sys.stderr)
+    print(f"wrote {args.count} {args.which} eigenvectors at iteration {iteration} to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,217 @@
+"""Step: the loss landscape around a checkpoint along given directions, with the projected trajectory.
+
+    python -m gradvis_steps.landscape --trajectory results/run/trajectory.h5 \\
+        --directions results/run/directions/pca.h5 --resolution 25 --out results/run/landscape/pca.h5
+
+Algorithm 1 (and 3 under MPI): project every checkpoint on the directions (least squares), span a grid
+over the projected trajectory's bounding box plus a border (paper: 40%), evaluate loss and accuracy at
+each grid point on the evaluation subset, and evaluate the loss at the projected points and at the
+checkpoints themselves. Started with ``mpiexec -n R``, the grid is split into R contiguous chunks and
+gathered on rank 0 (MPI_Gatherv). Partial results are flushed to ``<out>.partial-*.npz`` so an
+interrupted run resumes where it stopped, with any number of ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import cli
+
+FLUSH_SECONDS = 10.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.landscape", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
+    parser.add_argument("--directions", required=True, help="directions file (.h5) from the directions step")
+    parser.add_argument("--out", required=True, help="landscape file to write (.h5)")
+    parser.add_argument("--dims", type=int, choices=(1, 2), default=2, help="1: a line, 2: a plane")
+    parser.add_argument("--resolution", type=cli.positive_int, default=50, help="grid points per axis (paper: 50)")
+    parser.add_argument("--border", type=float, default=0.4,
+                        help="extend the trajectory's bounding box by this fraction of its extent per side")
+    parser.add_argument("--range", type=float, nargs="+", metavar="LIMIT",
+                        help="explicit ranges instead: XMIN XMAX [YMIN YMAX]")
+    parser.add_argument("--min-extent", type=float, default=1.0,
+                        help="smallest extent of an axis when the trajectory barely moves along it")
+    add_evaluation_arguments(parser)
+    return parser
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the steps that evaluate a model (landscape, spectrum, eigendirections, ...)."""
+    parser.add_argument("--eval-fraction", type=cli.fraction, default=0.2,
+                        help="fraction of the training set used for evaluation (paper: 0.2)")
+    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation subset")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=1024, help="evaluation batch size")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def explicit_ranges(values: list[float] | None, dims: int) -> list[tuple[float, float]] | None:
+    if values is None:
+        return None
+    if len(values) != 2 * dims:
+        raise ValueError(f"--range needs {2 * dims} numbers for {dims} dimension(s), got {len(values)}: {values}")
+    ranges = [(values[2 * k], values[2 * k + 1]) for k in range(dims)]
+    bad = [r for r in ranges if not r[0] < r[1]]
+    if bad:
+        raise ValueError(f"--range limits must increase (min < max), got {bad}")
+    return ranges
+
+
+class PartialStore:
+    """Per-rank flushes of evaluated grid points, merged on restart whatever the number of ranks."""
+
+    def __init__(self, out: Path, signature: str, rank: int):
+        self.pattern = f".{out.name}.partial-*.npz"
+        self.folder = out.parent
+        self.path = out.parent / f".{out.name}.partial-{rank}.npz"
+        self.signature = signature
+        self.last_flush = time.monotonic()
+
+    def load_into(self, values: object) -> int:
+        """Fill ``values`` from every matching partial file; returns how many points were restored."""
+        restored = 0
+        for path in self.folder.glob(self.pattern):
+            try:
+                with np.load(path) as data:
+                    if str(data["signature"]) != self.signature:
+                        continue
+                    idx, loss, accuracy = data["indices"], data["loss"], data["accuracy"]
+            except (OSError, ValueError, KeyError):
+                continue  # a torn or foreign file: recompute those points
+            values.loss[idx], values.accuracy[idx], values.filled[idx] = loss, accuracy, True
+            restored += len(idx)
+        return restored
+
+    def flush(self, values: object, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last_flush < FLUSH_SECONDS:
+            return
+        from .storage.atomic import atomic_path
+
+        idx = np.flatnonzero(values.filled)
+        with atomic_path(self.path, ".npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, signature=self.signature, indices=idx, loss=values.loss[idx],
+                         accuracy=values.accuracy[idx])
+        self.last_flush = time.monotonic()
+
+    def remove_all(self) -> None:
+        for path in self.folder.glob(self.pattern):
+            path.unlink(missing_ok=True)
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ranges = explicit_ranges(args.range, args.dims)
+    if not 0 <= args.border <= 10:
+        raise ValueError(f"--border must be in [0, 10], got {args.border}")
+
+    from .backends.torch import objective_for_trajectory
+    from .core.grid import Grid, LandscapeResult, PointValues, evaluate_grid, evaluate_trajectory
+    from .core.parallel import distributed_values, world
+    from .core.projection import project_trajectory
+    from .provenance import provenance
+    from .storage.directions import load_directions_file
+    from .storage.landscape import save_landscape
+    from .storage.trajectory import Trajectory
+
+    comm = world()
+    out = Path(args.out)
+    directions = load_directions_file(args.directions)
+    if len(directions) < args.dims:
+        raise ValueError(f"{args.directions} holds {len(directions)} direction(s); --dims {args.dims} needs more")
+    vectors = np.asarray(directions.vectors[: args.dims], dtype=np.float64)
+    progress = not args.no_progress and comm.rank == 0
+    with Trajectory(args.trajectory) as traj:
+        if vectors.shape[1] != traj.dim:
+            raise ValueError(f"{args.directions} has vectors of length {vectors.shape[1]}, "
+                             f"{args.trajectory} has {traj.dim} parameters")
+        center_index = -1 if directions.center_iteration is None else traj.index_of_iteration(
+            directions.center_iteration)
+        center = traj.params(center_index).astype(np.float64)
+        # Algorithm 1: alpha_i, beta_i from theta_i - theta_n = alpha_i phi_1 + beta_i phi_2 (least squares).
+        projection = project_trajectory(traj.params, len(traj), vectors, center)
+        grid = (Grid.from_ranges(ranges, args.resolution) if ranges else
+                Grid.from_trajectory(projection.coefficients, args.resolution, border=args.border,
+                                     min_extent=args.min_extent))
+        objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
+                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                                             buffers_from=center_index)
+        config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress")}
+        signature = json.dumps({**config, "axes": [a.tolist() for a in grid.axes],
+                                "directions_digest": file_digest(args.directions)}, sort_keys=True)
+        signature = hashlib.sha256(signature.encode()).hexdigest()
+        partial = PartialStore(out, signature, comm.rank)
+        values = PointValues.empty(grid.n_points)
+        restored = partial.load_into(values)
+        if restored and progress:
+            print(f"resuming: {restored} of {grid.n_points} grid points restored", file=sys.stderr)
+
+        def grid_chunk(indices: np.ndarray) -> np.ndarray:
+            evaluate_grid(objective, center, vectors, grid, indices=indices, out=values, progress=progress,
+                          callback=lambda _, v: partial.flush(v))
+            partial.flush(values, force=True)
+            return np.stack([values.loss[indices], values.accuracy[indices]], axis=1)
+
+        start = time.perf_counter()
+        grid_values = distributed_values(comm, grid.n_points, 2, grid_chunk)
+        grid_seconds = time.perf_counter() - start
+
+        def projected_chunk(indices: np.ndarray) -> np.ndarray:
+            v = evaluate_trajectory(objective, center, vectors, projection.coefficients[indices])
+            return np.stack([v.loss, v.accuracy], axis=1)
+
+        def checkpoint_chunk(indices: np.ndarray) -> np.ndarray:
+            rows = []
+            for i in indices:  # the true loss at each checkpoint, with that checkpoint's BN statistics
+                if traj.buffer_layout:
+                    objective.set_buffers(traj.buffers(int(i)), traj.buffer_layout)
+                ev = objective.evaluate(objective.from_numpy(traj.params(int(i))))
+                rows.append((ev.loss, ev.accuracy))
+            return np.asarray(rows, dtype=np.float64).reshape(len(indices), 2)
+
+        projected = distributed_values(comm, len(traj), 2, projected_chunk)
+        checkpoints = distributed_values(comm, len(traj), 2, checkpoint_chunk)
+        if comm.rank == 0:
+            result = LandscapeResult(
+                axes=grid.axes, loss=grid_values[:, 0].reshape(grid.shape),
+                accuracy=grid_values[:, 1].reshape(grid.shape),
+                filled=np.ones(grid.shape, dtype=bool),
+                trajectory=projection.coefficients, residuals=projection.residuals,
+                trajectory_loss=projected[:, 0], trajectory_accuracy=projected[:, 1],
+                checkpoint_loss=checkpoints[:, 0], checkpoint_accuracy=checkpoints[:, 1],
+                iterations=traj.iterations, method=directions.method, labels=directions.labels,
+                normalization=directions.normalization, explained_variance=directions.explained_variance,
+                explained_variance_ratio=directions.explained_variance_ratio, eigenvalues=directions.eigenvalues,
+                config={**config, "directions_config": directions.config, "run": traj.config},
+                provenance=provenance(config, ranks=comm.size, grid_seconds=round(grid_seconds, 3),
+                                      seconds_per_point=grid_seconds * comm.size / max(grid.n_points, 1)),
+            )
+            save_landscape(result, out)
+            partial.remove_all()
+            print(f"wrote {grid.shape} landscape ({comm.size} rank(s), {grid_seconds:.1f} s) to {out}",
+                  file=sys.stderr)
+    comm.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,56 @@
+"""Step: figures of a landscape: 2D contour and 3D surface with the trajectory, 1D curve, VTK export.
+
+    python -m gradvis_steps.plot_landscape --landscape results/run/landscape/pca.h5 \\
+        --contour pca_contour.png --surface pca_surface.png --vtk pca_surface.vtk
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.plot_landscape",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--landscape", required=True, help="landscape file (.h5) from the landscape step")
+    parser.add_argument("--contour", help="2D contour plot to write (.png/.pdf/.svg)")
+    parser.add_argument("--surface", help="3D surface plot to write")
+    parser.add_argument("--line", help="1D curve to write (1D landscapes)")
+    parser.add_argument("--vtk", help="ParaView-readable VTK structured grid of the surface")
+    parser.add_argument("--log-levels", action="store_true", help="log-spaced contour levels / log loss axis")
+    parser.add_argument("--title", default=None, help="figure title")
+    parser.add_argument("--dpi", type=cli.positive_int, default=120)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not any((args.contour, args.surface, args.line, args.vtk)):
+        raise ValueError("nothing to do: give at least one of --contour, --surface, --line, --vtk")
+    from .core.plots import plot_contour, plot_line, plot_surface, save_figure
+    from .storage.landscape import export_vtk, load_landscape
+
+    result = load_landscape(args.landscape)
+    wanted_2d = [flag for flag, value in (("--contour", args.contour), ("--surface", args.surface),
+                                          ("--vtk", args.vtk)) if value]
+    if result.ndim != 2 and wanted_2d:
+        raise ValueError(f"{args.landscape} is a {result.ndim}D landscape; {', '.join(wanted_2d)} need a 2D one")
+    if result.ndim != 1 and args.line:
+        raise ValueError(f"{args.landscape} is a {result.ndim}D landscape; --line needs a 1D one")
+    if args.contour:
+        save_figure(plot_contour(result, log_levels=args.log_levels, title=args.title), args.contour, dpi=args.dpi)
+    if args.surface:
+        save_figure(plot_surface(result, log_z=args.log_levels, title=args.title), args.surface, dpi=args.dpi)
+    if args.line:
+        save_figure(plot_line(result, log_scale=args.log_levels, title=args.title), args.line, dpi=args.dpi)
+    if args.vtk:
+        export_vtk(result, args.vtk)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

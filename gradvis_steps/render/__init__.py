@@ -1,0 +1,1 @@
+"""Rendering: composed video frames and mp4 encoding."""

@@ -1,0 +1,134 @@
+"""Step: the Hessian's eigenvalue density at checkpoints, by stochastic Lanczos quadrature (Algorithm 2).
+
+    python -m gradvis_steps.spectrum --trajectory results/run/trajectory.h5 --every 2 --k 10 --m 80 \\
+        --out results/run/spectra.h5 --plot-dir results/run/spectra
+
+For each selected checkpoint: k normalized random starting vectors (stream depends only on seed and
+vector index), m Lanczos steps each with full reorthogonalization on exact Hessian-vector products
+over the evaluation subset; the raw nodes and weights, the smoothed density (eq. 4-8) and derived
+figures (Hutchinson trace, extreme eigenvalues, negative mass) are stored. Under ``mpiexec -n R`` the k
+starting vectors of each checkpoint are split over the ranks (Algorithm 5) and gathered on rank 0;
+the result equals the serial one. Finished checkpoints are kept in ``<out>.partial`` so an interrupted
+run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import cli
+from .landscape import add_evaluation_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.spectrum", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
+    parser.add_argument("--out", required=True, help="spectra file to write (.h5)")
+    parser.add_argument("--every", type=cli.positive_int, default=1,
+                        help="every k-th checkpoint (the last one always)")
+    parser.add_argument("--iterations", type=int, nargs="+", help="exactly these iterations instead")
+    parser.add_argument("--chunk", help="only part i of n of the selected checkpoints, as i/n (scatter jobs)")
+    parser.add_argument("--k", type=cli.positive_int, default=10, help="starting vectors (paper: 10)")
+    parser.add_argument("--m", type=cli.positive_int, default=80, help="Lanczos steps per vector (paper: 80)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the starting vectors")
+    parser.add_argument("--vector", choices=("gaussian", "rademacher"), default="gaussian")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="Gaussian width of the density (default: spectral range / 500)")
+    parser.add_argument("--plot-dir", help="also write one density plot per checkpoint here")
+    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
+                        help="log-scale density axis in plots")
+    add_evaluation_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.sigma is not None and not args.sigma > 0:
+        raise ValueError(f"--sigma must be > 0, got {args.sigma}")
+
+    from .backends.torch import objective_for_trajectory
+    from .checkpoints import select_rows
+    from .core.parallel import distributed_values, world
+    from .core.slq import SLQResult, slq, spectral_density, spectrum_summary
+    from .provenance import provenance
+    from .storage.spectra import CheckpointSpectrum, Spectra, load_spectra, save_spectra
+    from .storage.trajectory import Trajectory
+
+    comm = world()
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress", "plot_dir")}
+    with Trajectory(args.trajectory) as traj:
+        rows = select_rows(traj.iterations, every=args.every, wanted=args.iterations, chunk=args.chunk)
+        objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
+                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+        m = min(args.m, traj.dim)
+        attrs = {"dim": traj.dim, "k": args.k, "m": m, "seed": args.seed, "vector_kind": args.vector,
+                 "config": {**config, "run": traj.config}, "provenance": provenance(config, ranks=comm.size)}
+        done = Spectra({}, attrs)
+        if comm.rank == 0 and partial.exists():
+            try:
+                previous = load_spectra(partial)
+                if previous.attrs.get("config") == attrs["config"]:
+                    done = Spectra(previous.entries, attrs)
+            except (OSError, ValueError):
+                pass  # unreadable partial file: start over
+        finished = comm.bcast(set(done.entries))
+        progress = not args.no_progress and comm.rank == 0
+        from tqdm.auto import tqdm
+
+        for row in tqdm(rows, desc="spectra", unit="ckpt", disable=not progress):
+            iteration = int(traj.iterations[row])
+            if iteration in finished:
+                continue
+            if traj.buffer_layout:
+                objective.set_buffers(traj.buffers(int(row)), traj.buffer_layout)
+            theta = objective.from_numpy(traj.params(int(row)))
+
+            def quadrature(indices: np.ndarray, theta=theta) -> np.ndarray:
+                part = slq(lambda v: objective.hvp(theta, v), traj.dim, args.k, m, seed=args.seed,
+                           kind=args.vector, like=theta, indices=indices)
+                return np.concatenate([part.nodes, part.weights, part.alpha1[:, None]], axis=1)
+
+            start = time.perf_counter()
+            # Algorithm 5: starting vectors split over ranks, raw quadratures gathered (MPI_Gatherv) on rank 0.
+            rows_kq = distributed_values(comm, args.k, 2 * m + 1, quadrature)
+            seconds = time.perf_counter() - start
+            if comm.rank != 0:
+                continue
+            result = SLQResult(nodes=rows_kq[:, :m], weights=rows_kq[:, m:2 * m], alpha1=rows_kq[:, 2 * m],
+                               dim=traj.dim, seed=args.seed, indices=np.arange(args.k), kind=args.vector)
+            grid, density = spectral_density(result, sigma=args.sigma)
+            done.entries[iteration] = CheckpointSpectrum(iteration, result.nodes, result.weights, result.alpha1,
+                                                         grid, density, spectrum_summary(result, 1e-6), seconds)
+            save_spectra(done, partial)
+            if args.plot_dir:
+                write_plot(done.entries[iteration], Path(args.plot_dir), args.log_scale)
+        if comm.rank == 0:
+            save_spectra(done, out)
+            partial.unlink(missing_ok=True)
+            print(f"wrote spectra of {len(done.entries)} checkpoint(s) (k={args.k}, m={m}) to {out}", file=sys.stderr)
+    comm.barrier()
+    return 0
+
+
+def write_plot(entry: object, folder: Path, log_scale: bool) -> None:
+    """One density figure per checkpoint, named by iteration."""
+    from .core.plots import save_figure
+    from .render.spectrum_plots import plot_density
+
+    s = entry.summary
+    title = (f"iteration {entry.iteration}: λmax={s['lambda_max']:.3g}, λmin={s['lambda_min']:.3g}, "
+             f"tr≈{s['trace_estimate']:.3g}")
+    save_figure(plot_density(entry.grid, entry.density, log_scale=log_scale, title=title),
+                folder / f"iter_{entry.iteration:06d}.png", dpi=100)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

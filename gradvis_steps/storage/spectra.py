@@ -1,0 +1,124 @@
+"""Spectrum files: raw SLQ quadratures, smoothed density and derived figures per checkpoint (HDF5).
+
+Layout (format ``gradvis-spectra``), one group per checkpoint, plus time series at the top::
+
+    /iterations                 (c,)     iterations of the checkpoints, ascending
+    /summary/<figure>           (c,)     trace_estimate, trace_stderr, lambda_min, lambda_max, negative_mass, ...
+    /checkpoints/<iteration>/nodes     (k, m)  Ritz values of each starting vector's tridiagonal (eq. 6)
+    /checkpoints/<iteration>/weights   (k, m)  squared first eigenvector components (eq. 7)
+    /checkpoints/<iteration>/alpha1    (k,)    v_i^T H v_i (Hutchinson)
+    /checkpoints/<iteration>/grid, density    the Gaussian-smoothed density (eq. 4-8) and its grid
+    attrs: format, version, dim, k, m, seed, vector_kind, sigma_rule, config, provenance
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .atomic import atomic_path
+
+FORMAT = "gradvis-spectra"
+VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class CheckpointSpectrum:
+    """SLQ result of one parameter point."""
+
+    iteration: int
+    nodes: np.ndarray
+    weights: np.ndarray
+    alpha1: np.ndarray
+    grid: np.ndarray
+    density: np.ndarray
+    summary: dict[str, float]
+    seconds: float = float("nan")
+
+
+@dataclass(eq=False)
+class Spectra:
+    """A set of checkpoint spectra of one run, keyed by iteration."""
+
+    entries: dict[int, CheckpointSpectrum]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def iterations(self) -> np.ndarray:
+        return np.array(sorted(self.entries), dtype=np.int64)
+
+    def series(self, name: str) -> np.ndarray:
+        """One derived figure (e.g. ``lambda_max``) over the checkpoints, in iteration order."""
+        return np.array([self.entries[i].summary.get(name, np.nan) for i in self.iterations])
+
+
+def _write_entry(group: h5py.Group, entry: CheckpointSpectrum) -> None:
+    for name in ("nodes", "weights", "alpha1", "grid", "density"):
+        group.create_dataset(name, data=np.asarray(getattr(entry, name), dtype=np.float64))
+    group.attrs["iteration"] = int(entry.iteration)
+    group.attrs["summary"] = json.dumps(entry.summary)
+    group.attrs["seconds"] = float(entry.seconds)
+
+
+def _read_entry(group: h5py.Group) -> CheckpointSpectrum:
+    return CheckpointSpectrum(
+        iteration=int(group.attrs["iteration"]),
+        summary=json.loads(group.attrs["summary"]),
+        seconds=float(group.attrs.get("seconds", np.nan)),
+        **{name: group[name][()] for name in ("nodes", "weights", "alpha1", "grid", "density")},
+    )
+
+
+def save_spectra(spectra: Spectra, path: str | os.PathLike) -> None:
+    """Write all entries atomically, with the time series of every derived figure at the top."""
+    with atomic_path(path, ".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({"format": FORMAT, "version": VERSION})
+        for key, value in spectra.attrs.items():
+            f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value, default=str)
+        iterations = spectra.iterations
+        f.create_dataset("iterations", data=iterations)
+        names = sorted({name for entry in spectra.entries.values() for name in entry.summary})
+        for name in names:
+            f.create_dataset(f"summary/{name}", data=spectra.series(name))
+        for iteration in iterations:
+            _write_entry(f.create_group(f"checkpoints/{iteration}"), spectra.entries[int(iteration)])
+
+
+def load_spectra(path: str | os.PathLike) -> Spectra:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"spectra file {path} does not exist")
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a gradvis spectra file (format attribute missing)")
+        attrs = {key: _maybe_json(value) for key, value in f.attrs.items() if key not in ("format", "version")}
+        entries = {int(name): _read_entry(group) for name, group in f.get("checkpoints", {}).items()}
+    return Spectra(entries, attrs)
+
+
+def merge_spectra(paths: list[str | os.PathLike]) -> Spectra:
+    """Gather per-chunk files of one run into one (the attrs of the first file are kept)."""
+    parts = [load_spectra(p) for p in paths]
+    if not parts:
+        raise ValueError("no spectra files to merge")
+    entries: dict[int, CheckpointSpectrum] = {}
+    for path, part in zip(paths, parts, strict=True):
+        overlap = set(entries) & set(part.entries)
+        if overlap:
+            raise ValueError(f"{path} repeats checkpoints {sorted(overlap)[:5]} already in another file")
+        entries.update(part.entries)
+    return Spectra(entries, parts[0].attrs)
+
+
+def _maybe_json(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value.item() if isinstance(value, np.generic) else value

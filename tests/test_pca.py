@@ -1,0 +1,111 @@
+"""Streamed trajectory PCA against scikit-learn's PCA on the explicit difference matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+
+from gradvis_steps.core.pca import gram_matrix, trajectory_pca
+
+
+def _trajectory(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """A noisy curved path, float32 as checkpoints are stored."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, n)[:, None]
+    a, b = rng.normal(size=(2, dim))
+    return (1.0 + a * t + b * t**2 + 0.05 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+class _Reader:
+    """``get(i)`` that counts its reads."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+        self.calls = 0
+
+    def __call__(self, i: int) -> np.ndarray:
+        self.calls += 1
+        return self.rows[i].copy()
+
+
+def _assert_same_up_to_sign(a: np.ndarray, b: np.ndarray, atol: float) -> None:
+    for u, v in zip(a, b, strict=True):
+        s = np.sign(u @ v)
+        np.testing.assert_allclose(u, s * v, atol=atol)
+
+
+@pytest.mark.parametrize("include_reference", [True, False])
+@pytest.mark.parametrize("block_size", [1, 3, 100])
+def test_matches_sklearn(include_reference, block_size):
+    n, dim = 11, 300
+    traj = _trajectory(n, dim)
+    ref = traj[-1].astype(np.float64)
+    rows = traj if include_reference else traj[:-1]
+    X = rows.astype(np.float64) - ref  # Algorithm 1's samples theta_i - theta_n
+    sk = PCA(n_components=3, svd_solver="full").fit(X)
+    res = trajectory_pca(_Reader(traj), n, n_components=3, include_reference=include_reference, block_size=block_size)
+    assert res.components.shape == (3, dim)
+    _assert_same_up_to_sign(res.components, sk.components_, atol=1e-9)
+    np.testing.assert_allclose(res.explained_variance, sk.explained_variance_, rtol=1e-9)
+    np.testing.assert_allclose(res.explained_variance_ratio, sk.explained_variance_ratio_, rtol=1e-9)
+    np.testing.assert_allclose(res.singular_values, sk.singular_values_, rtol=1e-9)
+    np.testing.assert_allclose(res.components @ res.components.T, np.eye(3), atol=1e-10)
+    assert res.n_samples == len(rows)
+
+
+def test_streaming_reads_and_block_sizes(monkeypatch):
+    n, dim = 20, 50
+    traj = _trajectory(n, dim, seed=1)
+    reader = _Reader(traj)
+    m, b = n, 4
+    trajectory_pca(reader, n, n_components=2, block_size=b)
+    # reference + Gram pass (each block once, then every later sample once per block) + component pass
+    gram_reads = sum(min(b, m - s) + (m - min(s + b, m)) for s in range(0, m, b))
+    assert reader.calls == 1 + gram_reads + m
+    assert gram_reads < m * m  # far fewer than all pairs
+
+    # no array larger than block_size vectors is built in the Gram pass
+    seen = []
+    orig_stack = np.stack
+
+    def spy(arrays, *a, **k):
+        arrays = list(arrays)
+        seen.append(len(arrays))
+        return orig_stack(arrays, *a, **k)
+
+    monkeypatch.setattr(np, "stack", spy)
+    G = gram_matrix(_Reader(traj), np.arange(n), traj[-1].astype(np.float64), block_size=3)
+    monkeypatch.undo()
+    assert max(seen) <= 3
+    D = traj.astype(np.float64) - traj[-1].astype(np.float64)
+    np.testing.assert_allclose(G, D @ D.T, rtol=1e-12, atol=1e-12)
+
+
+def test_two_checkpoints():
+    traj = _trajectory(2, 40, seed=2)
+    res = trajectory_pca(_Reader(traj), 2, n_components=2)
+    # only one direction is defined by two points: along theta_1 - theta_2, all variance
+    assert res.components.shape == (1, 40)
+    d = (traj[0] - traj[1]).astype(np.float64)
+    _assert_same_up_to_sign(res.components, (d / np.linalg.norm(d))[None], atol=1e-12)
+    np.testing.assert_allclose(res.explained_variance_ratio, [1.0])
+    sk = PCA(n_components=1).fit(traj.astype(np.float64) - traj[1].astype(np.float64))
+    np.testing.assert_allclose(res.explained_variance, sk.explained_variance_, rtol=1e-10)
+    with pytest.raises(ValueError):
+        trajectory_pca(_Reader(traj), 2, include_reference=False)  # a single sample has no variance
+
+
+def test_sign_convention_and_errors():
+    traj = _trajectory(6, 30, seed=3)
+    res = trajectory_pca(_Reader(traj), 6, n_components=2)
+    for c in res.components:
+        assert c[np.argmax(np.abs(c))] > 0
+    with pytest.raises(ValueError):
+        trajectory_pca(_Reader(traj), 6, n_components=7)
+
+
+def test_stationary_trajectory_has_no_components():
+    traj = np.ones((4, 10), np.float32)
+    res = trajectory_pca(_Reader(traj), 4)
+    assert res.components.shape == (0, 10) and res.explained_variance_ratio.size == 0
