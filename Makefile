@@ -14,12 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[torch,mpi,video,workflow,test]"
+	$(BIN)/python -m pip install --quiet -e ".[torch,mpi,mpich,video,workflow,test]"
 	touch $@
 
+# The main job: the whole workflow on the embedded default config, then the HTML report.
 run: install
-	$(BIN)/python -m gradvis_steps.train --dataset digits --model lenet --epochs 6 --batch-size 64 \
-		--lr 0.05 --seed 0 --out results/digits-lenet-seed0/trajectory.h5
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile profiles/default
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 1 --profile profiles/default --report results/report.html
 
 lint: install
 	$(BIN)/ruff check .
@@ -28,4 +29,4 @@ test: install lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) results .snakemake
+	rm -rf $(VENV) results results-test .snakemake

@@ -22,8 +22,9 @@ from . import cli
 from .core.normalization import METHODS as NORMALIZATIONS
 from .core.normalization import normalize_directions
 
-METHODS = ("random", "pca", "hessian", "custom")
-DEFAULT_NORMALIZATION = {"random": "filter", "custom": "filter", "pca": "none", "hessian": "none"}
+METHODS = ("random", "pca", "hessian", "custom", "interpolation")
+DEFAULT_NORMALIZATION = {"random": "filter", "custom": "filter", "pca": "none", "hessian": "none",
+                         "interpolation": "none"}
 KINDS = ("bias", "batchnorm", "norm", "conv", "linear", "other")
 
 
@@ -40,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eigendirections", help="eigendirections file (method hessian)")
     parser.add_argument("--pick", type=int, nargs="+", default=None,
                         help="which eigenvectors of the eigendirections file to use (default: the first --count)")
+    parser.add_argument("--pca-memory-mb", type=cli.positive_int, default=1024,
+                        help="memory for checkpoints held at once by the streamed PCA (default 1024): the more, the "
+                             "fewer passes over the trajectory; at least 3 model-sized vectors are always held")
     parser.add_argument("--custom", help="file with the directions (method custom): .npy, .npz or .h5, (k, N)")
+    parser.add_argument("--trajectory-b", help="second run (method interpolation): the plane through both final "
+                        "points and the first run's initial point, centred on the first run's final point")
     parser.add_argument("--normalization", default="auto", choices=("auto", *NORMALIZATIONS),
                         help="auto: filter for random/custom, none for pca/hessian")
     parser.add_argument("--ignore", nargs="*", default=["bias", "batchnorm", "norm"], choices=KINDS,
@@ -68,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.method == "pca":
             if len(traj) < 3:
                 raise ValueError(f"PCA directions need at least 3 checkpoints, {traj.path} has {len(traj)}")
+            vector_bytes = traj.dim * traj.file["params"].dtype.itemsize
+            block = max(1, args.pca_memory_mb * 2**20 // vector_bytes - 2)  # + reference + the row being read
             pca = trajectory_pca(traj.params, len(traj), n_components=min(args.count, len(traj) - 1),
-                                 reference_index=center_index)
+                                 reference_index=center_index, block_size=min(block, len(traj)))
             if len(pca.components) < args.count:
                 raise ValueError(
                     f"the trajectory in {traj.path} spans only {len(pca.components)} PCA direction(s) with "
@@ -90,6 +98,17 @@ def main(argv: list[str] | None = None) -> int:
             vectors = eig.vectors
             labels = list(eig.labels)
             extra = {"eigenvalues": eig.eigenvalues, "residuals": eig.residuals}
+        elif args.method == "interpolation":
+            if not args.trajectory_b:
+                raise ValueError("method interpolation needs --trajectory-b FILE (the second run)")
+            with Trajectory(args.trajectory_b) as other:
+                if other.layout != traj.layout:
+                    raise ValueError(f"{args.trajectory_b} holds a different model than {args.trajectory}")
+                theta_b = other.params(-1)
+            # Paper section 3.4: the plane through both minima and a third point (here the first run's init):
+            # theta_A + x (theta_B - theta_A) + y (theta_A_init - theta_A); B sits at (1, 0), the init at (0, 1).
+            vectors = np.stack([theta_b.astype(np.float64) - center, traj.params(0).astype(np.float64) - center])
+            labels = ["minimum A → minimum B", "minimum A → initial point of A"]
         else:
             if not args.custom:
                 raise ValueError("method custom needs --custom FILE with the directions")

@@ -49,15 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     if args.sigma is not None and not args.sigma > 0:
         raise ValueError(f"--sigma must be > 0, got {args.sigma}")
 
     from .backends.torch import objective_for_trajectory
     from .checkpoints import select_rows
-    from .core.parallel import distributed_values, world
-    from .core.slq import SLQResult, slq, spectral_density, spectrum_summary
+    from .core.parallel import world
     from .provenance import provenance
-    from .storage.spectra import CheckpointSpectrum, Spectra, load_spectra, save_spectra
+    from .storage.spectra import Spectra, load_spectra, save_spectra
     from .storage.trajectory import Trajectory
 
     comm = world()
@@ -90,23 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             if traj.buffer_layout:
                 objective.set_buffers(traj.buffers(int(row)), traj.buffer_layout)
             theta = objective.from_numpy(traj.params(int(row)))
-
-            def quadrature(indices: np.ndarray, theta=theta) -> np.ndarray:
-                part = slq(lambda v: objective.hvp(theta, v), traj.dim, args.k, m, seed=args.seed,
-                           kind=args.vector, like=theta, indices=indices)
-                return np.concatenate([part.nodes, part.weights, part.alpha1[:, None]], axis=1)
-
-            start = time.perf_counter()
-            # Algorithm 5: starting vectors split over ranks, raw quadratures gathered (MPI_Gatherv) on rank 0.
-            rows_kq = distributed_values(comm, args.k, 2 * m + 1, quadrature)
-            seconds = time.perf_counter() - start
+            entry = point_spectrum(comm, objective, theta, iteration, k=args.k, m=m, seed=args.seed,
+                                   kind=args.vector, sigma=args.sigma)
             if comm.rank != 0:
                 continue
-            result = SLQResult(nodes=rows_kq[:, :m], weights=rows_kq[:, m:2 * m], alpha1=rows_kq[:, 2 * m],
-                               dim=traj.dim, seed=args.seed, indices=np.arange(args.k), kind=args.vector)
-            grid, density = spectral_density(result, sigma=args.sigma)
-            done.entries[iteration] = CheckpointSpectrum(iteration, result.nodes, result.weights, result.alpha1,
-                                                         grid, density, spectrum_summary(result, 1e-6), seconds)
+            done.entries[iteration] = entry
             save_spectra(done, partial)
             if args.plot_dir:
                 write_plot(done.entries[iteration], Path(args.plot_dir), args.log_scale)
@@ -116,6 +104,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote spectra of {len(done.entries)} checkpoint(s) (k={args.k}, m={m}) to {out}", file=sys.stderr)
     comm.barrier()
     return 0
+
+
+def point_spectrum(comm: object, objective: object, theta: object, key: int, *, k: int, m: int, seed: int,
+                   kind: str, sigma: float | None) -> object:
+    """SLQ (Algorithm 2) of the Hessian at ``theta``; under MPI the k starting vectors are split over the
+    ranks and the raw quadratures gathered on rank 0 (Algorithm 5). Rank 0 gets a CheckpointSpectrum
+    stored under ``key``, the other ranks None."""
+    from .core.parallel import distributed_values
+    from .core.slq import SLQResult, slq, spectral_density, spectrum_summary
+    from .storage.spectra import CheckpointSpectrum
+
+    def quadrature(indices: np.ndarray) -> np.ndarray:
+        part = slq(lambda v: objective.hvp(theta, v), objective.dim, k, m, seed=seed, kind=kind, like=theta,
+                   indices=indices)
+        return np.concatenate([part.nodes, part.weights, part.alpha1[:, None]], axis=1)
+
+    start = time.perf_counter()
+    rows = distributed_values(comm, k, 2 * m + 1, quadrature)
+    seconds = time.perf_counter() - start
+    if rows is None:
+        return None
+    result = SLQResult(nodes=rows[:, :m], weights=rows[:, m:2 * m], alpha1=rows[:, 2 * m], dim=objective.dim,
+                       seed=seed, indices=np.arange(k), kind=kind)
+    grid, density = spectral_density(result, sigma=sigma)
+    return CheckpointSpectrum(key, result.nodes, result.weights, result.alpha1, grid, density,
+                              spectrum_summary(result, 1e-6), seconds)
 
 
 def write_plot(entry: object, folder: Path, log_scale: bool) -> None:

@@ -1,0 +1,106 @@
+"""Step: interpolation between two minima (paper section 3.4): loss along the line and spectra on it.
+
+    python -m gradvis_steps.interpolate --trajectory-a results/A/trajectory.h5 \\
+        --trajectory-b results/B/trajectory.h5 --points 20 --out-line line.h5 --out-spectra spectra.h5
+
+The final points of two runs (e.g. two seeds) are joined by the straight line
+theta(t) = (1 - t) theta_A + t theta_B; at each of ``--points`` values of t (plus an optional margin
+beyond both ends) the loss and accuracy on the evaluation subset and the Hessian's SLQ spectrum are
+computed. Batch-norm statistics are interpolated the same way. The line is written as a 1D landscape
+(plot it with ``plot_landscape --line``), the spectra as a spectra file keyed by point index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from . import cli
+from .landscape import add_evaluation_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.interpolate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--trajectory-a", required=True, help="trajectory of the first run (t = 0)")
+    parser.add_argument("--trajectory-b", required=True, help="trajectory of the second run (t = 1)")
+    parser.add_argument("--out-line", required=True, help="line landscape to write (.h5)")
+    parser.add_argument("--out-spectra", help="spectra at the line's points to write (.h5); skipped if absent")
+    parser.add_argument("--points", type=cli.positive_int, default=20, help="points on the line (paper: 20)")
+    parser.add_argument("--margin", type=float, default=0.0, help="extend the line by this fraction beyond each end")
+    parser.add_argument("--k", type=cli.positive_int, default=10, help="SLQ starting vectors (paper: 10)")
+    parser.add_argument("--m", type=cli.positive_int, default=80, help="Lanczos steps per vector (paper: 80)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the starting vectors")
+    parser.add_argument("--vector", choices=("gaussian", "rademacher"), default="gaussian")
+    parser.add_argument("--sigma", type=float, default=None, help="Gaussian width of the densities")
+    add_evaluation_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
+    if not 0 <= args.margin <= 5:
+        raise ValueError(f"--margin must be in [0, 5], got {args.margin}")
+    if args.points < 2:
+        raise ValueError(f"--points must be >= 2 to draw a line, got {args.points}")
+
+    from tqdm.auto import tqdm
+
+    from .backends.torch import objective_for_trajectory
+    from .core.grid import LandscapeResult
+    from .core.parallel import world
+    from .provenance import provenance
+    from .spectrum import point_spectrum
+    from .storage.landscape import save_landscape
+    from .storage.spectra import Spectra, save_spectra
+    from .storage.trajectory import Trajectory
+
+    comm = world()
+    with Trajectory(args.trajectory_a) as traj_a, Trajectory(args.trajectory_b) as traj_b:
+        if traj_a.layout != traj_b.layout:
+            raise ValueError(f"{args.trajectory_a} and {args.trajectory_b} hold different models "
+                             f"({traj_a.dim} vs {traj_b.dim} parameters or other tensor shapes)")
+        objective = objective_for_trajectory(traj_a, fraction=args.eval_fraction, subset_seed=args.eval_seed,
+                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+        theta_a, theta_b = traj_a.params(-1).astype(np.float64), traj_b.params(-1).astype(np.float64)
+        buffers_a, buffers_b = traj_a.buffers(-1), traj_b.buffers(-1)
+        ts = np.linspace(-args.margin, 1 + args.margin, args.points)
+        config = {key: value for key, value in vars(args).items() if key not in ("out_line", "out_spectra",
+                                                                                 "no_progress")}
+        spectra = Spectra({}, {"dim": traj_a.dim, "k": args.k, "m": min(args.m, traj_a.dim), "seed": args.seed,
+                               "vector_kind": args.vector, "t": ts.tolist(),
+                               "config": {**config, "run_a": traj_a.config, "run_b": traj_b.config},
+                               "provenance": provenance(config, ranks=comm.size)})
+        losses, accuracies = np.empty(len(ts)), np.empty(len(ts))
+        for index, t in enumerate(tqdm(ts, desc="interpolation", unit="pt",
+                                       disable=args.no_progress or comm.rank != 0)):
+            if traj_a.buffer_layout:
+                objective.set_buffers((1 - t) * buffers_a + t * buffers_b, traj_a.buffer_layout)
+            theta = objective.from_numpy((1 - t) * theta_a + t * theta_b)
+            evaluation = objective.evaluate(theta)
+            losses[index], accuracies[index] = evaluation.loss, evaluation.accuracy
+            if args.out_spectra:
+                entry = point_spectrum(comm, objective, theta, index, k=args.k, m=min(args.m, traj_a.dim),
+                                       seed=args.seed, kind=args.vector, sigma=args.sigma)
+                if entry is not None:
+                    spectra.entries[index] = entry
+        if comm.rank == 0:
+            distance = float(np.linalg.norm(theta_b - theta_a))
+            line = LandscapeResult(axes=(ts,), loss=losses, accuracy=accuracies, method="interpolation",
+                                   labels=(f"t: (1-t) θ_A + t θ_B   (|θ_B - θ_A| = {distance:.3g})",),
+                                   normalization="none", config={**config, "distance": distance},
+                                   provenance=provenance(config, ranks=comm.size))
+            save_landscape(line, args.out_line)
+            if args.out_spectra:
+                save_spectra(spectra, args.out_spectra)
+            print(f"interpolated {len(ts)} points between {args.trajectory_a} and {args.trajectory_b} "
+                  f"(distance {distance:.3g}): loss {losses.min():.3g}..{losses.max():.3g}", file=sys.stderr)
+    comm.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,680 @@
+"""The step modules end to end on one tiny trajectory (LeNet of widths 3, 4, 16, 12 on the digits, 2 epochs of
+batch 128: 25 checkpoints, 988 parameters): directions, eigendirections, landscape (resume, MPI), spectrum
+(chunks, resume, MPI) and plot_landscape.
+
+Numbers are checked against independent computations from the HDF5 files: scikit-learn's PCA, numpy least
+squares, a plain torch model loaded with ``vector_to_parameters`` and evaluated in float64, dense moments of
+the Hessian from HVPs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.integrate import trapezoid
+from threadpoolctl import threadpool_limits
+
+from gradvis_steps import cli, directions, eigendirections, landscape, plot_landscape, spectrum
+from gradvis_steps import train as train_step
+from gradvis_steps.backends.torch import objective_for_trajectory
+from gradvis_steps.backends.torch.models import build_model
+from gradvis_steps.backends.torch.objective import TorchObjective
+from gradvis_steps.core.grid import Grid, evaluate_grid
+from gradvis_steps.core.slq import starting_vector
+from gradvis_steps.data import load_dataset
+from gradvis_steps.storage.directions import load_directions_file
+from gradvis_steps.storage.landscape import load_landscape
+from gradvis_steps.storage.spectra import load_spectra, merge_spectra
+from gradvis_steps.storage.trajectory import Trajectory
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_FRACTION = 0.05  # 90 of the 1797 digits: every evaluation takes about a millisecond
+EVAL = ["--eval-fraction", str(EVAL_FRACTION), "--no-progress"]
+SPECTRUM = ["--k", "3", "--m", "12", "--dtype", "float64", *EVAL]
+RESOLUTION = 5
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return previous
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_module():
+    """Tiny tensors: one thread (torch and BLAS) is fastest, and results do not depend on the host (module
+    fixtures too)."""
+    previous = _one_thread()
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_test():
+    previous = _one_thread()
+    yield
+    torch.set_num_threads(previous)
+
+
+def step(module, *argv) -> None:
+    assert module.main([str(a) for a in argv]) == 0
+
+
+def fails(module, argv, capsys) -> str:
+    """Run a step as its command line does; it must exit 2 with one ``error:`` line (returned)."""
+    capsys.readouterr()
+    assert cli.run(module.main, [str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def filters(flat: np.ndarray, spec) -> np.ndarray:
+    """A conv/linear weight's slice as (n_filters, filter_size)."""
+    return np.moveaxis(flat[spec.slice].reshape(spec.shape), spec.filter_axis, 0).reshape(spec.n_filters, -1)
+
+
+class Reference:
+    """Independent loss: a fresh torch model in float64 loaded with ``vector_to_parameters``, one batch."""
+
+    def __init__(self, trajectory: Path):
+        with Trajectory(trajectory) as traj:
+            config = traj.config
+        dataset = load_dataset(config["dataset"])
+        self.model = build_model(config["model"], dataset.input_shape, dataset.num_classes).double().eval()
+        x, y = dataset.evaluation_subset(EVAL_FRACTION, 0)
+        self.x, self.y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y)
+
+    def __call__(self, theta: np.ndarray) -> tuple[float, float]:
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(torch.as_tensor(np.asarray(theta, dtype=np.float64)),
+                                                self.model.parameters())
+            logits = self.model(self.x)
+            loss = float(F.cross_entropy(logits, self.y))
+            accuracy = float((logits.argmax(1) == self.y).double().mean())
+        return loss, accuracy
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("steps")
+
+
+@pytest.fixture(scope="module")
+def trained(folder):
+    path = folder / "trajectory.h5"
+    step(train_step, "--model", "lenet", "--model-option", "widths=[3,4,16,12]", "--epochs", 2, "--batch-size", 128,
+         "--lr", 0.05, "--no-progress", "--out", path)
+    with Trajectory(path) as traj:
+        assert len(traj) == 25 and traj.dim == 988
+    return {"path": path, "sha256": sha256(path)}  # digest taken before any other step reads the file
+
+
+@pytest.fixture(scope="module")
+def trajectory(trained):
+    return trained["path"]
+
+
+@pytest.fixture(scope="module")
+def params(trajectory) -> np.ndarray:
+    with h5py.File(trajectory) as f:
+        return f["params"][()].astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def layout(trajectory):
+    with Trajectory(trajectory) as traj:
+        return traj.layout
+
+
+@pytest.fixture(scope="module")
+def reference(trajectory):
+    return Reference(trajectory)
+
+
+@pytest.fixture(scope="module")
+def hvp64(trajectory):
+    """Float64 HVP at the final checkpoint on the evaluation subset, as numpy -> numpy."""
+    with Trajectory(trajectory) as traj:
+        objective = objective_for_trajectory(traj, fraction=EVAL_FRACTION, device="cpu", dtype="float64")
+        theta = objective.from_numpy(traj.params(-1))
+    return lambda v: objective.to_numpy(objective.hvp(theta, objective.from_numpy(np.asarray(v, np.float64))))
+
+
+@pytest.fixture(scope="module")
+def eig_file(folder, trajectory):
+    path = folder / "eigendirections.h5"
+    step(eigendirections, "--trajectory", trajectory, "--out", path, "--count", 2, "--steps", 40,
+         "--dtype", "float64", *EVAL)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pca_file(folder, trajectory):
+    path = folder / "pca.h5"
+    step(directions, "--trajectory", trajectory, "--method", "pca", "--out", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_file(folder, trajectory):
+    path = folder / "random.h5"
+    step(directions, "--trajectory", trajectory, "--method", "random", "--seed", 3, "--out", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def landscape_2d(folder, trajectory, pca_file):
+    path = folder / "landscape_pca.h5"
+    step(landscape, "--trajectory", trajectory, "--directions", pca_file, "--resolution", RESOLUTION,
+         "--out", path, *EVAL)
+    return path
+
+
+@pytest.fixture(scope="module")
+def landscape_1d(folder, trajectory, random_file):
+    path = folder / "landscape_1d.h5"
+    step(landscape, "--trajectory", trajectory, "--directions", random_file, "--dims", 1, "--resolution", 7,
+         "--border", 0.25, "--min-extent", 1e-3, "--out", path, *EVAL)
+    return path
+
+
+@pytest.fixture(scope="module")
+def spectra_every5(folder, trajectory):
+    path = folder / "spectra.h5"
+    step(spectrum, "--trajectory", trajectory, "--every", 5, "--out", path, "--plot-dir", folder / "spectra",
+         *SPECTRUM)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- directions
+def test_random_directions_are_filter_normalized(random_file, params, layout):
+    d = load_directions_file(random_file)
+    assert d.vectors.shape == (2, 988) and d.vectors.dtype == np.float32
+    assert d.method == "random" and d.normalization == "filter" and d.center_iteration == 24
+    center = params[-1]
+    for row, vector in enumerate(d.vectors.astype(np.float64)):
+        # the raw direction: stream (seed, row) of PCG64, standard normal float32 (core.directions)
+        raw = np.random.Generator(np.random.PCG64(np.random.SeedSequence([3, row]))).standard_normal(
+            988, dtype=np.float32).astype(np.float64)
+        n_filters = 0
+        for spec in layout:
+            if spec.kind in ("conv", "linear"):
+                got, theta, r = filters(vector, spec), filters(center, spec), filters(raw, spec)
+                np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(theta, axis=1), rtol=1e-5)
+                cosine = np.sum(got * r, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(r, axis=1))
+                np.testing.assert_allclose(cosine, 1.0, atol=1e-6)  # each filter is the raw one, rescaled
+                n_filters += spec.n_filters
+            else:
+                assert spec.kind == "bias" and np.all(vector[spec.slice] == 0), spec.name
+        assert n_filters == 3 + 4 + 16 + 12 + 10
+    assert not np.allclose(d.vectors[0], d.vectors[1])
+
+
+def test_pca_directions_equal_sklearn(pca_file, params):
+    from sklearn.decomposition import PCA
+
+    d = load_directions_file(pca_file)
+    differences = params - params[-1]  # theta_i - theta_last, the last row zero (kept, as Li et al.)
+    pca = PCA(n_components=2, svd_solver="full").fit(differences)
+    assert d.method == "pca" and d.normalization == "none" and d.center_iteration == 24
+    for got, expected in zip(d.vectors.astype(np.float64), pca.components_, strict=True):
+        sign = np.sign(got @ expected)
+        np.testing.assert_allclose(sign * got, expected, atol=1e-6)
+    np.testing.assert_allclose(d.explained_variance_ratio, pca.explained_variance_ratio_, rtol=1e-7)
+    np.testing.assert_allclose(d.explained_variance, pca.explained_variance_, rtol=1e-7)
+    assert d.explained_variance_ratio[0] > d.explained_variance_ratio[1] > 0
+    assert f"{100 * pca.explained_variance_ratio_[0]:.1f}% var" in d.labels[0]
+
+
+def test_hessian_directions_are_the_eigenvectors(folder, trajectory, eig_file, hvp64):
+    eig = load_directions_file(eig_file)
+    assert eig.vectors.shape == (2, 988) and eig.center_iteration == 24
+    assert eig.eigenvalues[0] > eig.eigenvalues[1] > 0  # --which largest: descending
+    out = folder / "hessian.h5"
+    step(directions, "--trajectory", trajectory, "--method", "hessian", "--eigendirections", eig_file, "--out", out)
+    d = load_directions_file(out)
+    assert d.method == "eigenvector" and d.normalization == "none"
+    assert np.array_equal(d.vectors, eig.vectors)  # not normalized: the stored vectors are the eigenvectors
+    np.testing.assert_array_equal(d.eigenvalues, eig.eigenvalues)
+    for v, value, residual in zip(d.vectors.astype(np.float64), d.eigenvalues, d.residuals, strict=True):
+        assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-6)
+        hv = hvp64(v)
+        assert (v @ hv) / (v @ v) == pytest.approx(value, rel=1e-5)  # Rayleigh quotient, independent HVP
+        assert residual <= 1e-6 * abs(value)  # converged Ritz pair...
+        assert np.linalg.norm(hv - value * v) <= 1e-5 * abs(value)  # ...and an eigenvector (up to float32)
+
+    picked = folder / "hessian_picked.h5"
+    step(directions, "--trajectory", trajectory, "--method", "hessian", "--eigendirections", eig_file,
+         "--pick", 1, 0, "--out", picked)
+    p = load_directions_file(picked)
+    assert np.array_equal(p.vectors, eig.vectors[::-1]) and np.array_equal(p.eigenvalues, eig.eigenvalues[::-1])
+
+
+def test_custom_directions(folder, trajectory, params, layout):
+    raw = np.random.default_rng(5).standard_normal((2, 988))
+    path = folder / "custom.npy"
+    np.save(path, raw)
+    out = folder / "custom.h5"
+    step(directions, "--trajectory", trajectory, "--method", "custom", "--custom", path, "--out", out)
+    d = load_directions_file(out)
+    assert d.method == "custom" and d.normalization == "filter"
+    for got, r in zip(d.vectors.astype(np.float64), raw, strict=True):
+        for spec in layout:
+            if spec.kind == "bias":
+                assert np.all(got[spec.slice] == 0)
+                continue
+            g, f = filters(got, spec), filters(r, spec)
+            np.testing.assert_allclose(np.linalg.norm(g, axis=1), np.linalg.norm(filters(params[-1], spec), axis=1),
+                                       rtol=1e-5)
+            cosine = np.sum(g * f, axis=1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(f, axis=1))
+            np.testing.assert_allclose(cosine, 1.0, atol=1e-6)
+
+    as_is = folder / "custom_none.h5"
+    step(directions, "--trajectory", trajectory, "--method", "custom", "--custom", path, "--normalization", "none",
+         "--out", as_is)
+    assert np.array_equal(load_directions_file(as_is).vectors, raw.astype(np.float32))
+
+
+def test_directions_bad_input_exits_2(folder, trajectory, eig_file, capsys):
+    wrong = folder / "wrong_length.npy"
+    np.save(wrong, np.ones((2, 10)))
+    out = folder / "never.h5"
+    base = ["--trajectory", trajectory, "--out", out]
+    err = fails(directions, [*base, "--method", "hessian", "--eigendirections", eig_file, "--pick", 5], capsys)
+    assert "[5]" in err and "out of range" in err and "holds 2" in err
+    err = fails(directions, [*base, "--method", "hessian"], capsys)
+    assert "--eigendirections" in err
+    err = fails(directions, [*base, "--method", "custom", "--custom", wrong], capsys)
+    assert "(2, 10)" in err and "988" in err
+    err = fails(directions, [*base, "--method", "custom"], capsys)
+    assert "--custom" in err
+    err = fails(directions, ["--trajectory", folder / "missing.h5", "--out", out, "--method", "random"], capsys)
+    assert "missing.h5" in err and "does not exist" in err
+    err = fails(directions, [*base, "--method", "pca", "--center-iteration", 99], capsys)
+    assert "iteration 99" in err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------- eigendirections
+def test_eigendirections_smallest(folder, trajectory, eig_file, hvp64):
+    out = folder / "smallest.h5"
+    step(eigendirections, "--trajectory", trajectory, "--out", out, "--which", "smallest", "--count", 3,
+         "--steps", 40, "--dtype", "float64", *EVAL)
+    small = load_directions_file(out)
+    values = small.eigenvalues
+    assert np.all(np.diff(values) > 0)  # ascending: most negative first
+    assert values[0] < 0  # a trained network's Hessian is indefinite
+    assert values[-1] < load_directions_file(eig_file).eigenvalues[-1]
+    rng = np.random.default_rng(0)
+    for v, value in zip(small.vectors.astype(np.float64), values, strict=True):
+        assert (v @ hvp64(v)) / (v @ v) == pytest.approx(value, rel=1e-5, abs=1e-7)
+    for _ in range(3):  # lambda_min <= any Rayleigh quotient
+        u = rng.standard_normal(988)
+        assert values[0] < (u @ hvp64(u)) / (u @ u)
+
+
+def test_eigendirections_count_above_steps_exits_2(folder, trajectory, capsys):
+    out = folder / "never_eig.h5"
+    err = fails(eigendirections, ["--trajectory", trajectory, "--out", out, "--count", 5, "--steps", 3, *EVAL],
+                capsys)
+    assert "--count 5" in err and "--steps 3" in err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------- landscape
+def test_landscape_2d(landscape_2d, pca_file, params, reference):
+    result = load_landscape(landscape_2d)
+    vectors = load_directions_file(pca_file).vectors.astype(np.float64)
+    assert result.shape == (RESOLUTION, RESOLUTION) and result.ndim == 2 and result.filled.all()
+    assert result.method == "pca" and list(result.iterations) == list(range(25))
+
+    # projection: least squares of theta_i - theta_last on the directions (numpy), the centre at (0, 0)
+    differences = params - params[-1]
+    coefficients = np.linalg.lstsq(vectors.T, differences.T, rcond=None)[0].T
+    np.testing.assert_allclose(result.trajectory, coefficients, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(result.residuals, np.linalg.norm(differences - coefficients @ vectors, axis=1),
+                               rtol=1e-6, atol=1e-7)
+    assert np.all(result.trajectory[-1] == 0) and result.residuals[-1] == 0
+
+    # axes: the projected trajectory (and the centre) plus a 40% border on each side; an interval shorter
+    # than --min-extent (default 1) is first widened to it about its middle
+    for axis, c in zip(result.axes, result.trajectory.T, strict=True):
+        lo, hi = min(c.min(), 0.0), max(c.max(), 0.0)
+        assert axis[0] <= lo - 0.4 * (hi - lo) and axis[-1] >= hi + 0.4 * (hi - lo)
+        if hi - lo < 1.0:
+            lo, hi = (lo + hi) / 2 - 0.5, (lo + hi) / 2 + 0.5
+        extent = hi - lo
+        np.testing.assert_allclose([axis[0], axis[-1]], [lo - 0.4 * extent, hi + 0.4 * extent], rtol=1e-12)
+        np.testing.assert_allclose(np.diff(axis), (axis[-1] - axis[0]) / (RESOLUTION - 1), rtol=1e-9)
+
+    # the last checkpoint is the centre: its projection is the checkpoint itself
+    assert result.trajectory_loss[-1] == result.checkpoint_loss[-1]
+    assert result.trajectory_accuracy[-1] == result.checkpoint_accuracy[-1]
+    # values against the independent float64 model (the step evaluates in float32)
+    for i in (0, 12, 24):
+        loss, accuracy = reference(params[i])
+        assert result.checkpoint_loss[i] == pytest.approx(loss, rel=2e-5)
+        assert result.checkpoint_accuracy[i] == pytest.approx(accuracy, abs=1.5 / len(reference.y))
+        projected = params[-1] + result.trajectory[i] @ vectors
+        assert result.trajectory_loss[i] == pytest.approx(reference(projected)[0], rel=2e-5)
+    x, y = result.axes
+    for i, j in ((0, 0), (1, 3), (4, 2)):
+        theta = params[-1] + x[i] * vectors[0] + y[j] * vectors[1]
+        assert result.loss[i, j] == pytest.approx(reference(theta)[0], rel=2e-5)
+    zero_x, zero_y = np.flatnonzero(x == 0), np.flatnonzero(y == 0)
+    if zero_x.size and zero_y.size:  # the centre happens to be a grid point
+        assert result.loss[zero_x[0], zero_y[0]] == result.checkpoint_loss[-1]
+
+
+def test_landscape_explicit_range_centre_on_grid(folder, trajectory, pca_file, params, reference, capsys):
+    out = folder / "landscape_range.h5"
+    step(landscape, "--trajectory", trajectory, "--directions", pca_file, "--range", -1, 1, -0.5, 0.5,
+         "--resolution", RESOLUTION, "--out", out, *EVAL)
+    result = load_landscape(out)
+    np.testing.assert_array_equal(result.axes[0], np.linspace(-1, 1, RESOLUTION))
+    np.testing.assert_array_equal(result.axes[1], np.linspace(-0.5, 0.5, RESOLUTION))
+    centre = result.loss[RESOLUTION // 2, RESOLUTION // 2]
+    assert result.axes[0][RESOLUTION // 2] == 0 and result.axes[1][RESOLUTION // 2] == 0
+    assert centre == result.checkpoint_loss[-1]
+    assert centre == pytest.approx(reference(params[-1])[0], rel=2e-5)
+
+    base = ["--trajectory", trajectory, "--directions", pca_file, "--out", folder / "never.h5", *EVAL]
+    err = fails(landscape, [*base, "--range", -1, 1, 2], capsys)
+    assert "--range needs 4 numbers" in err and "[-1.0, 1.0, 2.0]" in err
+    err = fails(landscape, [*base, "--range", 1, -1, 0, 1], capsys)
+    assert "(1.0, -1.0)" in err
+    one = folder / "one_direction.h5"
+    step(directions, "--trajectory", trajectory, "--method", "random", "--count", 1, "--out", one)
+    err = fails(landscape, [*base, "--dims", 2, "--directions", one], capsys)
+    assert "one_direction.h5 holds 1 direction(s); --dims 2" in err
+    err = fails(landscape, [*base, "--directions", folder / "missing_directions.h5"], capsys)
+    assert "missing_directions.h5" in err and "does not exist" in err
+    assert not (folder / "never.h5").exists()
+
+
+def test_landscape_1d(landscape_1d, random_file, params, reference):
+    result = load_landscape(landscape_1d)
+    v = load_directions_file(random_file).vectors[0].astype(np.float64)
+    assert result.ndim == 1 and result.shape == (7,) and result.trajectory.shape == (25, 1)
+    coefficients = (params - params[-1]) @ v / (v @ v)
+    np.testing.assert_allclose(result.trajectory[:, 0], coefficients, rtol=1e-7, atol=1e-10)
+    assert result.trajectory[-1, 0] == 0 and result.trajectory_loss[-1] == result.checkpoint_loss[-1]
+    x = result.axes[0]
+    lo, hi = min(coefficients.min(), 0.0), max(coefficients.max(), 0.0)
+    assert hi - lo > 1e-3  # --min-extent does not act: the range is the trajectory's plus the 25% border
+    np.testing.assert_allclose([x[0], x[-1]], [lo - 0.25 * (hi - lo), hi + 0.25 * (hi - lo)], rtol=1e-7)
+    for i in (0, 3, 6):
+        assert result.loss[i] == pytest.approx(reference(params[-1] + x[i] * v)[0], rel=2e-5)
+
+
+def test_grid_evaluation_leaves_model_untouched(trajectory, params, digits):
+    with Trajectory(trajectory) as traj:
+        config = traj.config
+    torch.manual_seed(0)
+    model = build_model(config["model"], digits.input_shape, digits.num_classes)
+    model.train()
+    torch.nn.utils.vector_to_parameters(torch.as_tensor(params[12], dtype=torch.float32), model.parameters())
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    grads_before = [p.requires_grad for p in model.parameters()]
+    x, y = digits.evaluation_subset(EVAL_FRACTION, 0)
+    objective = TorchObjective(model, x, y, batch_size=32)
+    center = params[-1].astype(np.float32)
+    dirs = np.random.default_rng(1).standard_normal((2, 988)).astype(np.float32)
+    values = evaluate_grid(objective, center, dirs, Grid.from_ranges([(-1, 1), (-1, 1)], 3), progress=False)
+    assert values.filled.all() and np.isfinite(values.loss).all()
+    objective.hvp(objective.from_numpy(center), objective.from_numpy(dirs[0]))
+    objective.grad(objective.from_numpy(center))
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert after[name].dtype == tensor.dtype and torch.equal(after[name], tensor), name
+    assert model.training and [p.requires_grad for p in model.parameters()] == grads_before
+    assert all(p.grad is None for p in model.parameters())
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_landscape_resume_evaluates_only_missing_points(folder, trajectory, pca_file, landscape_2d, monkeypatch):
+    out = folder / "resumed" / "landscape.h5"
+    argv = ["--trajectory", trajectory, "--directions", pca_file, "--resolution", RESOLUTION, "--out", out, *EVAL]
+    # Every loss evaluation, single (evaluate) or batched (evaluate_many), runs _evaluate_point once per point.
+    original = TorchObjective._evaluate_point
+    n_points, n_done = RESOLUTION**2, 9
+    calls = [0]
+
+    def failing(self):
+        calls[0] += 1
+        if calls[0] > n_done:
+            raise Interrupted
+        return original(self)
+
+    monkeypatch.setattr(landscape, "FLUSH_SECONDS", 0.0)  # flush after every point
+    monkeypatch.setattr(landscape, "POINTS_PER_CALL", 1)  # results of a batch arrive at its end: one per batch
+    monkeypatch.setattr(TorchObjective, "_evaluate_point", failing)
+    with pytest.raises(Interrupted):
+        landscape.main([str(a) for a in argv])
+    partials = sorted(out.parent.glob(".landscape.h5.partial-*.npz"))
+    assert len(partials) == 1 and not out.exists()
+    with np.load(partials[0]) as data:
+        assert sorted(data["indices"]) == list(range(n_done))
+
+    # a stale partial file of other settings lies beside it: it must be ignored, not merged
+    np.savez(out.parent / ".landscape.h5.partial-7.npz", signature="another run", indices=np.arange(n_points),
+             loss=np.zeros(n_points), accuracy=np.zeros(n_points))
+    calls[0] = 0
+
+    def counting(self):
+        calls[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(TorchObjective, "_evaluate_point", counting)
+    step(landscape, *argv)
+    assert calls[0] == (n_points - n_done) + 25 + 25  # missing grid points, projections, checkpoints
+    resumed, full = load_landscape(out), load_landscape(landscape_2d)
+    for name in ("loss", "accuracy", "trajectory", "trajectory_loss", "checkpoint_loss", "residuals"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name), err_msg=name)
+    for axis_resumed, axis_full in zip(resumed.axes, full.axes, strict=True):
+        np.testing.assert_array_equal(axis_resumed, axis_full)
+    assert not list(out.parent.glob(".landscape.h5.partial-*"))
+
+
+# --------------------------------------------------------------------------------------------------- MPI
+MPI_DRIVER = """
+import sys
+from gradvis_steps import landscape, spectrum
+trajectory, directions, out = sys.argv[1:4]
+evaluation = ["--eval-fraction", "0.05", "--no-progress"]
+landscape.main(["--trajectory", trajectory, "--directions", directions, "--resolution", "5",
+                "--out", out + "/landscape.h5", *evaluation])
+spectrum.main(["--trajectory", trajectory, "--iterations", "0", "24", "--k", "3", "--m", "8",
+               "--out", out + "/spectra.h5", *evaluation])
+"""
+
+
+def test_mpi_runs_equal_serial_bitwise(folder, trajectory, pca_file):
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        print("skipping: mpiexec not found next to the interpreter or on PATH")
+        pytest.skip("mpiexec not found")
+    pytest.importorskip("mpi4py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for name in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK"):
+        env.pop(name, None)
+    outputs = {}
+    for name, launcher in (("serial", []), ("mpi", [mpiexec, "-n", "2"])):
+        out = folder / f"mpi_{name}"
+        out.mkdir()
+        result = subprocess.run([*launcher, sys.executable, "-c", MPI_DRIVER, str(trajectory), str(pca_file),
+                                 str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[name] = out
+    serial = load_landscape(outputs["serial"] / "landscape.h5")
+    parallel = load_landscape(outputs["mpi"] / "landscape.h5")
+    assert serial.provenance["ranks"] == 1 and parallel.provenance["ranks"] == 2
+    for name in ("loss", "accuracy", "trajectory_loss", "trajectory_accuracy", "checkpoint_loss",
+                 "checkpoint_accuracy", "trajectory"):
+        np.testing.assert_array_equal(getattr(parallel, name), getattr(serial, name), err_msg=name)
+    serial_spectra = load_spectra(outputs["serial"] / "spectra.h5")
+    parallel_spectra = load_spectra(outputs["mpi"] / "spectra.h5")
+    assert parallel_spectra.attrs["provenance"]["ranks"] == 2
+    assert sorted(parallel_spectra.entries) == sorted(serial_spectra.entries) == [0, 24]
+    for iteration, entry in serial_spectra.entries.items():
+        other = parallel_spectra.entries[iteration]
+        for name in ("nodes", "weights", "alpha1", "grid", "density"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(entry, name), err_msg=f"{iteration} {name}")
+    assert not list(outputs["mpi"].glob(".*partial*"))
+
+
+# ------------------------------------------------------------------------------------------------ spectrum
+def test_spectrum_every_summaries_and_plots(folder, trajectory, spectra_every5, params):
+    spectra = load_spectra(spectra_every5)
+    assert sorted(spectra.entries) == [0, 5, 10, 15, 20, 24]
+    assert spectra.attrs["k"] == 3 and spectra.attrs["m"] == 12 and spectra.attrs["dim"] == 988
+    for iteration, entry in spectra.entries.items():
+        assert entry.iteration == iteration and entry.nodes.shape == entry.weights.shape == (3, 12)
+        np.testing.assert_allclose(entry.weights.sum(axis=1), 1.0, atol=1e-12)
+        assert np.all(np.diff(entry.nodes, axis=1) >= 0)
+        assert trapezoid(entry.density, entry.grid) == pytest.approx(1.0, abs=1e-6)
+        s = entry.summary
+        assert s["lambda_max"] == entry.nodes.max() and s["lambda_min"] == entry.nodes.min()
+        assert s["trace_estimate"] == pytest.approx(988 * entry.alpha1.mean(), rel=1e-12)
+        # the first moment of each quadrature is v^T H v = alpha1 (Gauss quadrature is exact there)
+        np.testing.assert_allclose(np.sum(entry.weights * entry.nodes, axis=1), entry.alpha1, rtol=1e-9,
+                                   atol=1e-12 * np.abs(entry.nodes).max())
+        png = folder / "spectra" / f"iter_{iteration:06d}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with h5py.File(spectra_every5) as f:
+        np.testing.assert_array_equal(f["iterations"][()], [0, 5, 10, 15, 20, 24])
+        np.testing.assert_array_equal(f["summary/lambda_max"][()],
+                                      [spectra.entries[i].summary["lambda_max"] for i in (0, 5, 10, 15, 20, 24)])
+
+
+def test_spectrum_against_hvp_at_last_checkpoint(spectra_every5, hvp64):
+    """alpha1_i = v_i^T H v_i and sum_j w_ij l_ij^2 = ||H v_i||^2 for the documented starting vectors."""
+    entry = load_spectra(spectra_every5).entries[24]
+    for i in range(3):
+        v = starting_vector(988, 0, i)
+        hv = hvp64(v)
+        assert entry.alpha1[i] == pytest.approx(v @ hv, rel=1e-9, abs=1e-12)
+        assert np.sum(entry.weights[i] * entry.nodes[i] ** 2) == pytest.approx(hv @ hv, rel=1e-8)
+
+
+def test_spectrum_iterations_and_chunks_equal_full_run(folder, trajectory, spectra_every5, capsys):
+    full = load_spectra(spectra_every5).entries
+    chosen = folder / "spectra_chosen.h5"
+    step(spectrum, "--trajectory", trajectory, "--iterations", 5, 24, "--out", chosen, *SPECTRUM)
+    parts = [folder / "spectra_part1.h5", folder / "spectra_part2.h5"]
+    for i, part in enumerate(parts, start=1):
+        step(spectrum, "--trajectory", trajectory, "--every", 5, "--chunk", f"{i}/2", "--out", part, *SPECTRUM)
+    assert sorted(load_spectra(parts[0]).entries) == [0, 5, 10]
+    merged = merge_spectra(parts).entries
+    assert sorted(load_spectra(chosen).entries) == [5, 24] and sorted(merged) == sorted(full)
+    for entries in (load_spectra(chosen).entries, merged):
+        for iteration, entry in entries.items():
+            for name in ("nodes", "weights", "alpha1", "grid", "density"):
+                np.testing.assert_array_equal(getattr(entry, name), getattr(full[iteration], name))
+            assert entry.summary == full[iteration].summary
+
+    base = ["--trajectory", trajectory, "--out", folder / "never_spectra.h5", *SPECTRUM]
+    assert "'3/2'" in fails(spectrum, [*base, "--chunk", "3/2"], capsys)
+    assert "[99]" in fails(spectrum, [*base, "--iterations", 99], capsys)
+    assert "--sigma must be > 0, got -1.0" in fails(spectrum, [*base, "--sigma", -1], capsys)
+
+
+def test_spectrum_resume_reuses_partial_entries(folder, trajectory, spectra_every5, monkeypatch):
+    full = load_spectra(spectra_every5).entries
+    out = folder / "resume" / "spectra.h5"
+    argv = ["--trajectory", trajectory, "--iterations", 0, 5, 24, "--out", out, *SPECTRUM]
+    original = TorchObjective.hvp
+    per_checkpoint = 3 * 12  # k * m HVPs
+    calls = [0]
+
+    def failing(self, theta, v):
+        calls[0] += 1
+        if calls[0] > per_checkpoint + 5:  # dies inside the second checkpoint
+            raise Interrupted
+        return original(self, theta, v)
+
+    monkeypatch.setattr(TorchObjective, "hvp", failing)
+    with pytest.raises(Interrupted):
+        spectrum.main([str(a) for a in argv])
+    partial = out.with_name("spectra.h5.partial")
+    assert not out.exists() and sorted(load_spectra(partial).entries) == [0]
+
+    calls[0] = 0
+
+    def counting(self, theta, v):
+        calls[0] += 1
+        return original(self, theta, v)
+
+    monkeypatch.setattr(TorchObjective, "hvp", counting)
+    step(spectrum, *argv)
+    assert calls[0] == 2 * per_checkpoint  # checkpoint 0 came from the partial file
+    resumed = load_spectra(out).entries
+    assert sorted(resumed) == [0, 5, 24] and not partial.exists()
+    for iteration, entry in resumed.items():
+        for name in ("nodes", "weights", "alpha1", "density"):
+            np.testing.assert_array_equal(getattr(entry, name), getattr(full[iteration], name))
+
+
+# ------------------------------------------------------------------------------------------ plot_landscape
+def test_plot_landscape_2d_files(folder, landscape_2d):
+    paths = {kind: folder / "plots" / f"pca_{kind}.{ext}"
+             for kind, ext in (("contour", "png"), ("surface", "png"), ("vtk", "vtk"))}
+    step(plot_landscape, "--landscape", landscape_2d, "--contour", paths["contour"], "--surface", paths["surface"],
+         "--vtk", paths["vtk"], "--log-levels")
+    for kind in ("contour", "surface"):
+        assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = paths["vtk"].read_text().splitlines()
+    assert lines[0].startswith("# vtk DataFile") and f"DIMENSIONS {RESOLUTION} {RESOLUTION} 1" in lines
+    n = RESOLUTION**2
+    start = lines.index(f"POINTS {n} double") + 1
+    points = np.loadtxt(lines[start:start + n])
+    result = load_landscape(landscape_2d)
+    np.testing.assert_allclose(points[:, 2], result.loss.T.ravel(), rtol=1e-9)  # x fastest
+    np.testing.assert_allclose(points[:RESOLUTION, 0], result.axes[0], rtol=1e-9, atol=1e-12)
+
+
+def test_plot_landscape_1d_line(folder, landscape_1d, capsys):
+    line = folder / "plots" / "line.png"
+    step(plot_landscape, "--landscape", landscape_1d, "--line", line)
+    assert line.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    err = fails(plot_landscape, ["--landscape", landscape_1d, "--contour", folder / "plots" / "no.png"], capsys)
+    assert "1D landscape" in err and "--contour" in err
+    assert not (folder / "plots" / "no.png").exists()
+
+
+def test_plot_landscape_line_on_2d_exits_2(folder, landscape_2d):
+    target = folder / "plots" / "never_line.png"
+    result = subprocess.run([sys.executable, "-m", "gradvis_steps.plot_landscape", "--landscape", str(landscape_2d),
+                             "--line", str(target)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result.stderr
+    err = result.stderr.strip()
+    assert err.startswith(f"error: {landscape_2d}") and "\n" not in err, err
+    assert "2D landscape" in err and "--line needs a 1D one" in err
+    assert not target.exists()
+
+
+# -------------------------------------------------------------------------------------------------- last
+def test_trajectory_file_unchanged_by_the_steps(trained, landscape_2d, landscape_1d, spectra_every5, eig_file):
+    assert sha256(trained["path"]) == trained["sha256"]

@@ -1,0 +1,145 @@
+"""The Snakemake workflow: lint, dry runs of every config, config validation, and the whole DAG on the tiny
+test config (real jobs, real videos, the HTML report), plus incremental sweeps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.skipif(shutil.which("snakemake", path=str(BIN)) is None,
+                                reason="snakemake is not installed in this environment (pip install -e .[workflow])")
+
+
+def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "config").glob("*.yaml")))
+def test_every_config_dry_runs(config):
+    result = snakemake("-n", "--cores", "1", "--configfile", f"config/{config}")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"landscape": {"resolution": 1}}, "1 is less than the minimum of 2"),
+        ({"landscpe": {"resolution": 5}}, "'landscpe' was unexpected"),
+        ({"spectra": {"vector": "uniform"}}, "'uniform' is not one of ['gaussian', 'rademacher']"),
+        ({"train": {"model": ["vgg"]}}, "train.model names 'vgg'"),
+        ({"frames": {"direction": "custom"}}, "frames.direction 'custom' is not in directions.methods"),
+    ],
+)
+def test_bad_config_is_rejected_before_any_job(tmp_path, override, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**override, "results": str(tmp_path / "results")}))
+    result = snakemake("-n", "--cores", "1", "--configfile", str(path))
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The whole DAG of config/test.yaml, written under a temporary results folder."""
+    folder = tmp_path_factory.mktemp("workflow")
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    config["results"] = str(folder / "results")
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--cores", "2", "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = snakemake("--cores", "1", "--configfile", str(path), "--report", str(folder / "report.html"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    return folder, path, config
+
+
+def test_whole_dag_produces_every_result(tiny_run):
+    from gradvis_steps.render.video import count_frames
+    from gradvis_steps.storage.landscape import load_landscape
+    from gradvis_steps.storage.spectra import load_spectra
+    from gradvis_steps.storage.trajectory import Trajectory
+
+    folder, _, config = tiny_run
+    results = folder / "results"
+    runs = sorted(p.name for p in results.iterdir())
+    assert runs == ["digits-lenet_small-lr0.05-bs256-e2-m0.9-s0", "digits-lenet_small-lr0.05-bs256-e2-m0.9-s1"]
+    for run in runs:
+        with Trajectory(results / run / "trajectory.h5") as traj:
+            n_checkpoints = len(traj)
+            assert traj.config["train"]["seed"] == int(run[-1])
+        assert n_checkpoints == 2 * 6 + 1  # 1,500 digits / batch 256 = 6 steps per epoch, plus the initial point
+        for method in config["directions"]["methods"]:
+            land = load_landscape(results / run / "landscape" / f"{method}_2d.h5")
+            assert land.loss.shape == (5, 5) and np.isfinite(land.loss).all()
+            assert land.trajectory.shape == (n_checkpoints, 2)
+            assert land.provenance["versions"]["gradvis"] and land.config["run"]["train"]["seed"] == int(run[-1])
+            for suffix in ("contour.png", "surface.png", "surface.vtk", "line.png"):
+                assert (results / run / "plots" / f"{method}_{suffix}").stat().st_size > 0
+        spectra = load_spectra(results / run / "spectra.h5")
+        assert spectra.iterations.tolist() == [0, 3, 6, 9, 12]  # every 3rd checkpoint and the last
+        assert count_frames(results / run / "training.mp4") == len(spectra.iterations)
+    pair = results / runs[0] / "interpolation" / runs[1]
+    line = load_landscape(pair / "line.h5")
+    assert line.axes[0].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert len(load_spectra(pair / "spectra.h5").entries) == 4
+    assert count_frames(pair / "interpolation.mp4") == 4
+    assert (pair / "plane_contour.png").stat().st_size > 0
+    with h5py.File(pair / "plane.h5") as f:
+        assert f["loss"].shape == (5, 5)
+    html = (folder / "report.html").read_text(errors="replace")
+    assert "training.mp4" in html and "contour.png" in html
+
+
+def test_complete_run_has_nothing_to_do_and_sweeps_add_only_new_jobs(tiny_run):
+    folder, path, config = tiny_run
+    again = snakemake("-n", "--cores", "1", "--configfile", str(path))
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+    config["train"]["seed"] = [0, 1, 2]
+    wider = folder / "wider.yaml"
+    wider.write_text(yaml.safe_dump(config))
+    plan = snakemake("-n", "--cores", "1", "--configfile", str(wider), "--quiet", "rules")
+    assert plan.returncode == 0, plan.stderr
+    planned = {line.split()[0]: int(line.split()[1]) for line in plan.stdout.splitlines()
+               if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert planned.get("train") == 1  # only the new seed's run trains
+    assert planned.get("interpolate") is None  # the pair (seeds 0, 1) is unchanged
+    assert planned.get("spectra_gather") == 1
+
+
+def test_mpi_launcher_only_for_jobs_with_several_tasks(tmp_path):
+    """mpi_tasks > 1 prefixes the step with `{mpi_launcher} -n N` (and declares the `mpi` resource SLURM needs);
+    one task runs plain python, with no MPI launcher required on a laptop."""
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    config["landscape"]["mpi_tasks"] = 3
+    config["mpi_launcher"] = "srun"
+    path = tmp_path / "mpi.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "-p", "--cores", "4", "--configfile", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    shells = [line for line in result.stdout.splitlines() if "python -m gradvis_steps." in line]
+    landscape = [s for s in shells if "gradvis_steps.landscape" in s]
+    others = [s for s in shells if "gradvis_steps.landscape" not in s]
+    assert landscape and all("srun -n 3 python -m gradvis_steps.landscape" in s for s in landscape), landscape
+    assert others and not any("srun" in s or "mpiexec" in s for s in others), others

@@ -1,0 +1,99 @@
+# Interpolation between two minima (paper section 3.4): the loss and the Hessian spectrum along the line
+# between the final points of two runs that differ only in their seed, and the plane through both minima
+# and the first run's initial point.
+
+
+rule interpolate:
+    input:
+        a=f"{R}/{{run}}/trajectory.h5",
+        b=f"{R}/{{other}}/trajectory.h5",
+    output:
+        line=f"{PAIR_DIR}/line.h5",
+        spectra=f"{PAIR_DIR}/spectra.h5",
+    log:
+        f"{PAIR_DIR}/interpolate.log",
+    params:
+        launch=mpi_launcher,
+        args=f"--points {INTERP['points']} {SPEC_ARGS} {EVAL_ARGS}",
+    threads: RES["threads"]
+    resources:
+        **mpi_resources(SPEC["mpi_tasks"]),
+        gpu=RES["gpu"],
+        mem_mb=RES["mem_mb"],
+        runtime=RES["runtime"],
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.interpolate "
+        "--trajectory-a {input.a} --trajectory-b {input.b} {params.args} --out-line {output.line} "
+        "--out-spectra {output.spectra} > {log} 2>&1"
+
+
+rule plot_interpolation_line:
+    input:
+        f"{PAIR_DIR}/line.h5",
+    output:
+        report(f"{PAIR_DIR}/line.png", category="Interpolation", labels={"runs": "{run} → {other}", "figure": "line"}),
+    log:
+        f"{PAIR_DIR}/plot_line.log",
+    conda:
+        ENV
+    shell:
+        "python -m gradvis_steps.plot_landscape --landscape {input} --line {output} > {log} 2>&1"
+
+
+rule interpolation_plane_directions:
+    input:
+        a=f"{R}/{{run}}/trajectory.h5",
+        b=f"{R}/{{other}}/trajectory.h5",
+    output:
+        f"{PAIR_DIR}/plane_directions.h5",
+    log:
+        f"{PAIR_DIR}/plane_directions.log",
+    threads: RES["threads"]
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.a} --trajectory-b {input.b} "
+        "--method interpolation --out {output} > {log} 2>&1"
+
+
+rule interpolation_plane:
+    input:
+        trajectory=f"{R}/{{run}}/trajectory.h5",
+        directions=f"{PAIR_DIR}/plane_directions.h5",
+    output:
+        f"{PAIR_DIR}/plane.h5",
+    log:
+        f"{PAIR_DIR}/plane.log",
+    params:
+        launch=mpi_launcher,
+        # minimum A at (0, 0), minimum B at (1, 0), A's initial point at (0, 1), plus the border
+        args=(f"--resolution {INTERP['resolution']} --range {-INTERP['plane_border']} {1 + INTERP['plane_border']} "
+              f"{-INTERP['plane_border']} {1 + INTERP['plane_border']} {EVAL_ARGS}"),
+    threads: RES["threads"]
+    resources:
+        **mpi_resources(LAND["mpi_tasks"]),
+        gpu=RES["gpu"],
+        mem_mb=RES["mem_mb"],
+        runtime=RES["runtime"],
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.landscape "
+        "--trajectory {input.trajectory} --directions {input.directions} {params.args} --out {output} > {log} 2>&1"
+
+
+rule plot_interpolation_plane:
+    input:
+        f"{PAIR_DIR}/plane.h5",
+    output:
+        contour=report(f"{PAIR_DIR}/plane_contour.png", category="Interpolation",
+                       labels={"runs": "{run} → {other}", "figure": "plane"}),
+        surface=f"{PAIR_DIR}/plane_surface.png",
+    log:
+        f"{PAIR_DIR}/plot_plane.log",
+    conda:
+        ENV
+    shell:
+        "python -m gradvis_steps.plot_landscape --landscape {input} --contour {output.contour} --surface {output.surface} > {log} 2>&1"
