@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     if args.count > args.steps:
         raise ValueError(f"--count {args.count} exceeds --steps {args.steps}: Lanczos gives at most one Ritz pair "
                          "per step")

@@ -25,6 +25,7 @@ import numpy as np
 from . import cli
 
 FLUSH_SECONDS = 10.0
+POINTS_PER_CALL = 16  # grid points per batched objective call (one host sync each), between flushes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +121,7 @@ def file_digest(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     ranges = explicit_ranges(args.range, args.dims)
     if not 0 <= args.border <= 10:
         raise ValueError(f"--border must be in [0, 10], got {args.border}")
@@ -166,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"resuming: {restored} of {grid.n_points} grid points restored", file=sys.stderr)
 
         def grid_chunk(indices: np.ndarray) -> np.ndarray:
-            evaluate_grid(objective, center, vectors, grid, indices=indices, out=values, progress=progress,
-                          callback=lambda _, v: partial.flush(v))
-            partial.flush(values, force=True)
+            try:
+                evaluate_grid(objective, center, vectors, grid, indices=indices, out=values, progress=progress,
+                              batch_size=POINTS_PER_CALL, callback=lambda _, v: partial.flush(v))
+            finally:  # interrupted or failed: keep every point evaluated so far for the rerun
+                partial.flush(values, force=True)
             return np.stack([values.loss[indices], values.accuracy[indices]], axis=1)
 
         start = time.perf_counter()
@@ -176,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         grid_seconds = time.perf_counter() - start
 
         def projected_chunk(indices: np.ndarray) -> np.ndarray:
-            v = evaluate_trajectory(objective, center, vectors, projection.coefficients[indices])
+            v = evaluate_trajectory(objective, center, vectors, projection.coefficients[indices],
+                                    batch_size=POINTS_PER_CALL)
             return np.stack([v.loss, v.accuracy], axis=1)
 
         def checkpoint_chunk(indices: np.ndarray) -> np.ndarray:

@@ -64,6 +64,7 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     config = run_config(args)
 
     from .backends.torch import model_for, resolve_device

@@ -22,6 +22,17 @@ TOP = np.array([120.0, 80.0, 50.0, 35.0, 20.0])  # outliers, descending
 BOTTOM = np.array([-12.0, -8.0, -5.0])  # clearly negative, ascending
 
 
+@pytest.fixture(autouse=True, params=["host", "device"])
+def loop(request, monkeypatch):
+    """Every test runs against both Lanczos loops: the host-branching one that host arrays normally take and
+    the sync-free one used on GPUs (forced here on the CPU), so both are held to the same accuracy."""
+    if request.param == "device":
+        import gradvis_steps.core.lanczos as lanczos_module
+
+        monkeypatch.setattr(lanczos_module, "_on_host", lambda v: False)
+    return request.param
+
+
 def _orth_error(V: np.ndarray) -> float:
     return float(np.abs(V @ V.T - np.eye(V.shape[0])).max())
 

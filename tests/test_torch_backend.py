@@ -180,3 +180,31 @@ def test_bad_inputs_are_named():
         objective.loss(torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         build_model("vgg", (1, 8, 8), 10)
+
+
+@pytest.mark.parametrize("make_model", [tiny_lenet, tiny_bn_net], ids=["lenet", "batchnorm"])
+def test_evaluate_many_equals_an_independent_forward_at_each_point(make_model, eval_data):
+    """Batched grid points (formed in place in the objective's parameter buffer) against the reference loss,
+    written without the backend, at center + a d1 + b d2; accuracy against the reference logits."""
+    x, y = eval_data
+    model = make_model()
+    objective = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64)  # uneven last batch
+    center = objective.initial_point()
+    g = torch.Generator().manual_seed(0)
+    dirs = [0.1 * torch.randn(objective.dim, generator=g, dtype=torch.float64) for _ in range(2)]
+    coeffs = np.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 0.25], [0.3, 3.0]])
+    results = objective.evaluate_many(center, dirs, coeffs)
+    f = reference_loss(model, x, y)
+    module = copy.deepcopy(model).eval()
+    names = [n for n, _ in module.named_parameters()]
+    for (a, b), got in zip(coeffs, results, strict=True):
+        theta = center + a * dirs[0] + b * dirs[1]
+        assert got.loss == pytest.approx(f(theta).item(), rel=1e-12)
+        params = dict(zip(names, torch.split(theta, [p.numel() for p in module.parameters()]), strict=True))
+        params = {n: t.view_as(p) for (n, p), t in zip(module.named_parameters(), params.values(), strict=True)}
+        logits = functional_call(module, {**params, **dict(module.named_buffers())}, (x,))
+        assert got.accuracy == pytest.approx((logits.argmax(1) == y).double().mean().item(), abs=1e-15)
+        single = objective.evaluate(theta)
+        assert single.loss == pytest.approx(got.loss, rel=1e-13) and single.accuracy == got.accuracy
+    # loading points never moves the objective's own starting point
+    assert torch.equal(objective.initial_point(), center)

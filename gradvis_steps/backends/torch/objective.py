@@ -1,7 +1,10 @@
 """The PyTorch Objective: loss, accuracy, gradient and exact Hessian-vector products at a flat vector.
 
-The user's model is never mutated: the objective keeps its own eval-mode copy and evaluates it with
-``torch.func.functional_call`` on views of the flat vector. Every reduction is a sum over samples
+The user's model is never mutated: the objective keeps its own eval-mode copy. Loss and accuracy run the
+copy's own forward with its parameters turned into views of one flat "point" buffer, so a landscape point
+is loaded with one copy (or formed in place by :meth:`TorchObjective.evaluate_many`) and costs one plain
+forward pass; gradients and Hessian-vector products call ``torch.func.functional_call`` on views of a
+differentiable flat vector instead. Every reduction is a sum over samples
 divided by the number of samples, so each batch is weighted by its size (an uneven last batch counts
 exactly as much as it should; the original GradVis multiplied HVPs by the number of batches instead).
 """
@@ -9,7 +12,6 @@ exactly as much as it should; the original GradVis multiplied HVPs by the number
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -48,13 +50,20 @@ class TorchObjective:
         self.hvp_mode = hvp_mode
         self.batch_size = int(batch_size)
         self.module = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval()
+        self.layout = layout_of(model)
+        self._initial = flatten_parameters(self.module, self.layout).to(dtype)
+        # The copy's parameters become views of one flat buffer: writing a point there loads it into the model.
+        self._point = self._initial.clone()
+        params = dict(self.module.named_parameters())
+        for spec in self.layout:
+            params[spec.name].data = self._point[spec.slice].view(spec.shape)
         for p in self.module.parameters():  # the copy's own parameters are never used for gradients
             p.requires_grad_(False)
-        self.layout = layout_of(model)
         self.buffers = {name: b for name, b in self.module.named_buffers()}
         self.x = torch.as_tensor(x).to(device=self.device, dtype=dtype)
         self.y = torch.as_tensor(y).to(device=self.device, dtype=torch.long)
         self.n_samples = len(self.x)
+        self._batch_views: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # -- conversion ---------------------------------------------------------------------------------
     @property
@@ -69,16 +78,23 @@ class TorchObjective:
 
     def initial_point(self) -> torch.Tensor:
         """The flat parameters the model was built with."""
-        return flatten_parameters(self.module, self.layout).to(self.dtype)
+        return self._initial.clone()
 
     def set_buffers(self, flat: np.ndarray, layout: list[dict] | str) -> None:
         """Use a checkpoint's buffers (batch-norm running statistics) for all later evaluations."""
-        self.buffers = unflatten_buffers(flat, layout, self.device, float_dtype=self.dtype)
+        values = unflatten_buffers(flat, layout, self.device, float_dtype=self.dtype)
+        if set(values) != set(self.buffers):
+            raise ValueError(f"checkpoint buffers {sorted(values)} do not match the model's {sorted(self.buffers)}")
+        with torch.no_grad():
+            for name, value in values.items():
+                self.buffers[name].copy_(value)
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, self.n_samples, self.batch_size):
-            yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+    def _batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self._batch_views is None:  # views, made once: the hot loops only iterate
+            self._batch_views = [(self.x[s:s + self.batch_size], self.y[s:s + self.batch_size])
+                                 for s in range(0, self.n_samples, self.batch_size)]
+        return self._batch_views
 
     def _logits(self, theta: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, (unflatten(theta, self.layout), self.buffers), (xb,))
@@ -86,18 +102,60 @@ class TorchObjective:
     def _loss_sum(self, theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self._logits(theta, xb), yb, reduction="sum")
 
+    def _evaluate_point(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss sum and number of correct predictions (0-d tensors on the device) of the point loaded in the
+        module: its plain forward pass over the evaluation set, no host sync. Several batches are summed in
+        float64; one batch costs nothing beyond the forward pass, the loss and the argmax."""
+        loss = correct = None
+        for xb, yb in self._batches():
+            logits = self.module(xb)
+            batch_loss = F.cross_entropy(logits, yb, reduction="sum")
+            batch_correct = (logits.argmax(dim=1) == yb).sum()
+            if loss is None:
+                loss, correct = batch_loss, batch_correct
+            else:
+                loss = loss.to(torch.float64) + batch_loss
+                correct = correct + batch_correct
+        return loss, correct
+
     def evaluate(self, theta: torch.Tensor) -> Evaluation:
         """Mean loss and accuracy at ``theta``; one host sync at the end, none per batch."""
         theta = self._check(theta)
-        loss = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
         with torch.no_grad():
-            for xb, yb in self._batches():
-                logits = self._logits(theta, xb)
-                loss += F.cross_entropy(logits, yb, reduction="sum").to(torch.float64)
-                correct += (logits.argmax(dim=1) == yb).sum()
-        values = torch.stack([loss / self.n_samples, correct.to(torch.float64) / self.n_samples]).tolist()
-        return Evaluation(loss=values[0], accuracy=values[1])
+            self._point.copy_(theta)
+            loss, correct = self._evaluate_point()
+            loss, correct = torch.stack([loss.to(torch.float64), correct.to(torch.float64)]).tolist()
+        return Evaluation(loss=loss / self.n_samples, accuracy=correct / self.n_samples)
+
+    def evaluate_many(
+        self, center: torch.Tensor, directions: list[torch.Tensor], coeffs: np.ndarray
+    ) -> list[Evaluation]:
+        """Loss and accuracy at ``center + sum_k coeffs[p, k] * directions[k]`` for every row ``p``.
+
+        Each point is formed in place in the module's parameter buffer (no new model-sized tensor per point)
+        and the results stay on the device until one host sync for the whole batch: a grid point costs one
+        forward pass plus ``k`` axpy updates (the grid code calls this when present)."""
+        center = self._check(center)
+        dirs = [self._check(d) for d in directions]
+        coeffs = np.asarray(coeffs, dtype=np.float64).reshape(len(coeffs), -1)
+        if coeffs.shape[1] != len(dirs):
+            raise ValueError(f"coefficients have {coeffs.shape[1]} columns for {len(dirs)} directions")
+        losses = torch.empty(len(coeffs), device=self.device, dtype=torch.float64)
+        corrects = torch.empty(len(coeffs), device=self.device, dtype=torch.float64)
+        with torch.no_grad():
+            for p, row in enumerate(coeffs.tolist()):
+                if dirs:
+                    torch.add(center, dirs[0], alpha=row[0], out=self._point)
+                else:
+                    self._point.copy_(center)
+                for c, d in zip(row[1:], dirs[1:], strict=True):
+                    self._point.add_(d, alpha=c)
+                loss, correct = self._evaluate_point()
+                losses[p] = loss  # stays on the device: one host sync for the whole batch of points
+                corrects[p] = correct
+            values = torch.stack([losses, corrects], dim=1).tolist()
+        n = self.n_samples
+        return [Evaluation(loss=loss / n, accuracy=correct / n) for loss, correct in values]
 
     def loss(self, theta: torch.Tensor) -> float:
         return self.evaluate(theta).loss
