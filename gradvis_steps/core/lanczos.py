@@ -201,6 +201,16 @@ def _axpy(y: Array, a: float, x: Array) -> None:
         y += a * x
 
 
+def _scale_into(out: Array, x: Array, a: float) -> None:
+    """``out[...] = a x`` (torch: one pass, written straight into ``out``)."""
+    if hasattr(x, "mul") and hasattr(out, "copy_"):
+        import torch  # only reached with torch tensors, so torch is installed
+
+        torch.mul(x, a, out=out)
+    else:
+        out[...] = a * x
+
+
 def _sub_matvec(w: Array, M: Array, c: Array) -> None:
     """``w -= c @ M`` in place (torch: ``addmv_``, no temporary of w's size)."""
     if hasattr(w, "addmv_"):
@@ -268,14 +278,17 @@ def _lanczos_host(
         if j == m - 1:
             alphas[j] = float(xp.sum(V[j, ...] * w))
             break
-        scale = max(scale, float(xp.linalg.vector_norm(w)))
         # The three-term recurrence first (cheap, O(n)); full reorthogonalization then only removes rounding
         # drift, so its first pass rarely loses enough of the norm to need a second.
         a = float(V[j, ...] @ w)  # = q_j^T A q_j (q_j is orthogonal to q_{j-1})
         w = w - a * V[j, ...]  # a new array: the matvec's own output is never modified
         if j > 0:
             _axpy(w, -betas[j - 1], V[j - 1, ...])
-        w, c, beta = orthogonalize(w, j, float(xp.linalg.vector_norm(w)))
+        local = float(xp.linalg.vector_norm(w))
+        # ||A q_j||^2 = local^2 + a^2 + beta_{j-1}^2 (Pythagoras over q_{j-1}, q_j, rest): the scale of the
+        # breakdown test without another pass over A q_j.
+        scale = max(scale, (local**2 + a**2 + (betas[j - 1] ** 2 if j > 0 else 0.0)) ** 0.5)
+        w, c, beta = orthogonalize(w, j, local)
         alphas[j] = a + float(c[j])
         if beta <= tol * scale:  # invariant subspace: T splits here, continue from a fresh direction
             if r_base is None:
@@ -285,8 +298,7 @@ def _lanczos_host(
             V[j + 1, ...] = r / r_norm
             betas[j] = 0.0
         else:
-            V[j + 1, ...] = w
-            V[j + 1, ...] /= beta
+            _scale_into(V[j + 1, ...], w, 1.0 / beta)
             betas[j] = beta
     return alphas, betas, V
 
