@@ -50,8 +50,9 @@ class _DensityPanel:
     def show(self, key: int, summary: dict[str, float]) -> None:
         density = self.densities[key]
         self.line.set_ydata(np.maximum(density, LOG_FLOOR) if self.log_scale else density)
+        tol = summary.get("negative_tol", 0.0)
         self.ax.set_title(f"λmax={summary['lambda_max']:.3g}  λmin={summary['lambda_min']:.3g}  "
-                          f"negative mass={summary['negative_mass']:.2%}", fontsize="small")
+                          f"negative mass={summary['negative_mass']:.2%} (λ < -{tol:g}·max|λ|)", fontsize="small")
 
 
 def training_frames(landscape: LandscapeResult, spectra: Spectra, *, log_scale: bool = True,
