@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             if eig.vectors.shape[1] != traj.dim:
                 raise ValueError(f"{args.eigendirections} has vectors of length {eig.vectors.shape[1]}, "
                                  f"the trajectory's parameters have {traj.dim}")
+            if eig.center_iteration is not None and eig.center_iteration != center_iteration:
+                # Eigenvectors describe the curvature at one point: a plane centred elsewhere would be mislabelled.
+                raise ValueError(f"{args.eigendirections} holds eigenvectors of the Hessian at iteration "
+                                 f"{eig.center_iteration}, but the plane is centred at iteration {center_iteration}; "
+                                 f"pass --center-iteration {eig.center_iteration} or recompute the eigendirections")
             vectors = eig.vectors
             labels = list(eig.labels)
             extra = {"eigenvalues": eig.eigenvalues, "residuals": eig.residuals}

@@ -309,6 +309,10 @@ def test_directions_bad_input_exits_2(folder, trajectory, eig_file, capsys):
     assert "missing.h5" in err and "does not exist" in err
     err = fails(directions, [*base, "--method", "pca", "--center-iteration", 99], capsys)
     assert "iteration 99" in err
+    # eigenvectors of the final point's Hessian cannot span a plane centred at the initial point
+    err = fails(directions, [*base, "--method", "hessian", "--eigendirections", eig_file, "--center-iteration", 0],
+                capsys)
+    assert "Hessian at iteration 24" in err and "centred at iteration 0" in err
     assert not out.exists()
 
 
