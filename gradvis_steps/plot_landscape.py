@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--line", help="1D curve to write (1D landscapes)")
     parser.add_argument("--vtk", help="ParaView-readable VTK structured grid of the surface")
     parser.add_argument("--log-levels", action="store_true", help="log-spaced contour levels / log loss axis")
+    parser.add_argument("--mark", nargs=3, action="append", default=[], metavar=("X", "Y", "LABEL"),
+                        help="mark a point of the plane on the contour (repeatable), e.g. --mark 1 0 'minimum B'")
     parser.add_argument("--title", default=None, help="figure title")
     parser.add_argument("--dpi", type=cli.positive_int, default=120)
     return parser
@@ -41,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{args.landscape} is a {result.ndim}D landscape; {', '.join(wanted_2d)} need a 2D one")
     if result.ndim != 1 and args.line:
         raise ValueError(f"{args.landscape} is a {result.ndim}D landscape; --line needs a 1D one")
+    try:
+        marks = [(float(x), float(y), label) for x, y, label in args.mark]
+    except ValueError as error:
+        raise ValueError(f"--mark needs X Y LABEL with numbers X and Y, got {args.mark}") from error
     if args.contour:
-        save_figure(plot_contour(result, log_levels=args.log_levels, title=args.title), args.contour, dpi=args.dpi)
+        save_figure(plot_contour(result, log_levels=args.log_levels, title=args.title, marks=marks), args.contour,
+                    dpi=args.dpi)
     if args.surface:
         save_figure(plot_surface(result, log_z=args.log_levels, title=args.title), args.surface, dpi=args.dpi)
     if args.line:

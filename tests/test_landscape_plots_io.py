@@ -167,6 +167,11 @@ def test_plots_with_nan_and_inf(tmp_path, log):
     assert ax.get_xlabel() == "PCA 1 (62.3% var)" and ax.get_ylabel() == "PCA 2 (20.0% var)"
     assert any(a.get_ylabel() == "loss" for a in fig.axes[1:])  # colorbar
     assert [h.get_label() for h in ax.get_legend().legend_handles] == ["trajectory", "start", "end"]
+    # an interpolation plane marks the second minimum where it lies in plane coordinates
+    ax = plot_contour(res, marks=[(0.5, -0.25, "minimum B")]).axes[0]
+    assert [h.get_label() for h in ax.get_legend().legend_handles][-1] == "minimum B"
+    mark = [line for line in ax.get_lines() if line.get_label() == "minimum B"][0]
+    assert list(mark.get_xdata()) == [0.5] and list(mark.get_ydata()) == [-0.25]
 
 
 def test_all_nan_and_degenerate_grids(tmp_path):

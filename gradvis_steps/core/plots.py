@@ -10,6 +10,7 @@ with the Agg canvas and need no screen, and leave the user's pyplot backend unto
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -104,9 +105,11 @@ def plot_contour(
     show_trajectory: bool = True,
     colorbar: bool = True,
     title: str | None = None,
+    marks: Sequence[tuple[float, float, str]] = (),
 ) -> Figure:
     """2D filled contour + contour lines of the loss with the trajectory overlaid (start: circle, end:
-    star), colorbar "loss", axes labelled by direction (paper Fig. 4-7)."""
+    star), colorbar "loss", axes labelled by direction (paper Fig. 4-7). ``marks``: extra labelled points
+    ``(x, y, label)`` in plane coordinates, e.g. the second minimum of an interpolation plane."""
     if result.ndim != 2:
         raise ValueError(f"plot_contour needs a 2D landscape, got {result.ndim}D")
     ax = _new_ax(ax)
@@ -139,6 +142,9 @@ def plot_contour(
         ax.plot(t[:, 0], t[:, 1], "-", color="tab:red", lw=1.5, marker=".", ms=3, label="trajectory")
         ax.plot(t[0, 0], t[0, 1], "o", color="white", mec="k", ms=8, label="start")
         ax.plot(t[-1, 0], t[-1, 1], "*", color="gold", mec="k", ms=14, label="end")
+    for (mx, my, label), marker in zip(marks, "Ds^v<>ph", strict=False):
+        ax.plot(mx, my, marker, color="tab:orange", mec="k", ms=9, label=label)
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize="small")
     return fig
 

@@ -96,4 +96,5 @@ rule plot_interpolation_plane:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input} --contour {output.contour} --surface {output.surface} > {log} 2>&1"
+        "python -m gradvis_steps.plot_landscape --landscape {input} --contour {output.contour} --surface {output.surface} "
+        "--log-levels --mark 1 0 'minimum B' > {log} 2>&1"
