@@ -11,25 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-from gradvis_steps.backends.torch.models import LeNet, ResNet  # noqa: E402
+from tiny_models import tiny_bn_net, tiny_lenet  # noqa: E402
+
 from gradvis_steps.backends.torch.objective import TorchObjective  # noqa: E402
 from gradvis_steps.core.lanczos import ritz_pairs  # noqa: E402
 from gradvis_steps.core.slq import slq  # noqa: E402
-
-
-def _bn_net() -> torch.nn.Module:
-    torch.manual_seed(1)
-    model = ResNet((1, 8, 8), 10, depth=8, width=2).double()
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 1, 8, 8, dtype=torch.float64))
-    return model
-
-
-def _lenet() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return LeNet((1, 8, 8), 10, widths=(2, 3, 8, 6)).double()
 
 
 @pytest.fixture
@@ -41,7 +27,7 @@ def pair(digits, request):
     return cpu, gpu
 
 
-@pytest.mark.parametrize("pair", [_lenet, _bn_net], indirect=True, ids=["lenet", "batchnorm"])
+@pytest.mark.parametrize("pair", [tiny_lenet, tiny_bn_net], indirect=True, ids=["lenet", "batchnorm"])
 def test_hvp_grad_and_grid_points_agree_with_cpu(pair):
     cpu, gpu = pair
     theta = cpu.initial_point()
@@ -59,7 +45,7 @@ def test_hvp_grad_and_grid_points_agree_with_cpu(pair):
         assert b.loss == pytest.approx(a.loss, rel=1e-12) and b.accuracy == a.accuracy
 
 
-@pytest.mark.parametrize("pair", [_lenet], indirect=True, ids=["lenet"])
+@pytest.mark.parametrize("pair", [tiny_lenet], indirect=True, ids=["lenet"])
 def test_ritz_pairs_and_slq_agree_with_cpu(pair):
     cpu, gpu = pair
     theta_cpu = cpu.initial_point()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_bn_net, tiny_lenet
 from torch.func import functional_call
 
 from gradvis_steps.backends.torch.flat import (
@@ -18,24 +19,8 @@ from gradvis_steps.backends.torch.flat import (
     load_flat_parameters,
     unflatten,
 )
-from gradvis_steps.backends.torch.models import LeNet, ResNet, build_model
+from gradvis_steps.backends.torch.models import ResNet, build_model
 from gradvis_steps.backends.torch.objective import HVP_MODES, TorchObjective
-
-
-def tiny_lenet() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return LeNet((1, 8, 8), 10, widths=(2, 3, 8, 6)).double()
-
-
-def tiny_bn_net() -> torch.nn.Module:
-    """ResNet-8 of width 2 with batch-norm statistics moved away from their defaults by training steps."""
-    torch.manual_seed(1)
-    model = ResNet((1, 8, 8), 10, depth=8, width=2).double()
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 1, 8, 8, dtype=torch.float64))
-    return model
 
 
 def reference_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):

@@ -130,6 +130,19 @@ class LanczosResult:
         return tridiagonal_eigh(self.alpha, self.beta)
 
 
+def _setup(v0: Array, m: int, breakdown_tol: float | None) -> tuple[Any, int, int, Any, Any, float]:
+    """Checked arguments of a Lanczos run: namespace, dimension, steps (clamped), dtype, device, breakdown tol."""
+    xp = array_namespace(v0)
+    if v0.ndim != 1:
+        raise ValueError(f"v0 must be a 1-D vector, got shape {tuple(v0.shape)}")
+    n = int(v0.shape[0])
+    m = min(int(m), n)
+    if m < 1:
+        raise ValueError("need m >= 1 and a non-empty vector")
+    tol = _eps(xp, v0.dtype) ** 0.75 if breakdown_tol is None else float(breakdown_tol)
+    return xp, n, m, v0.dtype, array_device(v0), tol
+
+
 def _lanczos_device(
     matvec: MatVec, v0: Array, m: int, breakdown_tol: float | None = None
 ) -> tuple[Array, Array, Array]:
@@ -139,16 +152,7 @@ def _lanczos_device(
     enough"), as two matrix products with the stacked basis per pass. The Gram-Schmidt coefficient of
     ``q_j`` is ``alpha_j``; the orthogonalized remainder's norm is ``beta_j`` (symmetric ``T``).
     """
-    xp = array_namespace(v0)
-    if v0.ndim != 1:
-        raise ValueError(f"v0 must be a 1-D vector, got shape {tuple(v0.shape)}")
-    n = int(v0.shape[0])
-    m = min(int(m), n)
-    if m < 1:
-        raise ValueError("need m >= 1 and a non-empty vector")
-    dtype, dev = v0.dtype, array_device(v0)
-    tol = _eps(xp, dtype) ** 0.75 if breakdown_tol is None else float(breakdown_tol)
-
+    xp, n, m, dtype, dev, tol = _setup(v0, m, breakdown_tol)
     V = xp.zeros((m, n), dtype=dtype, device=dev)
 
     # q_0 = v0 / ||v0||; a zero v0 is replaced by a pseudo-random vector (no host-side check).
@@ -236,16 +240,7 @@ def _lanczos_host(
     restart direction is made only after an actual breakdown. Reading the basis dominates the cost on a CPU
     (memory bound), and this reads it about twice per step instead of four times.
     """
-    xp = array_namespace(v0)
-    if v0.ndim != 1:
-        raise ValueError(f"v0 must be a 1-D vector, got shape {tuple(v0.shape)}")
-    n = int(v0.shape[0])
-    m = min(int(m), n)
-    if m < 1:
-        raise ValueError("need m >= 1 and a non-empty vector")
-    dtype, dev = v0.dtype, array_device(v0)
-    tol = _eps(xp, dtype) ** 0.75 if breakdown_tol is None else float(breakdown_tol)
-
+    xp, n, m, dtype, dev, tol = _setup(v0, m, breakdown_tol)
     V = xp.zeros((m, n), dtype=dtype, device=dev)
     v0 = _plain(v0)
     nrm0 = float(xp.linalg.vector_norm(v0))
