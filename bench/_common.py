@@ -147,6 +147,35 @@ def check_device(device: str) -> None:
         raise SystemExit(f"--device {device}: CUDA is not available here")
 
 
+def run_models(
+    args: argparse.Namespace,
+    bench: str,
+    requirement: str,
+    bench_model: Callable[[str, argparse.Namespace, Callable[[], None]], dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The torch benches' common driver: malloc setting, device check, thread pinning, then ``bench_model`` for
+    each of ``--models``, the JSON rewritten after every model (a timeout keeps what finished). Returns the
+    payload, the thread settings and a one-line description of the malloc setting."""
+    malloc_env = apply_malloc_env(args)
+    mtag = "malloc " + (" ".join(f"{k}={v}" for k, v in malloc_env.items()) if malloc_env else "default")
+    check_device(args.device)
+    threads = setup_threads(args.threads, args.blas_threads)
+    sync = make_sync(args.device)
+    payload: dict[str, Any] = {
+        "bench": bench,
+        "requirement": requirement,
+        "environment": environment(args.device),
+        "threads": threads,
+        "malloc_env": malloc_env,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": [],
+    }
+    for name in [s.strip() for s in args.models.split(",") if s.strip()]:
+        payload["results"].append(bench_model(name, args, sync))
+        write_json(args.json, payload)
+    return payload, threads, mtag
+
+
 def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
     """Wall-clock seconds of ``fn()`` including the device work it queued, and its return value."""
     sync()

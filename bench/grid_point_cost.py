@@ -174,24 +174,9 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    malloc_env = C.apply_malloc_env(args)
-    mtag = "malloc " + (" ".join(f"{k}={v}" for k, v in malloc_env.items()) if malloc_env else "default")
-    C.check_device(args.device)
-    threads = C.setup_threads(args.threads, args.blas_threads)
-    sync = C.make_sync(args.device)
-    payload: dict[str, Any] = {
-        "bench": "grid_point_cost",
-        "requirement": "grid point time / one forward pass over the evaluation subset <= 1.02",
-        "environment": C.environment(args.device),
-        "threads": threads,
-        "malloc_env": malloc_env,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "results": [],
-    }
-    for name in [s.strip() for s in args.models.split(",") if s.strip()]:
-        payload["results"].append(bench_model(name, args, sync))
-        C.write_json(args.json, payload)
-
+    payload, threads, mtag = C.run_models(
+        args, "grid_point_cost", "grid point time / one forward pass over the evaluation subset <= 1.02", bench_model
+    )
     print(f"\nGrid point cost / one forward pass (device {args.device}, {threads['threads']} threads, {mtag}; "
           "bound 1.02)")
     keys = ["model@point", "grid", "grid+tqdm", "grid b=1", "evaluate", "points", "axpy"]

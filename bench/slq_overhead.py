@@ -232,23 +232,7 @@ def _share(non_hvp: float, hvp: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    malloc_env = C.apply_malloc_env(args)
-    mtag = "malloc " + (" ".join(f"{k}={v}" for k, v in malloc_env.items()) if malloc_env else "default")
-    C.check_device(args.device)
-    threads = C.setup_threads(args.threads, args.blas_threads)
-    sync = C.make_sync(args.device)
-    payload: dict[str, Any] = {
-        "bench": "slq_overhead",
-        "requirement": "non-HVP share of SLQ time <= 0.03",
-        "environment": C.environment(args.device),
-        "threads": threads,
-        "malloc_env": malloc_env,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "results": [],
-    }
-    for name in [s.strip() for s in args.models.split(",") if s.strip()]:
-        payload["results"].append(bench_model(name, args, sync))
-        C.write_json(args.json, payload)  # after every model: a timeout keeps what finished
+    payload, threads, mtag = C.run_models(args, "slq_overhead", "non-HVP share of SLQ time <= 0.03", bench_model)
 
     print(f"\nSLQ overhead beyond its HVPs (device {args.device}, {threads['threads']} threads, {mtag}; bound 0.03)")
     nan = float("nan")

@@ -290,7 +290,7 @@ def _lanczos_host(
                 r_base = _hash_vector(xp, n, 0xB10C, dtype, dev)
             r = xp.roll(r_base, shift=j + 1)
             r, _, r_norm = orthogonalize(r, j, float(xp.linalg.vector_norm(r)))
-            V[j + 1, ...] = r / r_norm
+            _scale_into(V[j + 1, ...], r, 1.0 / r_norm)
             betas[j] = 0.0
         else:
             _scale_into(V[j + 1, ...], w, 1.0 / beta)

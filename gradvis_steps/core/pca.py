@@ -158,8 +158,7 @@ def trajectory_pca(
         raise ValueError(f"n_components must be in [1, {m}] for {m} samples, got {n_components}")
 
     reference = _read(get, ref)
-    if not np.issubdtype(reference.dtype, np.floating):
-        reference = reference.astype(np.float64)
+    reference = reference.astype(_float_dtype(reference), copy=False)
     G = gram_matrix(get, idx, reference, block_size)
 
     # Centre over samples: G_c = C G C, C = I - 11^T/m (Gram matrix of the centred samples).
@@ -179,7 +178,7 @@ def trajectory_pca(
     W = W / s[None, :]
 
     dim = reference.shape[0]
-    components = np.zeros((k, dim), dtype=_float_dtype(reference))
+    components = np.zeros((k, dim), dtype=reference.dtype)
     if k:
         axpy = get_blas_funcs("axpy", (components,))  # y += a x in place: no model-sized temporaries
         for a, i in enumerate(idx):  # second streaming pass
