@@ -465,11 +465,11 @@ def test_landscape_resume_evaluates_only_missing_points(folder, trajectory, pca_
     n_points, n_done = RESOLUTION**2, 9
     calls = [0]
 
-    def failing(self):
+    def failing(self, *args):
         calls[0] += 1
         if calls[0] > n_done:
             raise Interrupted
-        return original(self)
+        return original(self, *args)
 
     monkeypatch.setattr(landscape, "FLUSH_SECONDS", 0.0)  # flush after every point
     monkeypatch.setattr(landscape, "POINTS_PER_CALL", 1)  # results of a batch arrive at its end: one per batch
@@ -486,9 +486,9 @@ def test_landscape_resume_evaluates_only_missing_points(folder, trajectory, pca_
              loss=np.zeros(n_points), accuracy=np.zeros(n_points))
     calls[0] = 0
 
-    def counting(self):
+    def counting(self, *args):
         calls[0] += 1
-        return original(self)
+        return original(self, *args)
 
     monkeypatch.setattr(TorchObjective, "_evaluate_point", counting)
     step(landscape, *argv)

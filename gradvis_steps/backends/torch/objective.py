@@ -3,15 +3,17 @@
 The user's model is never mutated: the objective keeps its own eval-mode copy. Loss and accuracy run the
 copy's own forward with its parameters turned into views of one flat "point" buffer, so a landscape point
 is loaded with one copy (or formed in place by :meth:`TorchObjective.evaluate_many`) and costs one plain
-forward pass; gradients and Hessian-vector products call ``torch.func.functional_call`` on views of a
-differentiable flat vector instead. Every reduction is a sum over samples
-divided by the number of samples, so each batch is weighted by its size (an uneven last batch counts
+forward pass (less on a plane: :mod:`.plane` serves the input layer from precomputed outputs), with the
+cross-entropy and argmax of many points reduced together; gradients and Hessian-vector products call
+``torch.func.functional_call`` on views of a differentiable flat vector instead. Every reduction is a sum over
+samples divided by the number of samples, so each batch is weighted by its size (an uneven last batch counts
 exactly as much as it should; the original GradVis multiplied HVPs by the number of batches instead).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -21,8 +23,11 @@ from torch.func import functional_call, grad, jvp
 
 from ...core.objective import Evaluation
 from .flat import flatten_parameters, layout_of, unflatten, unflatten_buffers
+from .plane import PlaneShortcut
 
 HVP_MODES = ("forward_over_reverse", "double_backprop")
+#: logits (floats) kept for one batched loss/accuracy reduction over several points (16 MiB in float32)
+LOGITS_BUFFER_ELEMENTS = 1 << 22
 
 
 class TorchObjective:
@@ -64,6 +69,8 @@ class TorchObjective:
         self.y = torch.as_tensor(y).to(device=self.device, dtype=torch.long)
         self.n_samples = len(self.x)
         self._batch_views: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._n_classes: int | None = None
+        self._plane: PlaneShortcut | None = None  # made at the first evaluate_many
 
     # -- conversion ---------------------------------------------------------------------------------
     @property
@@ -102,10 +109,17 @@ class TorchObjective:
     def _loss_sum(self, theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self._logits(theta, xb), yb, reduction="sum")
 
-    def _evaluate_point(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss sum and number of correct predictions (0-d tensors on the device) of the point loaded in the
-        module: its plain forward pass over the evaluation set, no host sync. Several batches are summed in
-        float64; one batch costs nothing beyond the forward pass, the loss and the argmax."""
+    def _evaluate_point(self, logits_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One forward pass of the point loaded in the module over the evaluation set, no host sync.
+
+        With ``logits_out`` (``(n_samples, classes)``) the logits are only stored there, for
+        :meth:`_reduce_logits` to turn several points' logits into losses and accuracies at once. Without it,
+        the loss sum and the number of correct predictions are returned (0-d device tensors; several batches
+        summed in float64): the path for evaluation sets whose logits are too large to keep."""
+        if logits_out is not None:
+            for (xb, _), rows in zip(self._batches(), self._batch_rows(), strict=True):
+                logits_out[rows].copy_(self.module(xb))
+            return None
         loss = correct = None
         for xb, yb in self._batches():
             logits = self.module(xb)
@@ -118,44 +132,96 @@ class TorchObjective:
                 correct = correct + batch_correct
         return loss, correct
 
+    def _batch_rows(self) -> list[slice]:
+        return [slice(s, s + self.batch_size) for s in range(0, self.n_samples, self.batch_size)]
+
+    def _reduce_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss sums (float64) and correct counts of ``(points, n_samples, classes)`` logits: the cross-entropy
+        ``logsumexp(z) - z_y`` and the argmax of all points in a handful of kernels instead of a handful per
+        point (``logsumexp`` rather than ``log_softmax``: the latter is several times slower over a short
+        class axis on CPUs)."""
+        target = self.y.view(1, -1, 1).expand(logits.shape[0], -1, 1)
+        nll = torch.logsumexp(logits, dim=2) - logits.gather(2, target).squeeze(2)
+        losses = nll.sum(dim=1, dtype=torch.float64)
+        correct = (logits.argmax(dim=2) == self.y).sum(dim=1)
+        return losses, correct
+
+    def _points_per_reduction(self, n_points: int) -> int:
+        """How many points' logits are kept for one :meth:`_reduce_logits` (0: too large, reduce per point)."""
+        if self._n_classes is None:
+            with torch.no_grad():
+                self._n_classes = int(self.module(self.x[:1]).shape[-1])
+        per_point = self.n_samples * self._n_classes
+        return min(n_points, LOGITS_BUFFER_ELEMENTS // per_point)
+
+    def _evaluate_loaded(self, form_point: Callable[[int], None], n_points: int) -> list[Evaluation]:
+        """Loss and accuracy of ``n_points`` points, point ``p`` loaded into the module by ``form_point(p)``.
+
+        Results stay on the device until one host sync at the end. Logits of up to
+        :data:`LOGITS_BUFFER_ELEMENTS` floats are kept and reduced together, so beyond its forward pass a point
+        costs one logits copy and a share of a few batched kernels."""
+        losses = torch.empty(n_points, device=self.device, dtype=torch.float64)
+        corrects = torch.empty(n_points, device=self.device, dtype=torch.float64)
+        # inference mode rather than no_grad: no autograd bookkeeping (version counters, view tracking) per
+        # kernel, a few percent of a small model's forward pass. Nothing made here leaves this method but floats.
+        with torch.inference_mode():
+            block = self._points_per_reduction(n_points)
+            if block == 0:
+                for p in range(n_points):
+                    form_point(p)
+                    losses[p], corrects[p] = self._evaluate_point()
+            else:
+                buffer = torch.empty((block, self.n_samples, self._n_classes), device=self.device, dtype=self.dtype)
+                for start in range(0, n_points, block):
+                    stop = min(start + block, n_points)
+                    for p in range(start, stop):
+                        form_point(p)
+                        self._evaluate_point(buffer[p - start])
+                    losses[start:stop], corrects[start:stop] = self._reduce_logits(buffer[: stop - start])
+            values = torch.stack([losses, corrects], dim=1).tolist()
+        n = self.n_samples
+        return [Evaluation(loss=loss / n, accuracy=correct / n) for loss, correct in values]
+
     def evaluate(self, theta: torch.Tensor) -> Evaluation:
         """Mean loss and accuracy at ``theta``; one host sync at the end, none per batch."""
         theta = self._check(theta)
-        with torch.no_grad():
-            self._point.copy_(theta)
-            loss, correct = self._evaluate_point()
-            loss, correct = torch.stack([loss.to(torch.float64), correct.to(torch.float64)]).tolist()
-        return Evaluation(loss=loss / self.n_samples, accuracy=correct / self.n_samples)
+        return self._evaluate_loaded(lambda _: self._point.copy_(theta), 1)[0]
 
     def evaluate_many(
         self, center: torch.Tensor, directions: list[torch.Tensor], coeffs: np.ndarray
     ) -> list[Evaluation]:
         """Loss and accuracy at ``center + sum_k coeffs[p, k] * directions[k]`` for every row ``p``.
 
-        Each point is formed in place in the module's parameter buffer (no new model-sized tensor per point)
-        and the results stay on the device until one host sync for the whole batch: a grid point costs one
-        forward pass plus ``k`` axpy updates (the grid code calls this when present)."""
+        Each point is formed in place in the module's parameter buffer (no new model-sized tensor per point),
+        its logits are reduced together with those of the other points, and the results stay on the device
+        until one host sync for the whole batch: a grid point costs one forward pass plus ``k`` axpy updates,
+        minus the input layer where :class:`~.plane.PlaneShortcut` can serve it from its pieces (made once per
+        center and directions, reused by later calls with the same tensors). The grid code calls this when
+        present."""
         center = self._check(center)
         dirs = [self._check(d) for d in directions]
         coeffs = np.asarray(coeffs, dtype=np.float64).reshape(len(coeffs), -1)
         if coeffs.shape[1] != len(dirs):
             raise ValueError(f"coefficients have {coeffs.shape[1]} columns for {len(dirs)} directions")
-        losses = torch.empty(len(coeffs), device=self.device, dtype=torch.float64)
-        corrects = torch.empty(len(coeffs), device=self.device, dtype=torch.float64)
-        with torch.no_grad():
-            for p, row in enumerate(coeffs.tolist()):
-                if dirs:
-                    torch.add(center, dirs[0], alpha=row[0], out=self._point)
-                else:
-                    self._point.copy_(center)
-                for c, d in zip(row[1:], dirs[1:], strict=True):
-                    self._point.add_(d, alpha=c)
-                loss, correct = self._evaluate_point()
-                losses[p] = loss  # stays on the device: one host sync for the whole batch of points
-                corrects[p] = correct
-            values = torch.stack([losses, corrects], dim=1).tolist()
-        n = self.n_samples
-        return [Evaluation(loss=loss / n, accuracy=correct / n) for loss, correct in values]
+        rows = coeffs.tolist()
+        if self._plane is None:
+            self._plane = PlaneShortcut(self.module, self.layout, [xb for xb, _ in self._batches()])
+        plane = self._plane if self._plane.prepare(center, dirs) else None
+
+        def form_point(p: int) -> None:
+            if dirs:
+                torch.add(center, dirs[0], alpha=rows[p][0], out=self._point)
+            else:
+                self._point.copy_(center)
+            for c, d in zip(rows[p][1:], dirs[1:], strict=True):
+                self._point.add_(d, alpha=c)
+            if plane is not None:
+                plane.set_point(rows[p])
+
+        if plane is None:
+            return self._evaluate_loaded(form_point, len(rows))
+        with plane.installed():
+            return self._evaluate_loaded(form_point, len(rows))
 
     def loss(self, theta: torch.Tensor) -> float:
         return self.evaluate(theta).loss
