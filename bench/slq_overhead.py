@@ -25,7 +25,10 @@ Because HVPs of a big model are slow on 2 CPU cores, ResNet-20 runs a smaller (k
 overhead at the target (``--target-k``/``--target-m``, default 10 x 80) is then *predicted*: the same
 ``slq`` driven by a nearly free diagonal matvec measures the non-HVP cost at any (k, m) directly, and
 ``predicted = cost / (cost + k*m*t_hvp)``. The prediction is also made at the measured (k, m), so it can
-be checked against the direct figure. Finally the per-HVP time of ``hvp_mode="forward_over_reverse"``
+be checked against the direct figure. ``floor`` is the share that the two basis passes alone (``V_j w`` and
+``w -= V_j^T c`` for j = 1..m-1, caches swept by 64 MiB before each step as an HVP sweeps them) would take of
+one starting vector's time: what any full reorthogonalization pays on this machine. Finally the per-HVP time
+of ``hvp_mode="forward_over_reverse"``
 is reported as a ratio to the default ``double_backprop``.
 
 Run: ``python bench/slq_overhead.py [--device cuda] [--json out.json]`` (see ``--help``).
@@ -108,6 +111,29 @@ def predicted_cost(dim: int, k: int, m: int, like: Any, sync: Any, repeats: int)
     totals = [C.timed(lambda: run_slq(matvec, dim, k, m, like), sync)[0] for _ in range(repeats)]
     total = min(totals)  # deterministic work: other load on the machine only ever adds time
     return {"seconds_total": total, "seconds_matvecs": k * m * t_mv, "seconds_non_hvp": max(total - k * m * t_mv, 0.0)}
+
+
+def cold_basis_floor(dim: int, m: int, like: Any, sync: Any, evict_mb: int = 64, repeats: int = 3) -> float:
+    """Seconds per starting vector of the two passes over the basis that any full reorthogonalization makes each
+    step (coefficients ``V_j w``, then ``w -= V_j^T c``), each step's passes timed after sweeping ``evict_mb`` MiB
+    through the caches as an HVP does between Lanczos steps. A floor: no other vector work, no Python."""
+    import torch
+
+    V = torch.randn(m, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(like)
+    V /= V.norm(dim=1, keepdim=True)
+    w0 = unit_vectors(dim, 1, like)[0]
+    sweep = torch.zeros(evict_mb * 2**18, dtype=torch.float32, device=like.device)
+    totals = []
+    for _ in range(repeats):
+        total = 0.0
+        for j in range(1, m):
+            w = w0.clone()
+            sweep.add_(1.0)
+            Vj = V[:j]
+            seconds, _ = C.timed(lambda Vj=Vj, w=w: w.addmv_(Vj.t(), torch.mv(Vj, w), alpha=-1), sync)
+            total += seconds
+        totals.append(total)
+    return min(totals)
 
 
 def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any]:
@@ -208,6 +234,10 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
         out["non_hvp_seconds_target_km"] = at_target["seconds_non_hvp"]
         out["predicted_overhead_target_km"] = _share(at_target["seconds_non_hvp"], tk * tm * t_hvp)
 
+    floor = cold_basis_floor(dim, m, theta, sync)
+    out["cold_basis_floor_seconds_per_vector"] = floor
+    out["cold_basis_floor_share"] = _share(floor, m * t_hvp)
+
     # HVP modes: alternate the two objectives, median per-HVP time each
     other = TorchObjective(model, x, y, batch_size=args.batch_size, device=args.device,
                            hvp_mode="forward_over_reverse")
@@ -242,11 +272,12 @@ def main(argv: list[str] | None = None) -> int:
             r["model"], r["dim"], f"{r['k']}x{r['m']}", r["t_hvp_each"] * 1e3, r["t_slq"], r["overhead_paired"],
             r["overhead_inrun"], r["smoothing_share"],
             r.get("predicted_overhead_measured_km", nan), f"{r.get('target_k', '-')}x{r.get('target_m', '-')}",
-            r.get("predicted_overhead_target_km", nan), r["hvp_mode_ratio_for_over_db"], r["cpu_share_min"],
+            r.get("predicted_overhead_target_km", nan), r["cold_basis_floor_share"], r["hvp_mode_ratio_for_over_db"],
+            r["cpu_share_min"],
         ])
     C.print_table(
         ["model", "dim", "k x m", "ms/HVP", "slq s", "ovh paired", "ovh in-run", "smoothing",
-         "ovh pred", "target", "ovh pred@target", "fwd/rev HVP", "cpu share"],
+         "ovh pred", "target", "ovh pred@target", "floor", "fwd/rev HVP", "cpu share"],
         rows,
     )
     for r in payload["results"]:

@@ -197,30 +197,63 @@ def _lanczos_device(
     return alpha, beta, V
 
 
-def _axpy(y: Array, a: float, x: Array) -> None:
-    """``y += a x`` in place (torch: one fused kernel, no temporary)."""
-    if hasattr(y, "add_"):
-        y.add_(x, alpha=a)
+def _is_torch(x: Array) -> bool:
+    return hasattr(x, "addmv_")
+
+
+def _dot(x: Array, y: Array) -> float:
+    """``x . y`` as a Python float (host arrays only)."""
+    if _is_torch(x):
+        import torch  # only reached with torch tensors, so torch is installed
+
+        return float(torch.dot(x, y))
+    return float(x @ y)
+
+
+def _norm(x: Array) -> float:
+    """``||x||_2`` as a Python float (host arrays only): ``sqrt(x . x)``, one BLAS dot (several times faster than
+    torch's overflow-safe norm kernel on a CPU; Lanczos vectors are unit-sized, nowhere near overflow)."""
+    return _dot(x, x) ** 0.5
+
+
+def _rows_dot(M: Array, w: Array) -> Array:
+    """``M @ w`` (the Gram-Schmidt coefficients; torch: ``mv`` without ``matmul``'s shape dispatch)."""
+    if _is_torch(w):
+        import torch
+
+        return torch.mv(M, w)
+    return M @ w
+
+
+def _minus_rows(w: Array, M: Array, c: Array) -> None:
+    """``w -= c @ M`` in place (``M`` rows, ``c`` coefficients; torch: ``addmv_``, no temporary of w's size)."""
+    if _is_torch(w):
+        w.addmv_(M.t(), c, alpha=-1)
     else:
-        y += a * x
+        w -= c @ M
+
+
+def _axpy(y: Array, a: float, x: Array, *, out_of_place: bool = False) -> Array:
+    """``y + a x``: in place (torch: one fused kernel, no temporary) unless ``out_of_place`` (then a new array
+    in one pass)."""
+    if _is_torch(y):
+        import torch
+
+        return torch.add(y, x, alpha=a) if out_of_place else y.add_(x, alpha=a)
+    if out_of_place:
+        return y + a * x
+    y += a * x
+    return y
 
 
 def _scale_into(out: Array, x: Array, a: float) -> None:
     """``out[...] = a x`` (torch: one pass, written straight into ``out``)."""
-    if hasattr(x, "mul") and hasattr(out, "copy_"):
-        import torch  # only reached with torch tensors, so torch is installed
+    if _is_torch(x):
+        import torch
 
         torch.mul(x, a, out=out)
     else:
         out[...] = a * x
-
-
-def _sub_matvec(w: Array, M: Array, c: Array) -> None:
-    """``w -= c @ M`` in place (torch: ``addmv_``, no temporary of w's size)."""
-    if hasattr(w, "addmv_"):
-        w.addmv_(M.T, c, alpha=-1)
-    else:
-        w -= c @ M
 
 
 def _on_host(v: Array) -> bool:
@@ -234,35 +267,39 @@ def _lanczos_host(
     matvec: MatVec, v0: Array, m: int, breakdown_tol: float | None = None
 ) -> tuple[Array, Array, Array]:
     """The same Lanczos process as :func:`_lanczos_device` for arrays in host memory, where branching on a
-    scalar is free. Each step applies the three-term recurrence ``w = A q_j - beta_{j-1} q_{j-1} - alpha_j q_j``
-    and then one classical Gram-Schmidt pass against the whole basis; a second pass runs only when the first
-    removed more than ``1 - 1/sqrt(2)`` of the norm (the Kahan-Parlett "twice is enough" criterion), and the
-    restart direction is made only after an actual breakdown. Reading the basis dominates the cost on a CPU
-    (memory bound), and this reads it about twice per step instead of four times.
+    scalar is free. Each step applies the three-term recurrence ``w = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}``
+    (one fused pass) and then one classical Gram-Schmidt pass against the whole basis; a second pass runs only
+    when the first removed more than ``1 - 1/sqrt(2)`` of the norm (the Kahan-Parlett "twice is enough"
+    criterion), and the restart direction is made only after an actual breakdown. On a CPU the basis (and, once
+    it has pushed them out of cache, every vector) is read from memory, so the step is written as few passes
+    over vectors as possible: about twice the basis plus ten vectors, instead of four times the basis.
     """
     xp, n, m, dtype, dev, tol = _setup(v0, m, breakdown_tol)
     V = xp.zeros((m, n), dtype=dtype, device=dev)
     v0 = _plain(v0)
-    nrm0 = float(xp.linalg.vector_norm(v0))
+    nrm0 = _norm(v0)
     if nrm0 > 0:
-        V[0, ...] = v0 / nrm0
+        _scale_into(V[0, ...], v0, 1.0 / nrm0)
     else:
         r0 = _hash_vector(xp, n, 0x5EED, dtype, dev)
-        V[0, ...] = r0 / xp.linalg.vector_norm(r0)
+        _scale_into(V[0, ...], r0, 1.0 / _norm(r0))
 
-    def orthogonalize(w: Array, j: int, norm: float) -> tuple[Array, Array, float]:
-        """w (of norm ``norm``, owned: updated in place) minus its projection on rows 0..j of V, the
-        coefficients, the new norm."""
+    def orthogonalize(w: Array, j: int) -> tuple[Array, Array, float, float]:
+        """w (owned: updated in place) minus its projection on rows 0..j of V, the coefficients, the norm
+        before and after."""
         Vj = V[: j + 1, ...]
-        c = Vj @ w
-        _sub_matvec(w, Vj, c)
-        after = float(xp.linalg.vector_norm(w))
-        if after < norm / 2**0.5:  # lost digits: a second pass restores them
-            c2 = Vj @ w
-            _sub_matvec(w, Vj, c2)
+        c = _rows_dot(Vj, w)
+        _minus_rows(w, Vj, c)
+        after = _norm(w)
+        # ||w||^2 = ||w - V c||^2 + ||c||^2 (w - V c is orthogonal to the rows of V): the norm before the pass
+        # without another pass over w.
+        before = (after**2 + _dot(c, c)) ** 0.5
+        if after < before / 2**0.5:  # lost digits: a second pass restores them
+            c2 = _rows_dot(Vj, w)
+            _minus_rows(w, Vj, c2)
             c = c + c2
-            after = float(xp.linalg.vector_norm(w))
-        return w, c, after
+            after = _norm(w)
+        return w, c, before, after
 
     alphas = np.zeros(m)
     betas = np.zeros(max(m - 1, 0))
@@ -270,26 +307,25 @@ def _lanczos_host(
     scale = 0.0
     for j in range(m):
         w = _plain(matvec(V[j, ...]))
+        a = _dot(V[j, ...], w)  # = q_j^T A q_j (q_j is orthogonal to q_{j-1})
         if j == m - 1:
-            alphas[j] = float(xp.sum(V[j, ...] * w))
+            alphas[j] = a
             break
-        # The three-term recurrence first (cheap, O(n)); full reorthogonalization then only removes rounding
-        # drift, so its first pass rarely loses enough of the norm to need a second.
-        a = float(V[j, ...] @ w)  # = q_j^T A q_j (q_j is orthogonal to q_{j-1})
-        w = w - a * V[j, ...]  # a new array: the matvec's own output is never modified
+        # The three-term recurrence first, into a new array (the matvec's own output is never modified); full
+        # reorthogonalization then only removes rounding drift, so its first pass rarely loses enough of the
+        # norm to need a second.
+        w = _axpy(w, -a, V[j, ...], out_of_place=True)
         if j > 0:
             _axpy(w, -betas[j - 1], V[j - 1, ...])
-        local = float(xp.linalg.vector_norm(w))
+        w, c, local, beta = orthogonalize(w, j)
         # ||A q_j||^2 = local^2 + a^2 + beta_{j-1}^2 (Pythagoras over q_{j-1}, q_j, rest): the scale of the
         # breakdown test without another pass over A q_j.
         scale = max(scale, (local**2 + a**2 + (betas[j - 1] ** 2 if j > 0 else 0.0)) ** 0.5)
-        w, c, beta = orthogonalize(w, j, local)
         alphas[j] = a + float(c[j])
         if beta <= tol * scale:  # invariant subspace: T splits here, continue from a fresh direction
             if r_base is None:
                 r_base = _hash_vector(xp, n, 0xB10C, dtype, dev)
-            r = xp.roll(r_base, shift=j + 1)
-            r, _, r_norm = orthogonalize(r, j, float(xp.linalg.vector_norm(r)))
+            r, _, _, r_norm = orthogonalize(xp.roll(r_base, shift=j + 1), j)
             _scale_into(V[j + 1, ...], r, 1.0 / r_norm)
             betas[j] = 0.0
         else:
