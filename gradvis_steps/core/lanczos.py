@@ -71,8 +71,9 @@ def from_numpy(a: np.ndarray, like: Array | None) -> Array:
 
 def _plain(x: Array) -> Array:
     """Drop autograd history if the backend has any, so the basis never records a graph."""
-    detach = getattr(x, "detach", None)
-    return detach() if callable(detach) else x
+    if not getattr(x, "requires_grad", False) and getattr(x, "grad_fn", None) is None:
+        return x  # nothing to drop (numpy arrays, plain tensors): no detach() call per step
+    return x.detach()
 
 
 def _mix32(x: int) -> int:
@@ -216,6 +217,11 @@ def _norm(x: Array) -> float:
     return _dot(x, x) ** 0.5
 
 
+def _host_float64(x: Array) -> np.ndarray:
+    """A short host array as numpy float64 (torch CPU tensors: through a zero-copy ``numpy()`` view)."""
+    return np.asarray(x.numpy() if _is_torch(x) else x, dtype=np.float64)
+
+
 def _rows_dot(M: Array, w: Array) -> Array:
     """``M @ w`` (the Gram-Schmidt coefficients; torch: ``mv`` without ``matmul``'s shape dispatch)."""
     if _is_torch(w):
@@ -284,52 +290,55 @@ def _lanczos_host(
         r0 = _hash_vector(xp, n, 0x5EED, dtype, dev)
         _scale_into(V[0, ...], r0, 1.0 / _norm(r0))
 
-    def orthogonalize(w: Array, j: int) -> tuple[Array, Array, float, float]:
-        """w (owned: updated in place) minus its projection on rows 0..j of V, the coefficients, the norm
-        before and after."""
+    rows = [V[i, ...] for i in range(m)]  # row views made once: each step reads four of them
+
+    def orthogonalize(w: Array, j: int) -> tuple[Array, np.ndarray, float, float]:
+        """w (owned: updated in place) minus its projection on rows 0..j of V, the coefficients (host float64),
+        the norm before and after."""
         Vj = V[: j + 1, ...]
         c = _rows_dot(Vj, w)
         _minus_rows(w, Vj, c)
         after = _norm(w)
+        coefficients = _host_float64(c)  # then host arithmetic on j + 1 numbers
         # ||w||^2 = ||w - V c||^2 + ||c||^2 (w - V c is orthogonal to the rows of V): the norm before the pass
         # without another pass over w.
-        before = (after**2 + _dot(c, c)) ** 0.5
+        before = (after**2 + float(coefficients @ coefficients)) ** 0.5
         if after < before / 2**0.5:  # lost digits: a second pass restores them
             c2 = _rows_dot(Vj, w)
             _minus_rows(w, Vj, c2)
-            c = c + c2
+            coefficients = coefficients + _host_float64(c2)
             after = _norm(w)
-        return w, c, before, after
+        return w, coefficients, before, after
 
     alphas = np.zeros(m)
     betas = np.zeros(max(m - 1, 0))
     r_base = None
     scale = 0.0
     for j in range(m):
-        w = _plain(matvec(V[j, ...]))
-        a = _dot(V[j, ...], w)  # = q_j^T A q_j (q_j is orthogonal to q_{j-1})
+        w = _plain(matvec(rows[j]))
+        a = _dot(rows[j], w)  # = q_j^T A q_j (q_j is orthogonal to q_{j-1})
         if j == m - 1:
             alphas[j] = a
             break
         # The three-term recurrence first, into a new array (the matvec's own output is never modified); full
         # reorthogonalization then only removes rounding drift, so its first pass rarely loses enough of the
         # norm to need a second.
-        w = _axpy(w, -a, V[j, ...], out_of_place=True)
+        w = _axpy(w, -a, rows[j], out_of_place=True)
         if j > 0:
-            _axpy(w, -betas[j - 1], V[j - 1, ...])
+            _axpy(w, -betas[j - 1], rows[j - 1])
         w, c, local, beta = orthogonalize(w, j)
         # ||A q_j||^2 = local^2 + a^2 + beta_{j-1}^2 (Pythagoras over q_{j-1}, q_j, rest): the scale of the
         # breakdown test without another pass over A q_j.
         scale = max(scale, (local**2 + a**2 + (betas[j - 1] ** 2 if j > 0 else 0.0)) ** 0.5)
-        alphas[j] = a + float(c[j])
+        alphas[j] = a + c[j]
         if beta <= tol * scale:  # invariant subspace: T splits here, continue from a fresh direction
             if r_base is None:
                 r_base = _hash_vector(xp, n, 0xB10C, dtype, dev)
             r, _, _, r_norm = orthogonalize(xp.roll(r_base, shift=j + 1), j)
-            _scale_into(V[j + 1, ...], r, 1.0 / r_norm)
+            _scale_into(rows[j + 1], r, 1.0 / r_norm)
             betas[j] = 0.0
         else:
-            _scale_into(V[j + 1, ...], w, 1.0 / beta)
+            _scale_into(rows[j + 1], w, 1.0 / beta)
             betas[j] = beta
     return alphas, betas, V
 
