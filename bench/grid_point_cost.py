@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     C.add_common_args(p)
     p.add_argument("--models", default="lenet,resnet20", help="comma-separated: lenet, resnet20")
     p.add_argument("--grid", type=int, default=10, help="points per axis of the 2-D grid (default 10)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: lenet 25, resnet20 6)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: lenet 25, resnet20 12)")
     p.add_argument("--resnet-data", choices=("digits", "synthetic"), default=None,
                    help="ResNet-20 input: digits subset (1,8,8) (cpu default) or synthetic CIFAR (cuda default)")
     p.add_argument("--resnet-samples", type=int, default=None,
@@ -77,7 +77,7 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
     coeffs = grid.points()
     n_pts = len(coeffs)
     d_torch = [obj.from_numpy(d) for d in directions]
-    rounds = args.rounds or (25 if name == "lenet" else 6)
+    rounds = args.rounds or (25 if name == "lenet" else 12)
     print(f"[{name}] dim={obj.dim}, {data_desc}, {args.grid}x{args.grid} grid, {rounds} rounds",
           file=sys.stderr, flush=True)
 
