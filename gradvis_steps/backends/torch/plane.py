@@ -15,7 +15,7 @@ parameters are all trainable entries of the flat vector take the shortcut; every
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +59,7 @@ def find_input_layers(module: nn.Module, layout: ParameterLayout, batch: torch.T
                   if type(sub) in AFFINE_LAYERS and "forward" not in vars(sub)}
     calls: dict[str, list[bool]] = {name: [] for name in candidates}
 
-    def recorder(name: str):  # noqa: ANN202 - a hook factory
+    def recorder(name: str) -> Callable[[nn.Module, tuple, dict], None]:
         def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
             calls[name].append(len(args) == 1 and not kwargs and args[0] is batch)
         return hook
@@ -98,7 +98,8 @@ class PlaneShortcut:
         self.batches = list(batches)
         self.layers = find_input_layers(module, layout, self.batches[0]) if self.batches else []
         self.max_elements = max_elements
-        self._key: tuple | None = None
+        self._plane: tuple[torch.Tensor, ...] = ()  # center and directions the pieces were made for
+        self._versions: tuple[int, ...] = ()
         self._pieces: list[list[list[torch.Tensor]]] = []  # [layer][batch] -> [base, piece_1, ..., piece_K]
         self._scratch: list[list[torch.Tensor]] = []
         self._coefficients: list[float] = []
@@ -108,29 +109,31 @@ class PlaneShortcut:
         tensors); False when there is no input layer or the pieces would exceed the element budget."""
         if not self.layers:
             return False
-        key = tuple(item for v in (center, *directions) for item in (v, v._version))
-        if self._key is not None and len(key) == len(self._key) and all(
-            a is b if isinstance(a, torch.Tensor) else a == b for a, b in zip(key, self._key, strict=True)
-        ):
+        plane = (center, *directions)
+        versions = tuple(v._version for v in plane)  # bumped by every in-place change of the tensor
+        same = len(plane) == len(self._plane) and all(a is b for a, b in zip(plane, self._plane, strict=False))
+        if same and versions == self._versions:
             return True
-        self._key, self._pieces, self._scratch = None, [], []
+        self._plane, self._versions, self._pieces, self._scratch = (), (), [], []
+        n_samples = sum(len(xb) for xb in self.batches)
         with torch.inference_mode():
-            sizes = [layer.output(xb[:1], center).numel() * len(xb) for layer in self.layers for xb in self.batches]
+            sizes = [layer.output(self.batches[0][:1], center).numel() * n_samples for layer in self.layers]
             budget = PLANE_BUFFER_ELEMENTS if self.max_elements is None else self.max_elements
-            if (1 + len(directions)) * sum(sizes) > budget:
+            if len(plane) * sum(sizes) > budget:
                 return False
             for layer in self.layers:
-                pieces = [[layer.output(xb, v) for v in (center, *directions)] for xb in self.batches]
+                pieces = [[layer.output(xb, v) for v in plane] for xb in self.batches]
                 self._pieces.append(pieces)
                 self._scratch.append([torch.empty_like(p[0]) for p in pieces])
-        self._key = key
+        self._plane, self._versions = plane, versions
         return True
 
     def set_point(self, coefficients: Sequence[float]) -> None:
         """The point ``center + sum_k coefficients[k] * directions[k]`` the next forward passes evaluate."""
         self._coefficients = list(coefficients)
 
-    def _forward(self, index: int, layer: nn.Module):  # noqa: ANN202 - returns the replacement forward
+    def _forward(self, index: int, layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward pass that replaces ``layer``'s while installed."""
         original = type(layer).forward
 
         def forward(x: torch.Tensor) -> torch.Tensor:
