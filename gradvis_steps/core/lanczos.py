@@ -239,17 +239,26 @@ def _minus_rows(w: Array, M: Array, c: Array) -> None:
         w -= c @ M
 
 
-def _axpy(y: Array, a: float, x: Array, *, out_of_place: bool = False) -> Array:
-    """``y + a x``: in place (torch: one fused kernel, no temporary) unless ``out_of_place`` (then a new array
-    in one pass)."""
+def _axpy(y: Array, a: float, x: Array, *, out: Array | None = None) -> Array:
+    """``y + a x`` in one pass (torch: one fused kernel), written into ``out`` if given, else into ``y``."""
     if _is_torch(y):
         import torch
 
-        return torch.add(y, x, alpha=a) if out_of_place else y.add_(x, alpha=a)
-    if out_of_place:
-        return y + a * x
-    y += a * x
-    return y
+        return torch.add(y, x, alpha=a, out=y if out is None else out)
+    if out is None:
+        y += a * x
+        return y
+    np.multiply(x, a, out=out)
+    out += y
+    return out
+
+
+def _scale(x: Array, a: float) -> None:
+    """``x *= a`` in place."""
+    if _is_torch(x):
+        x.mul_(a)
+    else:
+        x *= a
 
 
 def _scale_into(out: Array, x: Array, a: float) -> None:
@@ -320,10 +329,10 @@ def _lanczos_host(
         if j == m - 1:
             alphas[j] = a
             break
-        # The three-term recurrence first, into a new array (the matvec's own output is never modified); full
-        # reorthogonalization then only removes rounding drift, so its first pass rarely loses enough of the
-        # norm to need a second.
-        w = _axpy(w, -a, rows[j], out_of_place=True)
+        # The three-term recurrence first, written straight into the next basis row (the matvec's own output is
+        # never modified; the row is then normalized while still in cache); full reorthogonalization then only
+        # removes rounding drift, so its first pass rarely loses enough of the norm to need a second.
+        w = _axpy(w, -a, rows[j], out=rows[j + 1])
         if j > 0:
             _axpy(w, -betas[j - 1], rows[j - 1])
         w, c, local, beta = orthogonalize(w, j)
@@ -338,7 +347,7 @@ def _lanczos_host(
             _scale_into(rows[j + 1], r, 1.0 / r_norm)
             betas[j] = 0.0
         else:
-            _scale_into(rows[j + 1], w, 1.0 / beta)
+            _scale(w, 1.0 / beta)  # w is rows[j + 1]
             betas[j] = beta
     return alphas, betas, V
 
