@@ -283,16 +283,16 @@ def _lanczos_host(
 ) -> tuple[Array, Array, Array]:
     """The same Lanczos process as :func:`_lanczos_device` for arrays in host memory, where branching on a
     scalar is free. Each step applies the three-term recurrence ``w = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}``
-    (one fused pass) and then one classical Gram-Schmidt pass against the whole basis; a second pass runs only
-    when the first removed more than ``1 - 1/sqrt(2)`` of the norm (the Kahan-Parlett "twice is enough"
-    criterion), and the restart direction is made only after an actual breakdown. On a CPU the basis (and, once
-    it has pushed them out of cache, every vector) is read from memory, so the step is written as few passes
-    over vectors as possible: about twice the basis plus ten vectors, instead of four times the basis.
+    (written straight into the next basis row) and then one classical Gram-Schmidt pass against the whole
+    basis; a second pass runs only when the first removed more than ``1 - 1/sqrt(2)`` of the norm (the
+    Kahan-Parlett "twice is enough" criterion), and the restart direction is made only after an actual
+    breakdown. On a CPU the basis (and, once it has pushed them out of cache, every vector) is read from memory,
+    so the step makes as few passes as it can: over the basis about twice per step instead of four times.
     """
     xp, n, m, dtype, dev, tol = _setup(v0, m, breakdown_tol)
     V = xp.zeros((m, n), dtype=dtype, device=dev)
     v0 = _plain(v0)
-    nrm0 = _norm(v0)
+    nrm0 = float(xp.linalg.vector_norm(v0))  # overflow-safe: v0 is the caller's, of any scale
     if nrm0 > 0:
         _scale_into(V[0, ...], v0, 1.0 / nrm0)
     else:

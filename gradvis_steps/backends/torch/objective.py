@@ -12,6 +12,7 @@ exactly as much as it should; the original GradVis multiplied HVPs by the number
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 
@@ -117,8 +118,10 @@ class TorchObjective:
         the loss sum and the number of correct predictions are returned (0-d device tensors; several batches
         summed in float64): the path for evaluation sets whose logits are too large to keep."""
         if logits_out is not None:
-            for (xb, _), rows in zip(self._batches(), self._batch_rows(), strict=True):
-                logits_out[rows].copy_(self.module(xb))
+            start = 0
+            for xb, _ in self._batches():
+                logits_out[start:start + len(xb)].copy_(self.module(xb))
+                start += len(xb)
             return None
         loss = correct = None
         for xb, yb in self._batches():
@@ -131,9 +134,6 @@ class TorchObjective:
                 loss = loss.to(torch.float64) + batch_loss
                 correct = correct + batch_correct
         return loss, correct
-
-    def _batch_rows(self) -> list[slice]:
-        return [slice(s, s + self.batch_size) for s in range(0, self.n_samples, self.batch_size)]
 
     def _reduce_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss sums (float64) and correct counts of ``(points, n_samples, classes)`` logits: the cross-entropy
@@ -218,9 +218,7 @@ class TorchObjective:
             if plane is not None:
                 plane.set_point(rows[p])
 
-        if plane is None:
-            return self._evaluate_loaded(form_point, len(rows))
-        with plane.installed():
+        with plane.installed() if plane is not None else contextlib.nullcontext():
             return self._evaluate_loaded(form_point, len(rows))
 
     def loss(self, theta: torch.Tensor) -> float:

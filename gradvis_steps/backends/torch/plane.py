@@ -98,6 +98,9 @@ class PlaneShortcut:
         self.batches = list(batches)
         self.layers = find_input_layers(module, layout, self.batches[0]) if self.batches else []
         self.max_elements = max_elements
+        with torch.inference_mode():  # numbers one vector's pieces hold: shapes only, fixed for the objective
+            n_samples = sum(len(xb) for xb in self.batches)
+            self._piece_elements = sum(layer.layer(self.batches[0][:1]).numel() * n_samples for layer in self.layers)
         self._plane: tuple[torch.Tensor, ...] = ()  # center and directions the pieces were made for
         self._versions: tuple[int, ...] = ()
         self._pieces: list[list[list[torch.Tensor]]] = []  # [layer][batch] -> [base, piece_1, ..., piece_K]
@@ -115,12 +118,10 @@ class PlaneShortcut:
         if same and versions == self._versions:
             return True
         self._plane, self._versions, self._pieces, self._scratch = (), (), [], []
-        n_samples = sum(len(xb) for xb in self.batches)
+        budget = PLANE_BUFFER_ELEMENTS if self.max_elements is None else self.max_elements
+        if len(plane) * self._piece_elements > budget:
+            return False
         with torch.inference_mode():
-            sizes = [layer.output(self.batches[0][:1], center).numel() * n_samples for layer in self.layers]
-            budget = PLANE_BUFFER_ELEMENTS if self.max_elements is None else self.max_elements
-            if len(plane) * sum(sizes) > budget:
-                return False
             for layer in self.layers:
                 pieces = [[layer.output(xb, v) for v in plane] for xb in self.batches]
                 self._pieces.append(pieces)
