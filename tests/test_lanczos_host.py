@@ -1,0 +1,90 @@
+"""The host Lanczos loop's pass structure: two reads of the basis per step, more only where rounding demands it.
+
+The loop decides the Kahan-Parlett "twice is enough" test from Pythagoras before its update pass; these tests
+count the passes over the basis on a symmetric operator (no second pass may run) and check that an operator
+which defeats one pass (non-symmetric: O(1) components along every earlier basis vector) still gets an
+orthonormal basis, through the explicit-norm and second-pass path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradvis_steps.core.lanczos as lanczos_module
+from gradvis_steps.core.lanczos import lanczos
+
+try:  # torch is an optional backend: the numpy tests run without it
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+BACKENDS = ["numpy", pytest.param("torch", marks=pytest.mark.skipif(torch is None, reason="torch not installed"))]
+
+
+def _orth_error(V: np.ndarray) -> float:
+    return float(np.abs(V @ V.T - np.eye(V.shape[0])).max())
+
+
+def _operator(backend: str, M: np.ndarray, v0: np.ndarray):
+    """``(matvec, v0)`` in the backend's arrays (float64; torch CPU tensors take the host loop too)."""
+    if backend == "torch":
+        Mt = torch.from_numpy(M)
+        return (lambda v: Mt @ v), torch.from_numpy(v0)
+    return (lambda v: M @ v), v0
+
+
+@pytest.fixture()
+def passes(monkeypatch):
+    """Counts the coefficient passes (``V_j x``) and update passes (``x -= V_j^T c``) over the basis."""
+    counts = {"coefficients": 0, "updates": 0}
+    host_ops = lanczos_module._host_ops
+
+    def counting_host_ops(x):
+        ops = host_ops(x)
+        mm, addmm_ = ops.mm, ops.addmm_
+
+        def counting_mm(*args, **kwargs):
+            counts["coefficients"] += 1
+            return mm(*args, **kwargs)
+
+        def counting_addmm_(*args, **kwargs):
+            counts["updates"] += 1
+            return addmm_(*args, **kwargs)
+
+        ops.mm, ops.addmm_ = counting_mm, counting_addmm_
+        return ops
+
+    monkeypatch.setattr(lanczos_module, "_host_ops", counting_host_ops)
+    return counts
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_symmetric_operator_one_coefficient_and_one_update_pass_per_step(backend, passes):
+    rng = np.random.default_rng(11)
+    n, m = 400, 60
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A = (Q * np.concatenate([rng.uniform(-1.0, 3.0, n - 3), [40.0, 25.0, -6.0]])) @ Q.T
+    A = 0.5 * (A + A.T)
+    matvec, v0 = _operator(backend, A, rng.standard_normal(n))
+    res = lanczos(matvec, v0, m, return_basis=True)
+    assert passes == {"coefficients": m - 1, "updates": m - 1}
+    V = np.asarray(res.basis)
+    assert _orth_error(V) < 1e-13
+    # the Pythagoras norm is the true one: A q_j = beta_{j-1} q_{j-1} + alpha_j q_j + beta_j q_{j+1}
+    T = np.diag(res.alpha) + np.diag(res.beta, 1) + np.diag(res.beta, -1)
+    assert np.abs(V @ A @ V.T - T).max() < 1e-12
+    np.testing.assert_allclose(np.linalg.norm(V, axis=1), 1.0, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nonsymmetric_operator_takes_the_second_pass_and_stays_orthonormal(backend, passes):
+    rng = np.random.default_rng(12)
+    n, m = 300, 80
+    M = rng.standard_normal((n, n)) / np.sqrt(n)  # not symmetric: A q_j has O(1) parts along all earlier q_i
+    matvec, v0 = _operator(backend, M, rng.standard_normal(n))
+    res = lanczos(matvec, v0, m, return_basis=True)
+    assert passes["coefficients"] > m - 1 and passes["updates"] > m - 1  # second passes ran
+    V = np.asarray(res.basis)
+    assert _orth_error(V) < 1e-13
+    assert np.all(np.isfinite(res.alpha)) and np.all(res.beta > 0)
