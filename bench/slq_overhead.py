@@ -115,22 +115,31 @@ def predicted_cost(dim: int, k: int, m: int, like: Any, sync: Any, repeats: int)
 
 def cold_basis_floor(dim: int, m: int, like: Any, sync: Any, evict_mb: int = 64, repeats: int = 3) -> float:
     """Seconds per starting vector of the two passes over the basis that any full reorthogonalization makes each
-    step (coefficients ``V_j w``, then ``w -= V_j^T c``), each step's passes timed after sweeping ``evict_mb`` MiB
-    through the caches as an HVP does between Lanczos steps. A floor: no other vector work, no Python."""
+    step (coefficients ``V_j w``, then ``w -= V_j^T c``, through the same calls as the host Lanczos loop), each
+    step's passes timed after sweeping ``evict_mb`` MiB through the caches as an HVP does between Lanczos steps.
+    A floor: no other vector work, no Python."""
     import torch
 
+    from gradvis_steps.core.lanczos import _host_ops
+
+    ops = _host_ops(like)
     V = torch.randn(m, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(like)
     V /= V.norm(dim=1, keepdim=True)
     w0 = unit_vectors(dim, 1, like)[0]
+    c = torch.empty((1, m), dtype=like.dtype, device=like.device)
     sweep = torch.zeros(evict_mb * 2**18, dtype=torch.float32, device=like.device)
+
+    def passes(Vj: Any, w: Any, cj: Any) -> None:
+        ops.mm(Vj, w.view(-1, 1), out=cj.view(-1, 1))
+        ops.addmm_(w.view(1, -1), cj, Vj, beta=1.0, alpha=-1.0)
+
     totals = []
     for _ in range(repeats):
         total = 0.0
         for j in range(1, m):
             w = w0.clone()
             sweep.add_(1.0)
-            Vj = V[:j]
-            seconds, _ = C.timed(lambda Vj=Vj, w=w: w.addmv_(Vj.t(), torch.mv(Vj, w), alpha=-1), sync)
+            seconds, _ = C.timed(lambda Vj=V[:j], w=w, cj=c[:, :j]: passes(Vj, w, cj), sync)
             total += seconds
         totals.append(total)
     return min(totals)
