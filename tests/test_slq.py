@@ -257,6 +257,35 @@ def test_density_matches_direct_sum():
     )
 
 
+def test_windowed_density_equals_the_dense_sum_everywhere():
+    """The windowed sum skips only Gaussians that underflow to 0: on a Hessian-like spectrum (a bulk near 0, a few
+    outliers) it matches the dense grid x nodes sum to rounding, deep tails and a shuffled 2-D grid included."""
+    rng = np.random.default_rng(11)
+    nodes = np.sort(np.concatenate([rng.normal(0, 0.01, (10, 70)), rng.uniform(0.05, 0.33, (10, 10))], axis=1), axis=1)
+    weights = rng.dirichlet(np.ones(80), size=10)
+    sigma = default_sigma(nodes)
+
+    def dense(grid):
+        z = (np.ravel(grid)[:, None] - nodes.ravel()[None, :]) / sigma
+        values = np.exp(-0.5 * z * z) @ (weights.ravel() / 10) / (sigma * np.sqrt(2 * np.pi))
+        return values.reshape(np.shape(grid))
+
+    grid = np.concatenate([default_density_grid(nodes, sigma=sigma), np.linspace(0.3, 0.45, 997)])  # + far tail
+    expected, got = dense(grid), gaussian_density(nodes, weights, grid, sigma)
+    positive = expected > 0
+    np.testing.assert_allclose(got[positive], expected[positive], rtol=1e-12)
+    assert np.array_equal(got[~positive], expected[~positive]) and (~positive).sum() > 100  # exact zeros far out
+    assert expected[positive].min() < 1e-200  # the comparison reaches the deepest tails
+    # one point at a time (a block of one: its window is exactly the cut), across the upper tail
+    tail = grid[(grid > nodes.max() + 25 * sigma) & (grid < nodes.max() + 45 * sigma)]
+    single = np.array([gaussian_density(nodes, weights, tail[i : i + 1], sigma)[0] for i in range(tail.size)])
+    np.testing.assert_array_equal(single > 0, dense(tail) > 0)
+    np.testing.assert_allclose(single, dense(tail), rtol=1e-12)
+    shuffled = rng.permutation(grid)[:1000].reshape(20, 50)
+    np.testing.assert_allclose(gaussian_density(nodes, weights, shuffled, sigma), dense(shuffled), rtol=1e-12)
+    assert gaussian_density(nodes, weights, np.zeros(0), sigma).shape == (0,)
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
 def test_density_integrates_to_one(runs, kind):
     r = runs[kind]

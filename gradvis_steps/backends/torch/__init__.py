@@ -9,6 +9,7 @@ import torch
 
 from ...data import ArrayDataset, load_dataset
 from ...storage.trajectory import Trajectory
+from .lanczos_graphs import clear_lanczos_graphs, set_cuda_graphs  # registers the CUDA-graph Lanczos loop
 from .models import build_model
 from .objective import TorchObjective
 
@@ -72,8 +73,10 @@ def objective_for_trajectory(
 __all__ = [
     "TorchObjective",
     "build_model",
+    "clear_lanczos_graphs",
     "model_for",
     "objective_for_trajectory",
     "resolve_device",
     "resolve_dtype",
+    "set_cuda_graphs",
 ]
