@@ -14,6 +14,7 @@
 #   4. bench/grid_point_cost.py --device cuda     -> $OUT/grid_point_cost_cuda.json
 #   5. bench/gpu_steps.py: the step modules with --device cuda against --device cpu on one trajectory
 #
+# STEPS (default "imports pytest slq grid steps") picks which of them run, e.g. STEPS="imports pytest slq".
 # Each bench writes its JSON after every model, so a step cut by its timeout still leaves what finished.
 # Logs go to $OUT/*.log; a summary with every step's exit status is printed last and kept in $OUT/summary.txt.
 set -u
@@ -22,8 +23,9 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 START=$(date +%s)
-DEADLINE=$((START + 400))
+DEADLINE=$((START + ${DEADLINE_S:-400}))
 THREADS=4
+STEPS=${STEPS:-imports pytest slq grid steps}
 declare -a SUMMARY=()
 
 remaining() { echo $((DEADLINE - $(date +%s))); }
@@ -32,6 +34,10 @@ remaining() { echo $((DEADLINE - $(date +%s))); }
 run() {
     local name=$1 budget=$2
     shift 2
+    case " $STEPS " in
+        *" ${name%%_*} "*) ;;
+        *) SUMMARY+=("$name: not selected (STEPS)"); return ;;
+    esac
     local left
     left=$(remaining)
     if [ "$left" -lt 10 ]; then
@@ -85,16 +91,17 @@ raise SystemExit(1 if missing else 0)
 EOF
 
 # 2. CPU tests of the code the GPU runs (they must pass on this machine too)
-run pytest 100 "$PY" -m pytest tests/test_cuda.py tests/test_torch_backend.py tests/test_lanczos.py tests/test_slq.py \
-    -q -p no:cacheprovider -rs
+run pytest 100 "$PY" -m pytest tests/test_cuda.py tests/test_lanczos_graphs.py tests/test_lanczos.py \
+    tests/test_slq.py tests/test_torch_backend.py -q -p no:cacheprovider -rs
 
-# 3-4. the two device benches (defaults for cuda: ResNet-20 on synthetic CIFAR-shaped data)
-run slq_overhead_cuda 120 "$PY" bench/slq_overhead.py --device cuda --threads "$THREADS" --repeats 2 \
-    --resnet-samples 512 --mode-repeats 6 --json "$OUT/slq_overhead_cuda.json"
+# 3-4. the two device benches (defaults for cuda: ResNet-20 on synthetic CIFAR-shaped data; ResNet-20, at
+# ~70 ms per HVP on 256 samples, runs 2 x 20 and its overhead at 10 x 80 is predicted, as on the CPU)
+run slq_overhead_cuda 220 "$PY" bench/slq_overhead.py --device cuda --threads "$THREADS" --repeats 3 \
+    --resnet-k 2 --resnet-m 20 --resnet-samples 256 --mode-repeats 4 --json "$OUT/slq_overhead_cuda.json"
 run grid_point_cost_cuda 60 "$PY" bench/grid_point_cost.py --device cuda --threads "$THREADS" \
     --resnet-samples 512 --rounds 8 --json "$OUT/grid_point_cost_cuda.json"
 
-run gpu_steps 90 "$PY" bench/gpu_steps.py --out /tmp/gpu_steps
+run steps_gpu 90 "$PY" bench/gpu_steps.py --out /tmp/gpu_steps
 
 echo
 echo "=== summary ($(( $(date +%s) - START ))s in all; JSON and logs in $OUT)"

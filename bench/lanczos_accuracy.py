@@ -1,7 +1,8 @@
 """Accuracy figures of the Lanczos/SLQ core on the tests' known spectrum (not a timing bench).
 
 The 2000 x 2000 symmetric matrix of tests/test_lanczos.py (uniform bulk in [-1, 3], outliers 120 ... 20 and
--12, -8, -5), both Lanczos loops (host-branching and the sync-free device loop, forced on the CPU): relative
+-12, -8, -5), the three Lanczos loops (host-branching, the sync-free device loop, and the torch backend's
+CUDA-graph loop, the latter two forced on the CPU, where the graph loop runs its captured step eagerly): relative
 errors of the top-5 and bottom-3 Ritz values against numpy.linalg.eigvalsh, largest true residual, basis
 orthogonality; then SLQ (k=10, m=80) Wasserstein-1 distance to the exact spectrum over the spectral width.
 Run: ``python bench/lanczos_accuracy.py``.
@@ -35,16 +36,27 @@ def main() -> int:
     def matvec(v: np.ndarray) -> np.ndarray:
         return A @ v
 
-    on_host = L._on_host
-    for loop in ("host", "device"):
+    import torch
+
+    from gradvis_steps.backends.torch.lanczos_graphs import graph_lanczos
+
+    At = torch.from_numpy(A)
+    on_host, device_loops = L._on_host, list(L._device_loops)
+    for loop in ("host", "device", "graph"):
         L._on_host = on_host if loop == "host" else (lambda v: False)
-        top = L.ritz_pairs(matvec, v0, 120, 5, "largest")
-        bottom = L.ritz_pairs(matvec, v0, 120, 3, "smallest")
-        V = L.lanczos(matvec, v0, 120, return_basis=True).basis
+        if loop == "graph":  # torch tensors on the CPU take the graph loop's step, run eagerly
+            L._device_loops[:] = [(lambda v: isinstance(v, torch.Tensor), graph_lanczos)]
+            op, start = (lambda v: At @ v), torch.from_numpy(v0)
+        else:
+            op, start = matvec, v0
+        top = L.ritz_pairs(op, start, 120, 5, "largest")
+        bottom = L.ritz_pairs(op, start, 120, 3, "smallest")
+        V = L.to_numpy(L.lanczos(op, start, 120, return_basis=True).basis)
         print(f"{loop:6s} loop, m=120: top-5 rel. error {np.max(np.abs(top.values / ev[::-1][:5] - 1)):.1e}, "
               f"bottom-3 {np.max(np.abs(bottom.values / ev[:3] - 1)):.1e}, "
               f"max residual {max(top.residuals.max(), bottom.residuals.max()):.1e}, "
               f"orthogonality {np.abs(V @ V.T - np.eye(V.shape[0])).max():.1e}")
+    L._device_loops[:] = device_loops
     L._on_host = on_host
     res = slq(matvec, N, 10, 80, seed=0)
     w1 = wasserstein_distance(res.nodes.ravel(), ev, u_weights=res.weights.ravel()) / (ev[-1] - ev[0])

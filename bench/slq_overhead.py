@@ -21,6 +21,14 @@ Figures: ``overhead_paired = (t_slq - t_hvps) / t_slq`` (the issue's definition;
 drift between the two timings). ``cpu share`` is the process's CPU time / (wall * threads) over a pair;
 well below ~0.9 means the machine was contended.
 
+On a CUDA device (``--device cuda``) both figures are measured for both Lanczos loops in the same pairs: the
+torch backend's CUDA-graph loop (one graph launch per step, the default) and the generic device loop (about 25
+kernel launches per step, ``*_eager``). No sync surrounds an HVP, so there ``t_inside_hvps`` is the CPU's time
+issuing them and the in-run figure the CPU-side cost of everything else: what the wall time pays while the GPU
+keeps up with the CPU (a launch-bound model such as LeNet). The prediction with the nearly free matvec exposes
+the step's GPU time too, so on a GPU it is an upper bound. ``first_row_seconds`` vs ``second_row_seconds``
+shows the one-off cost of capturing the graphs.
+
 Because HVPs of a big model are slow on 2 CPU cores, ResNet-20 runs a smaller (k, m) by default; the
 overhead at the target (``--target-k``/``--target-m``, default 10 x 80) is then *predicted*: the same
 ``slq`` driven by a nearly free diagonal matvec measures the non-HVP cost at any (k, m) directly, and
@@ -106,7 +114,7 @@ def predicted_cost(dim: int, k: int, m: int, like: Any, sync: Any, repeats: int)
         return diag * v
 
     v = unit_vectors(dim, 1, like)[0]
-    run_slq(matvec, dim, 1, min(m, 5), like)  # warm-up
+    run_slq(matvec, dim, 1, m, like)  # warm-up (and, on CUDA, the capture of this (n, m)'s step graphs)
     t_mv = C.median([C.timed(lambda: [matvec(v) for _ in range(50)], sync)[0] / 50 for _ in range(3)])
     totals = [C.timed(lambda: run_slq(matvec, dim, k, m, like), sync)[0] for _ in range(repeats)]
     total = min(totals)  # deterministic work: other load on the machine only ever adds time
@@ -158,43 +166,62 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
     pool = unit_vectors(dim, 8, theta)
     print(f"[{name}] dim={dim}, {data_desc}, k={k}, m={m}", file=sys.stderr, flush=True)
 
+    from gradvis_steps.backends.torch import set_cuda_graphs
+    from gradvis_steps.core.slq import SLQResult, slq, spectral_density, spectrum_summary
+
+    cuda = str(args.device).startswith("cuda")
     inside = [0.0]
 
     def hvp(v: Any) -> Any:  # the matvec SLQ calls; records the time spent inside the HVPs
-        sync()
         start = time.perf_counter()
         out = obj.hvp(theta, v)
-        sync()
         inside[0] += time.perf_counter() - start
         return out
 
-    # warm-up: allocator, oneDNN/cuDNN kernel choice, autograd paths (the first HVPs are up to 50x slower)
+    # No sync around the HVPs: on a GPU one would expose the device queue that the Lanczos step's kernels hide in
+    # (they run while the CPU already issues the next HVP). There "inside" is the CPU's time issuing the HVPs, so
+    # the in-run figure is the CPU-side cost of the rest, which is what the wall time pays while the GPU keeps up
+    # (a launch-bound model like LeNet); the paired figure counts everything. Both are measured for both Lanczos
+    # loops in the same pairs: the CUDA-graph loop (default) and the generic one of ~25 launches per step.
+    variants = [("slq", True), ("slq_eager", False)] if cuda else [("slq", True)]
+
+    # warm-up: allocator, oneDNN/cuDNN kernel choice, autograd paths (the first HVPs are up to 50x slower), and
+    # (CUDA) the capture of the Lanczos step's graphs for this (n, m), timed against a second, replayed row
     for i in range(10):
         obj.hvp(theta, pool[i % len(pool)])
     run_slq(hvp, dim, 1, min(m, 8), theta)
-    sync()
+    first_row, _ = C.timed(lambda: slq(hvp, dim, k, m, seed=0, like=theta, indices=[0]), sync)
+    second_row, _ = C.timed(lambda: slq(hvp, dim, k, m, seed=0, like=theta, indices=[0]), sync)
 
     # Measured in pairs, one per starting vector and round: m bare HVPs, then slq(indices=[i]) (row i of the
     # very same k x m run: slq treats its starting vectors independently, Algorithm 5 splits them the same
     # way). Short alternating pairs keep drift and bursts of load on a shared machine out of the ratio.
-    from gradvis_steps.core.slq import SLQResult, slq, spectral_density, spectrum_summary
-
     pairs = []
     for r in range(args.repeats):
         parts = []
         for i in range(k):
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            t_base, _ = C.timed(lambda: [obj.hvp(theta, pool[j % len(pool)]) for j in range(m)], sync)
             inside[0] = 0.0
-            t_slq, part = C.timed(lambda i=i: slq(hvp, dim, k, m, seed=0, like=theta, indices=[i]), sync)
-            cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / args.threads
-            parts.append(part)
-            pairs.append({"round": r, "vector": i, "t_baseline": t_base, "t_slq": t_slq, "t_inside_hvps": inside[0],
-                          "cpu_share": cpu_share})
-        print(f"[{name}] round {r}: baseline {sum(p['t_baseline'] for p in pairs[-k:]):.3f}s, "
-              f"slq {sum(p['t_slq'] for p in pairs[-k:]):.3f}s "
-              f"(inside HVPs {sum(p['t_inside_hvps'] for p in pairs[-k:]):.3f}s), "
-              f"cpu share {min(p['cpu_share'] for p in pairs[-k:]):.2f}", file=sys.stderr, flush=True)
+            t_base, _ = C.timed(lambda: [hvp(pool[j % len(pool)]) for j in range(m)], sync)
+            pair = {"round": r, "vector": i, "t_baseline": t_base, "t_inside_baseline": inside[0]}
+            for label, graphs in variants:
+                inside[0] = 0.0
+                previous = set_cuda_graphs(graphs)
+                try:
+                    t_slq, part = C.timed(lambda i=i: slq(hvp, dim, k, m, seed=0, like=theta, indices=[i]), sync)
+                finally:
+                    set_cuda_graphs(previous)
+                pair[f"t_{label}"] = t_slq
+                pair[f"t_inside_{label}"] = inside[0]
+                if label == "slq":
+                    parts.append(part)
+            pair["cpu_share"] = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / args.threads
+            pairs.append(pair)
+        last = pairs[-k:]
+        print(f"[{name}] round {r}: baseline {sum(p['t_baseline'] for p in last):.3f}s, "
+              + ", ".join(f"{label} {sum(p['t_' + label] for p in last):.3f}s" for label, _ in variants)
+              + f" (inside HVPs {sum(p['t_inside_slq'] for p in last):.3f}s)"
+              + f", cpu share {min(p['cpu_share'] for p in last):.2f}", file=sys.stderr, flush=True)
     result = SLQResult.concatenate(parts)
 
     def smoothing() -> dict[str, float]:
@@ -205,7 +232,6 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
     summary = smoothing()
     base = [p["t_baseline"] for p in pairs]
     slq_t = [p["t_slq"] for p in pairs]
-    extra_inrun = [p["t_slq"] - p["t_inside_hvps"] for p in pairs]
     t_hvps = k * C.median(base)  # k*m HVPs
     t_slq = k * C.median(slq_t) + t_smooth  # slq(k, m) + spectral_density + spectrum_summary
     t_slq_min = k * min(slq_t) + t_smooth
@@ -223,11 +249,21 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
         "t_smoothing": t_smooth,
         "overhead_paired": (t_slq - t_hvps) / t_slq,
         "overhead_paired_min": (t_slq_min - k * min(base)) / t_slq_min,
-        "overhead_inrun": (k * C.median(extra_inrun) + t_smooth) / t_slq,
+        "overhead_inrun": (k * C.median([p["t_slq"] - p["t_inside_slq"] for p in pairs]) + t_smooth) / t_slq,
+        "overhead_inrun_tail_corrected": _inrun_corrected(pairs, "slq", k, t_smooth, t_slq),
         "smoothing_share": t_smooth / t_slq,
         "cpu_share_min": min(p["cpu_share"] for p in pairs),
+        "first_row_seconds": first_row,
+        "second_row_seconds": second_row,
         "lambda_max": summary["lambda_max"],
     }
+    if cuda:  # the generic device loop, timed in the same pairs
+        eager = k * C.median([p["t_slq_eager"] for p in pairs]) + t_smooth
+        out["t_slq_eager"] = eager
+        out["overhead_paired_eager"] = (eager - t_hvps) / eager
+        extra = [p["t_slq_eager"] - p["t_inside_slq_eager"] for p in pairs]
+        out["overhead_inrun_eager"] = (k * C.median(extra) + t_smooth) / eager
+        out["overhead_inrun_tail_corrected_eager"] = _inrun_corrected(pairs, "slq_eager", k, t_smooth, eager)
     t_hvp = t_hvps / (k * m)
 
     if not args.no_predict:
@@ -242,6 +278,14 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
         out["target_k"], out["target_m"] = tk, tm
         out["non_hvp_seconds_target_km"] = at_target["seconds_non_hvp"]
         out["predicted_overhead_target_km"] = _share(at_target["seconds_non_hvp"], tk * tm * t_hvp)
+        if cuda:
+            previous = set_cuda_graphs(False)
+            try:
+                eager = predicted_cost(dim, tk, tm, theta, sync, 2)
+            finally:
+                set_cuda_graphs(previous)
+            out["non_hvp_seconds_target_km_eager"] = eager["seconds_non_hvp"]
+            out["predicted_overhead_target_km_eager"] = _share(eager["seconds_non_hvp"], tk * tm * t_hvp)
 
     floor = cold_basis_floor(dim, m, theta, sync)
     out["cold_basis_floor_seconds_per_vector"] = floor
@@ -263,6 +307,14 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
     out["hvp_mode_ratio_for_over_db"] = out["hvp_seconds_forward_over_reverse"] / out["hvp_seconds_double_backprop"]
     out["hvp_modes_rel_diff"] = float((a - b).norm() / a.norm())
     return out
+
+
+def _inrun_corrected(pairs: list[dict[str, Any]], label: str, k: int, t_smooth: float, t_total: float) -> float:
+    """In-run share with the baseline's own time outside its HVP calls subtracted pair by pair: on a GPU that is
+    the wait for the device queue to drain at the end (paid by both timings alike), on a CPU the loop's own
+    bookkeeping; what remains is the time the SLQ row spends outside its HVPs beyond that."""
+    extra = [(p[f"t_{label}"] - p[f"t_inside_{label}"]) - (p["t_baseline"] - p["t_inside_baseline"]) for p in pairs]
+    return (k * C.median(extra) + t_smooth) / t_total
 
 
 def _share(non_hvp: float, hvp: float) -> float:
@@ -291,7 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in payload["results"]:
         print(f"  {r['model']}: {r['data']}; forward_over_reverse vs double_backprop rel. diff "
-              f"{r['hvp_modes_rel_diff']:.1e}")
+              f"{r['hvp_modes_rel_diff']:.1e}; first slq row {r['first_row_seconds']:.3f}s, "
+              f"second {r['second_row_seconds']:.3f}s")
+        if "overhead_paired_eager" in r:
+            print(f"  {r['model']}: CUDA-graph loop in-run, tail-corrected {r['overhead_inrun_tail_corrected']:.4f}; "
+                  f"generic device loop (CUDA graphs off) in the same pairs: paired "
+                  f"{r['overhead_paired_eager']:.4f}, in-run {r['overhead_inrun_eager']:.4f}, tail-corrected "
+                  f"{r['overhead_inrun_tail_corrected_eager']:.4f}, predicted at target "
+                  f"{r.get('predicted_overhead_target_km_eager', nan):.4f}")
     payload["environment"]["load_at_end"] = C.load_snapshot()
     print(f"  load at start {payload['environment']['load_at_start']}, at end {payload['environment']['load_at_end']}; "
           "cpu share = process CPU time / (wall * threads), < ~0.9 means the machine was contended")
