@@ -21,6 +21,7 @@ Set ``GRADVIS_CUDA_GRAPHS=0`` to make CUDA tensors take the generic loop instead
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -183,7 +184,9 @@ def graph_lanczos(
     _cache[key] = state  # most recently used last
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
-    state.run(matvec, v0)
+    # streams and graphs belong to the current CUDA device: make it v0's (a no-op in the usual single-GPU case)
+    with torch.cuda.device(state.V.device) if state.capture else contextlib.nullcontext():
+        state.run(matvec, v0)
     # copies: the buffers are reused by the next run of this shape
     return state.alpha(), state.beta.clone(), state.V.clone() if keep_basis else None
 
