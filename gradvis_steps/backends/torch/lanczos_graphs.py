@@ -67,7 +67,10 @@ class _StaticLanczos:
         self.steps = self.steps_first.clone()  # [j, j + 1] as index tensors
         # Restart direction of step j: a pseudo-random vector rolled by j + 1 (the generic loop's choice), read
         # as a gather from two copies of it at indices that move down by one per step: no modulo per step.
-        r_base = _hash_vector(array_namespace(self.V), n, 0xB10C, dtype, device)
+        xp = array_namespace(self.V)
+        r0 = _hash_vector(xp, n, 0x5EED, dtype, device)  # the start when v0 is zero (the generic loop's choice)
+        self.zero_start = r0 / torch.linalg.vector_norm(r0)
+        r_base = _hash_vector(xp, n, 0xB10C, dtype, device)
         self.r_twice = torch.cat([r_base, r_base])
         index = torch.int32 if 2 * n < 2**31 else torch.int64
         self.restart_first = torch.arange(n - 1, 2 * n - 1, dtype=index, device=device)
@@ -140,8 +143,7 @@ class _StaticLanczos:
         v0 = _plain(v0)
         nrm0 = torch.linalg.vector_norm(v0)
         ok0 = nrm0 > 0
-        r0 = _hash_vector(array_namespace(V), self.n, 0x5EED, v0.dtype, v0.device)
-        V[0].copy_(torch.where(ok0, v0 / torch.where(ok0, nrm0, 1.0), r0 / torch.linalg.vector_norm(r0)))
+        V[0].copy_(torch.where(ok0, v0 / torch.where(ok0, nrm0, 1.0), self.zero_start))
         for j in range(m - 1):
             w_in.copy_(_plain(matvec(rows[j])))
             replay = replays[j]
