@@ -139,7 +139,8 @@ def cold_basis_floor(dim: int, m: int, like: Any, sync: Any, evict_mb: int = 64,
 
     def passes(Vj: Any, w: Any, cj: Any) -> None:
         ops.mm(Vj, w.view(-1, 1), out=cj.view(-1, 1))
-        ops.addmm_(w.view(1, -1), cj, Vj, beta=1.0, alpha=-1.0)
+        line = w.view(1, -1)
+        ops.addmm(line, cj, Vj, beta=1.0, alpha=-1.0, out=line)
 
     totals = []
     for _ in range(repeats):

@@ -211,30 +211,22 @@ def _is_torch(x: Array) -> bool:
 
 
 def _host_ops(x: Array) -> SimpleNamespace:
-    """The array operations of the host loop, with torch's signatures: ``dot``, ``add(y, x, alpha=, out=)``,
-    ``mul(x, a, out=)``, ``mul_(x, a)``, ``mm(A, B, out=)`` and ``addmm_(x, c, M, beta=, alpha=)``.
+    """The array operations of the host loop, with torch's signatures: ``dot``, ``mul(x, a, out=)``, ``mm(A, B,
+    out=)`` and ``addmm(x, c, M, beta=, alpha=, out=)`` for the passes over the basis, and ``pair_mm``/``pair_addmm``
+    (the same two functions) for the local pass over the two newest basis vectors.
 
     For torch tensors these are torch's own functions, looked up once, so no Python frame sits between the loop and
-    a kernel (after each HVP every such frame and dispatch path runs from cold caches); ``mm``/``addmm_`` go
-    through the BLAS GEMM entry that the model's own linear layers keep warm (same kernels as ``mv``, measured
-    4-7 % faster per step here). For numpy arrays, small adapters."""
+    a kernel. After each HVP every Python binding and dispatch path a step uses runs from cold caches (the first
+    call of a distinct function costs 15-30 us here, whatever its size), so a step calls only two distinct ones,
+    ``mm`` and ``addmm`` (with ``out=``, also in place), each twice. They go through the BLAS GEMM entry (same
+    kernels as ``mv``, measured 4-7 % faster per step here). For numpy arrays, small adapters."""
     if _is_torch(x):
         import torch
 
         return SimpleNamespace(
-            dot=torch.dot, add=torch.add, mul=torch.mul, mul_=torch.Tensor.mul_, mm=torch.mm, addmm_=torch.Tensor.addmm_
+            dot=torch.dot, mul=torch.mul, mm=torch.mm, addmm=torch.addmm, pair_mm=torch.mm, pair_addmm=torch.addmm
         )
-    return SimpleNamespace(dot=np.dot, add=_np_add, mul=_np_mul, mul_=_np_mul_, mm=_np_mm, addmm_=_np_addmm_)
-
-
-def _np_add(y: np.ndarray, x: np.ndarray, *, alpha: float = 1.0, out: np.ndarray) -> np.ndarray:
-    """``out = y + alpha x`` (``out`` may be ``y``)."""
-    if out is y:
-        out += alpha * x
-    else:
-        np.multiply(x, alpha, out=out)
-        out += y
-    return out
+    return SimpleNamespace(dot=np.dot, mul=_np_mul, mm=_np_mm, addmm=_np_addmm, pair_mm=_np_mm, pair_addmm=_np_addmm)
 
 
 def _np_mul(x: np.ndarray, a: float, *, out: np.ndarray) -> np.ndarray:
@@ -242,28 +234,36 @@ def _np_mul(x: np.ndarray, a: float, *, out: np.ndarray) -> np.ndarray:
     return np.multiply(x, a, out=out)
 
 
-def _np_mul_(x: np.ndarray, a: float) -> np.ndarray:
-    """``x *= a``."""
-    x *= a
-    return x
-
-
 def _np_mm(A: np.ndarray, B: np.ndarray, *, out: np.ndarray) -> np.ndarray:
     """``out = A @ B``."""
     return np.matmul(A, B, out=out)
 
 
-def _np_addmm_(x: np.ndarray, c: np.ndarray, M: np.ndarray, *, beta: float, alpha: float) -> np.ndarray:
-    """``x = beta x + alpha c @ M`` in place."""
-    x *= beta
-    x += alpha * (c @ M)
-    return x
+def _np_addmm(x: np.ndarray, c: np.ndarray, M: np.ndarray, *, beta: float, alpha: float, out: np.ndarray) -> np.ndarray:
+    """``out = beta x + alpha c @ M`` (``out`` may be ``x``, not ``M``)."""
+    product = c @ M
+    np.multiply(x, beta, out=out)
+    out += alpha * product
+    return out
 
 
 def _host_view(x: Array) -> np.ndarray:
     """A numpy view of a host array, made once (torch CPU tensors: zero-copy ``numpy()``), so reading it in the
     loop costs no backend call."""
     return x.numpy() if _is_torch(x) else x
+
+
+def _scalar_reader(x: Array) -> Any:
+    """A host array's values for Python, read by index or by ``[:i].tolist()``: a ``memoryview`` where the format
+    allows (float32/64), whose reads are CPython's own hot code where numpy's run cold after an HVP; otherwise the
+    numpy view itself."""
+    view = _host_view(x)
+    try:
+        reader = memoryview(view)
+        reader[:1].tolist()
+    except (NotImplementedError, TypeError, ValueError):  # e.g. float16: no memoryview format
+        return view
+    return reader
 
 
 def _on_host(v: Array) -> bool:
@@ -279,15 +279,17 @@ def _lanczos_host(
     """The same Lanczos process as :func:`_lanczos_device` for arrays in host memory, where branching on a
     scalar is free and what a step costs is its passes over vectors that the matvec has pushed out of the caches.
 
-    Step j applies the three-term recurrence ``r = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` first (written
-    straight into the next basis row; the matvec's own output is never modified), so the full reorthogonalization
-    that follows only removes rounding drift. One pass over rows 0..j+1 (a GEMM with r as its single column) gives
-    the Gram-Schmidt coefficients ``c_i = q_i . r`` and, from row j+1 (which is r), ``||r||^2``; then ``beta_j^2 =
-    ||r||^2 - ||c||^2`` by Pythagoras (``r - V_j^T c`` is orthogonal to the rows), and while that lost less than
-    half of ``||r||^2`` (the Kahan-Parlett "twice is enough" test, decided before the update) one more pass
-    subtracts ``V_j^T c`` and divides by ``beta_j`` at once. Otherwise the norm is taken explicitly and a second
-    Gram-Schmidt pass runs where the test still fails; a breakdown restarts from a pseudo-random direction. So the
-    basis is read twice per step and the vectors touched by five calls.
+    Step j first orthogonalizes ``A q_j`` against the two newest basis vectors, rows j-1 and j of the basis
+    (adjacent in memory, so one pass reads both): their coefficients ``q_{j-1}.A q_j`` (= beta_{j-1} in exact
+    arithmetic) and ``alpha_j = q_j.A q_j``, then ``r = A q_j - alpha_j q_j - (q_{j-1}.A q_j) q_{j-1}``, the
+    three-term recurrence, written straight into the next basis row (the matvec's own output is never modified).
+    The full reorthogonalization that follows only removes rounding drift. One pass over rows 0..j+1 (a GEMM with
+    r as its single column) gives the Gram-Schmidt coefficients ``c_i = q_i . r`` and, from row j+1 (which is r),
+    ``||r||^2``; then ``beta_j^2 = ||r||^2 - ||c||^2`` by Pythagoras (``r - V_j^T c`` is orthogonal to the rows),
+    and while that lost less than half of ``||r||^2`` (the Kahan-Parlett "twice is enough" test, decided before the
+    update) one more pass subtracts ``V_j^T c`` and divides by ``beta_j`` at once. Otherwise the norm is taken
+    explicitly and a second Gram-Schmidt pass runs where the test still fails; a breakdown restarts from a
+    pseudo-random direction. So the basis is read twice per step, through four calls of two functions.
     """
     xp, n, m, dtype, dev, tol = _setup(v0, m, breakdown_tol)
     ops = _host_ops(v0)
@@ -307,27 +309,33 @@ def _lanczos_host(
         ops.mul(r0, 1.0 / norm(r0), out=V[0, ...])
 
     # Views made once (each slice or reshape of a torch tensor is a call of about a microsecond): the rows, each
-    # as a (1, n) line and an (n, 1) column, the leading blocks ``V[:i + 1]``, and the coefficient buffer
-    # ``products`` (q_0.r .. q_j.r, then r.r, of the current step) as (i, 1) columns and (1, i) lines.
+    # as a (1, n) line and an (n, 1) column, the leading blocks ``V[:i + 1]``, the pairs ``V[i - 1:i + 1]`` (row 0
+    # alone for i = 0), the coefficient buffer ``products`` (q_0.r .. q_j.r, then r.r, of the current step) as
+    # (i, 1) columns and (1, i) lines, and the pair's coefficients ``local`` (q_{j-1}.A q_j, q_j.A q_j) likewise.
     rows = [V[i, ...] for i in range(m)]
     lines = [row.reshape(1, n) for row in rows]
     columns = [row.reshape(n, 1) for row in rows]
     heads = [V[: i + 1, ...] for i in range(m)]
+    pairs = [V[max(i - 1, 0) : i + 1, ...] for i in range(m)]
     products = xp.zeros((m + 1,), dtype=dtype, device=dev)
     product_columns = [products[:i].reshape(i, 1) for i in range(m + 2)]
     product_lines = [products[:i].reshape(1, i) for i in range(m + 2)]
-    products_host = _host_view(products)
+    product_values = _scalar_reader(products)
+    local = xp.zeros((2,), dtype=dtype, device=dev)
+    local_columns = [local[:1].reshape(1, 1), local.reshape(2, 1)]
+    local_lines = [local[:1].reshape(1, 1), local.reshape(1, 2)]
+    local_values = _scalar_reader(local)
 
     def finish(j: int, x: Array, x_line: Array, x_column: Array, before: float) -> tuple[float, float]:
         """``x -= V_j^T c`` in place (c = the first j + 1 products), then a second pass if the first lost more than
         half of ``before**2`` (``before = ||x||``); returns the second pass's coefficient of q_j (0 without one)
         and ||x|| after."""
-        ops.addmm_(x_line, product_lines[j + 1], heads[j], beta=1.0, alpha=-1.0)
+        ops.addmm(x_line, product_lines[j + 1], heads[j], beta=1.0, alpha=-1.0, out=x_line)
         after = norm(x)
         if after < before / 2**0.5:  # lost digits: a second pass restores them
             ops.mm(heads[j], x_column, out=product_columns[j + 1])
-            extra = float(products_host[j])
-            ops.addmm_(x_line, product_lines[j + 1], heads[j], beta=1.0, alpha=-1.0)
+            extra = float(product_values[j])
+            ops.addmm(x_line, product_lines[j + 1], heads[j], beta=1.0, alpha=-1.0, out=x_line)
             return extra, norm(x)
         return 0.0, after
 
@@ -337,27 +345,30 @@ def _lanczos_host(
     scale = 0.0
     for j in range(m):
         w = _plain(matvec(rows[j]))
-        a = float(ops.dot(rows[j], w))  # = q_j^T A q_j (q_j is orthogonal to q_{j-1})
+        k = min(j, 1)  # index of q_j in its pair
+        ops.pair_mm(pairs[j], w.reshape(n, 1), out=local_columns[k])  # q_{j-1}.w, q_j.w in one pass
+        a = float(local_values[k])
         if j == m - 1:  # last step: only the diagonal entry is needed
             alphas[j] = a
             break
-        r = ops.add(w, rows[j], alpha=-a, out=rows[j + 1])
-        if j > 0:
-            ops.add(r, rows[j - 1], alpha=-betas[j - 1], out=r)
+        b = float(local_values[0]) if k else 0.0
+        r = rows[j + 1]
+        ops.pair_addmm(w.reshape(1, n), local_lines[k], pairs[j], beta=1.0, alpha=-1.0, out=lines[j + 1])
         ops.mm(heads[j + 1], columns[j + 1], out=product_columns[j + 2])  # row j + 1 is r: last entry r.r
-        values = products_host[: j + 2].tolist()
+        values = product_values[: j + 2].tolist()
         rr = values.pop()
         cc = 0.0
         for value in values:  # ||c||^2 in double precision (a plain loop: the cheapest code path after an HVP)
             cc += value * value
-        # ||A q_j||^2 = ||r||^2 + alpha_j^2 + beta_{j-1}^2 (Pythagoras over q_{j-1}, q_j, the rest): the scale of
-        # the breakdown test without another pass over A q_j.
-        scale = max(scale, (rr + a * a + (betas[j - 1] ** 2 if j > 0 else 0.0)) ** 0.5)
+        # ||A q_j||^2 = ||r||^2 + alpha_j^2 + (q_{j-1}.A q_j)^2 (Pythagoras over q_{j-1}, q_j, the rest): the scale
+        # of the breakdown test without another pass over A q_j.
+        scale = max(scale, (rr + a * a + b * b) ** 0.5)
         alpha = a + values[j]
         beta_sq = rr - cc
         if 2.0 * beta_sq >= rr and beta_sq > (tol * scale) ** 2:
             beta = beta_sq**0.5  # q_{j+1} = (r - V_j^T c) / beta_j in one pass:
-            ops.addmm_(lines[j + 1], product_lines[j + 1], heads[j], beta=1.0 / beta, alpha=-1.0 / beta)
+            line = lines[j + 1]
+            ops.addmm(line, product_lines[j + 1], heads[j], beta=1.0 / beta, alpha=-1.0 / beta, out=line)
         else:
             extra, beta = finish(j, r, lines[j + 1], columns[j + 1], max(rr, 0.0) ** 0.5)
             alpha += extra
@@ -371,7 +382,7 @@ def _lanczos_host(
                 ops.mul(x, 1.0 / x_norm, out=r)
                 beta = 0.0
             else:
-                ops.mul_(r, 1.0 / beta)
+                ops.mul(r, 1.0 / beta, out=r)
         alphas[j] = alpha
         betas[j] = beta
     return alphas, betas, V
