@@ -385,7 +385,7 @@ def _lanczos_host(
                 ops.mul(r, 1.0 / beta, out=r)
         alphas.append(alpha)
         betas.append(beta)
-    return np.array(alphas), np.array(betas, dtype=np.float64), V
+    return np.array(alphas), np.array(betas), V  # float64, also when empty
 
 
 _device_loops: list[tuple[Callable[[Array], bool], DeviceLoop]] = []
