@@ -97,3 +97,90 @@ def test_nonsymmetric_operator_takes_the_second_pass_and_stays_orthonormal(backe
     V = np.asarray(res.basis)
     assert _orth_error(V) < 1e-13
     assert np.all(np.isfinite(res.alpha)) and np.all(res.beta > 0)
+
+
+def _spectrum_operator(seed: int, n: int = 200):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A = (Q * np.concatenate([rng.uniform(-1.0, 2.0, n - 2), [30.0, -5.0]])) @ Q.T
+    return 0.5 * (A + A.T), rng.standard_normal(n)
+
+
+def _poison_kept_workspace() -> None:
+    """Fill the kept basis and coefficient buffers with NaN: a run that read anything a previous run left would
+    return NaN."""
+    ws = lanczos_module._kept_workspace.ws
+    for buffer in (ws.V, ws.product_columns[-1], ws.local_columns[-1]):
+        if isinstance(buffer, np.ndarray):
+            buffer[...] = np.nan
+        else:
+            buffer.fill_(float("nan"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kept_workspace_gives_the_fresh_runs_results_bitwise(backend):
+    lanczos_module.clear_lanczos_workspace()
+    A, v0 = _spectrum_operator(21)
+    B, w0 = _spectrum_operator(22)
+    fresh = []
+    for M, start in ((A, v0), (B, w0)):
+        lanczos_module.clear_lanczos_workspace()
+        fresh.append(lanczos(*_operator(backend, M, start), 40))
+    # now back to back, the second reusing (and first poisoned) the workspace the first run kept
+    lanczos(*_operator(backend, A, v0), 40)
+    kept = lanczos_module._kept_workspace.ws
+    assert kept is not None
+    _poison_kept_workspace()
+    again = lanczos(*_operator(backend, B, w0), 40)
+    assert lanczos_module._kept_workspace.ws is kept  # reused, not rebuilt
+    np.testing.assert_array_equal(again.alpha, fresh[1].alpha)
+    np.testing.assert_array_equal(again.beta, fresh[1].beta)
+    lanczos_module.clear_lanczos_workspace()
+    assert lanczos_module._kept_workspace.ws is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_handed_out_basis_is_never_overwritten(backend):
+    A, v0 = _spectrum_operator(23)
+    B, w0 = _spectrum_operator(24)
+    first = lanczos(*_operator(backend, A, v0), 30, return_basis=True)
+    V = np.asarray(first.basis).copy()
+    lanczos(*_operator(backend, B, w0), 30)  # same shape, basis kept by the loop
+    lanczos(*_operator(backend, B, w0), 30, return_basis=True)
+    np.testing.assert_array_equal(np.asarray(first.basis), V)
+    assert _orth_error(V) < 1e-13
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_nested_in_the_matvec_does_not_share_the_workspace(backend):
+    A, v0 = _spectrum_operator(25)
+    B, w0 = _spectrum_operator(26)
+    lanczos_module.clear_lanczos_workspace()
+    plain = lanczos(*_operator(backend, A, v0), 30)
+    inner_matvec, inner_v0 = _operator(backend, B, w0)
+    outer_matvec, outer_v0 = _operator(backend, A, v0)
+    inner_alphas = []
+
+    def nesting(v):  # e.g. a preconditioner estimated by its own Lanczos run, at the same shape
+        inner_alphas.append(lanczos(inner_matvec, inner_v0, 30).alpha)
+        return outer_matvec(v)
+
+    nested = lanczos(nesting, outer_v0, 30)
+    np.testing.assert_array_equal(nested.alpha, plain.alpha)
+    np.testing.assert_array_equal(nested.beta, plain.beta)
+    for alpha in inner_alphas[1:]:
+        np.testing.assert_array_equal(alpha, inner_alphas[0])
+
+
+def test_large_bases_are_not_kept(monkeypatch):
+    lanczos_module.clear_lanczos_workspace()
+    A, v0 = _spectrum_operator(27)
+    monkeypatch.setattr(lanczos_module, "_WORKSPACE_KEEP_BYTES", 30 * 200 * 8 - 1)
+    lanczos(lambda v: A @ v, v0, 30)
+    assert lanczos_module._kept_workspace.ws is None
+    monkeypatch.setattr(lanczos_module, "_WORKSPACE_KEEP_BYTES", 30 * 200 * 8)
+    lanczos(lambda v: A @ v, v0, 30)
+    assert lanczos_module._kept_workspace.ws.V.shape == (30, 200)
+    lanczos(lambda v: A @ v, v0, 20)  # another shape replaces it
+    assert lanczos_module._kept_workspace.ws.V.shape == (20, 200)
+    lanczos_module.clear_lanczos_workspace()

@@ -20,6 +20,7 @@ replays each step of the same process as one CUDA graph on CUDA tensors.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -33,6 +34,7 @@ from scipy.linalg import eigh_tridiagonal
 __all__ = [
     "LanczosResult",
     "RitzResult",
+    "clear_lanczos_workspace",
     "lanczos",
     "register_device_loop",
     "ritz_pairs",
@@ -273,9 +275,70 @@ def _on_host(v: Array) -> bool:
     return str(array_device(v)).split(":")[0] == "cpu"
 
 
+class _HostWorkspace:
+    """The host loop's basis ``V`` (m, n) with every view of it a run uses, made once per (n, m, dtype, device).
+
+    Each slice or reshape of a torch tensor is a call of about a microsecond, and a run uses some 560 of them
+    (built up front: made inside the loop, each would run cold after an HVP): about 1 ms to build and 0.5 ms to
+    free per run, 0.2 % of a LeNet SLQ row on two CPU cores. SLQ runs its k starting vectors, and a spectrum run
+    its checkpoints, at one shape, so the workspace is kept between runs that do not hand out their basis.
+    Every row and coefficient is written before it is read, so what a previous run left is never seen."""
+
+    def __init__(self, xp: Any, n: int, m: int, dtype: Any, dev: Any) -> None:
+        self.key = _workspace_key(xp, n, m, dtype, dev)
+        self.V = V = xp.empty((m, n), dtype=dtype, device=dev)  # no memset: see above
+        # the rows, each as a (1, n) line and an (n, 1) column, the leading blocks ``V[:i + 1]``, the pairs
+        # ``V[i - 1:i + 1]`` (row 0 alone for i = 0), the coefficient buffer (q_0.r .. q_j.r, then r.r, of the
+        # current step) as (i, 1) columns and (1, i) lines, and the pair's coefficients (q_{j-1}.A q_j, q_j.A q_j)
+        self.rows = [V[i, ...] for i in range(m)]
+        self.lines = [row.reshape(1, n) for row in self.rows]
+        self.columns = [row.reshape(n, 1) for row in self.rows]
+        self.heads = [V[: i + 1, ...] for i in range(m)]
+        self.pairs = [V[max(i - 1, 0) : i + 1, ...] for i in range(m)]
+        products = xp.zeros((m + 1,), dtype=dtype, device=dev)
+        self.product_columns = [products[:i].reshape(i, 1) for i in range(m + 2)]
+        self.product_lines = [products[:i].reshape(1, i) for i in range(m + 2)]
+        self.product_values = _scalar_reader(products)
+        local = xp.zeros((2,), dtype=dtype, device=dev)
+        self.local_columns = [local[:1].reshape(1, 1), local.reshape(2, 1)]
+        self.local_lines = [local[:1].reshape(1, 1), local.reshape(1, 2)]
+        self.local_values = _scalar_reader(local)
+
+
+# Bases up to this size are kept between runs: beyond it, the views cost a vanishing share of the HVPs, and
+# holding the memory after a run would not be worth it.
+_WORKSPACE_KEEP_BYTES = 256 * 2**20
+_kept_workspace = threading.local()  # one per thread: two threads never share a basis
+
+
+def _workspace_key(xp: Any, n: int, m: int, dtype: Any, dev: Any) -> tuple:
+    return (xp.__name__, n, m, str(dtype), str(dev))
+
+
+def _take_workspace(xp: Any, n: int, m: int, dtype: Any, dev: Any) -> _HostWorkspace:
+    """This thread's kept workspace if it has this shape, else a new one; the slot is emptied while a run holds
+    it, so a run nested in a matvec builds its own instead of sharing it."""
+    ws, _kept_workspace.ws = getattr(_kept_workspace, "ws", None), None  # the old basis is freed before a new one
+    if ws is None or ws.key != _workspace_key(xp, n, m, dtype, dev):
+        ws = _HostWorkspace(xp, n, m, dtype, dev)
+    return ws
+
+
+def _return_workspace(ws: _HostWorkspace) -> None:
+    """Keep a finished run's workspace for the next run of its shape, unless it is too large to hold."""
+    n_rows, n = ws.V.shape
+    if ws.V.itemsize * n_rows * n <= _WORKSPACE_KEEP_BYTES:
+        _kept_workspace.ws = ws
+
+
+def clear_lanczos_workspace() -> None:
+    """Release the basis the host Lanczos loop keeps for the next run of the same shape (this thread's)."""
+    _kept_workspace.ws = None
+
+
 def _lanczos_host(
-    matvec: MatVec, v0: Array, m: int, breakdown_tol: float | None = None
-) -> tuple[Array, Array, Array]:
+    matvec: MatVec, v0: Array, m: int, breakdown_tol: float | None = None, keep_basis: bool = True
+) -> tuple[Array, Array, Array | None]:
     """The same Lanczos process as :func:`_lanczos_device` for arrays in host memory, where branching on a
     scalar is free and what a step costs is its passes over vectors that the matvec has pushed out of the caches.
 
@@ -290,6 +353,9 @@ def _lanczos_host(
     update) one more pass subtracts ``V_j^T c`` and divides by ``beta_j`` at once. Otherwise the norm is taken
     explicitly and a second Gram-Schmidt pass runs where the test still fails; a breakdown restarts from a
     pseudo-random direction. So the basis is read twice per step, through four calls of two functions.
+
+    Unless ``keep_basis``, the run takes the basis and its views from this thread's kept :class:`_HostWorkspace`
+    and returns ``None`` for it.
     """
     xp, n, m, dtype, dev, tol = _setup(v0, m, breakdown_tol)
     ops = _host_ops(v0)
@@ -299,7 +365,11 @@ def _lanczos_host(
         # vectors here are unit-sized, nowhere near overflow)
         return float(ops.dot(x, x)) ** 0.5
 
-    V = xp.empty((m, n), dtype=dtype, device=dev)  # every row is written before it is read: no memset
+    # a basis handed out is the caller's: only a run that keeps it to itself takes (and then returns) the kept one
+    ws = _HostWorkspace(xp, n, m, dtype, dev) if keep_basis else _take_workspace(xp, n, m, dtype, dev)
+    V, rows, lines, columns, heads, pairs = ws.V, ws.rows, ws.lines, ws.columns, ws.heads, ws.pairs
+    product_columns, product_lines, product_values = ws.product_columns, ws.product_lines, ws.product_values
+    local_columns, local_lines, local_values = ws.local_columns, ws.local_lines, ws.local_values
     v0 = _plain(v0)
     nrm0 = float(xp.linalg.vector_norm(v0))  # overflow-safe: v0 is the caller's, of any scale
     if nrm0 > 0:
@@ -307,24 +377,6 @@ def _lanczos_host(
     else:
         r0 = _hash_vector(xp, n, 0x5EED, dtype, dev)
         ops.mul(r0, 1.0 / norm(r0), out=V[0, ...])
-
-    # Views made once (each slice or reshape of a torch tensor is a call of about a microsecond): the rows, each
-    # as a (1, n) line and an (n, 1) column, the leading blocks ``V[:i + 1]``, the pairs ``V[i - 1:i + 1]`` (row 0
-    # alone for i = 0), the coefficient buffer ``products`` (q_0.r .. q_j.r, then r.r, of the current step) as
-    # (i, 1) columns and (1, i) lines, and the pair's coefficients ``local`` (q_{j-1}.A q_j, q_j.A q_j) likewise.
-    rows = [V[i, ...] for i in range(m)]
-    lines = [row.reshape(1, n) for row in rows]
-    columns = [row.reshape(n, 1) for row in rows]
-    heads = [V[: i + 1, ...] for i in range(m)]
-    pairs = [V[max(i - 1, 0) : i + 1, ...] for i in range(m)]
-    products = xp.zeros((m + 1,), dtype=dtype, device=dev)
-    product_columns = [products[:i].reshape(i, 1) for i in range(m + 2)]
-    product_lines = [products[:i].reshape(1, i) for i in range(m + 2)]
-    product_values = _scalar_reader(products)
-    local = xp.zeros((2,), dtype=dtype, device=dev)
-    local_columns = [local[:1].reshape(1, 1), local.reshape(2, 1)]
-    local_lines = [local[:1].reshape(1, 1), local.reshape(1, 2)]
-    local_values = _scalar_reader(local)
 
     def finish(j: int, x: Array, x_line: Array, x_column: Array, before: float) -> tuple[float, float]:
         """``x -= V_j^T c`` in place (c = the first j + 1 products), then a second pass if the first lost more than
@@ -385,7 +437,10 @@ def _lanczos_host(
                 ops.mul(r, 1.0 / beta, out=r)
         alphas.append(alpha)
         betas.append(beta)
-    return np.array(alphas), np.array(betas), V  # float64, also when empty
+    if keep_basis:
+        return np.array(alphas), np.array(betas), V  # float64, also when empty
+    _return_workspace(ws)
+    return np.array(alphas), np.array(betas), None
 
 
 _device_loops: list[tuple[Callable[[Array], bool], DeviceLoop]] = []
@@ -403,7 +458,7 @@ def _run_loop(
 ) -> tuple[Array, Array, Array | None]:
     """Dispatch to the loop for ``v0``'s kind of array: host, a registered device loop, or the generic one."""
     if _on_host(v0):
-        return _lanczos_host(matvec, v0, m, breakdown_tol)
+        return _lanczos_host(matvec, v0, m, breakdown_tol, keep_basis)
     for accepts, loop in _device_loops:
         if accepts(v0):
             return loop(matvec, v0, m, breakdown_tol, keep_basis)
@@ -430,7 +485,8 @@ def lanczos(
     zero-weight ghost Ritz values instead of a clean split). The only host sync is the final
     conversion of ``alpha``/``beta`` to numpy. Arrays in host memory (numpy, torch on the CPU), where a
     scalar read costs nothing, take :func:`_lanczos_host` instead, which branches on the host and so does
-    about half the reorthogonalization work; a backend may supply its own device loop
+    about half the reorthogonalization work and, when the basis is not returned, keeps it for the next run of
+    the same shape (:func:`clear_lanczos_workspace` releases it); a backend may supply its own device loop
     (:func:`register_device_loop`).
     """
     alpha, beta, V = _run_loop(matvec, v0, m, breakdown_tol, return_basis)
