@@ -5,7 +5,8 @@ recurrence); those are counted apart and read at most two rows. The loop decides
 enough" test from Pythagoras before its update pass; these tests count the passes over the basis on a symmetric
 operator (no second pass may run) and check that an operator which defeats one pass (non-symmetric, with a large
 part along a direction already in the basis) still gets an orthonormal basis, through the explicit-norm and
-second-pass path.
+second-pass path. The last tests cover the workspace (basis and views) the loop keeps between runs of one shape:
+nothing a previous run left is read, a handed-out basis is never reused, a run nested in a matvec gets its own.
 """
 
 from __future__ import annotations
