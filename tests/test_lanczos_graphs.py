@@ -108,6 +108,24 @@ def test_buffers_reused_across_runs_without_leaking_state(problem):
     assert torch.equal(first[2], kept)
 
 
+def test_a_run_nested_in_the_matvec_does_not_share_the_buffers(problem):
+    """Buffers are out of the cache while a run uses them: a run of the same shape inside the matvec (e.g. a
+    preconditioner estimated by Lanczos) builds its own, and neither run's results change."""
+    A, v0 = problem["A"], problem["v0"]
+    other = torch.flip(v0, (0,))
+    plain = graph_lanczos(lambda v: A @ v, v0, 30)
+    inner_plain = graph_lanczos(lambda v: A @ v, other, 30)
+    inner_alphas = []
+
+    def nesting(v):
+        inner_alphas.append(graph_lanczos(lambda u: A @ u, other, 30)[0])
+        return A @ v
+
+    nested = graph_lanczos(nesting, v0, 30)
+    assert torch.equal(nested[0], plain[0]) and torch.equal(nested[1], plain[1])
+    assert all(torch.equal(alpha, inner_plain[0]) for alpha in inner_alphas)
+
+
 def test_lanczos_dispatches_device_arrays_to_a_registered_loop(problem, monkeypatch):
     """``register_device_loop`` routes the arrays its predicate accepts; the torch loop claims CUDA tensors only."""
     A, v0 = problem["A"], problem["v0"]

@@ -180,15 +180,16 @@ def graph_lanczos(
     as device tensors of v0's dtype, without a host sync. On CUDA each step is one graph launch; elsewhere eager."""
     _, n, m, dtype, dev, tol = _setup(v0, m, breakdown_tol)
     key = (n, m, dtype, str(dev), tol)
+    # out of the cache while it runs, so a run nested in the matvec builds its own buffers instead of sharing these
     state = _cache.pop(key, None)
     if state is None:
         state = _StaticLanczos(n, m, dtype, torch.device(dev), tol)
-    _cache[key] = state  # most recently used last
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
     # streams and graphs belong to the current CUDA device: make it v0's (a no-op in the usual single-GPU case)
     with torch.cuda.device(state.V.device) if state.capture else contextlib.nullcontext():
         state.run(matvec, v0)
+    _cache[key] = state  # most recently used last
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
     # copies: the buffers are reused by the next run of this shape
     return state.alpha(), state.beta.clone(), state.V.clone() if keep_basis else None
 
