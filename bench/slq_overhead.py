@@ -5,7 +5,8 @@ smoothing) must cost <= 3% of the SLQ time, for LeNet on the embedded digits and
 
 Per model, in one process (what ``gradvis_steps.spectrum.point_spectrum`` runs for one checkpoint):
 
-* baseline: k*m bare ``objective.hvp(theta, v)`` calls (a pool of 8 unit vectors of the model's size);
+* baseline: k*m bare calls of ``objective.hvp_operator(theta)``, the Hessian operator the spectrum step hands SLQ
+  (gradient graphs kept; ``--hvp-memory-mb 0``: recomputed per product), on a pool of 8 unit vectors;
 * measured: ``slq(hvp, dim, k, m, like=theta)`` + ``spectral_density`` + ``spectrum_summary``, the matvec
   wrapped to also record the time spent inside the HVPs of that very run.
 
@@ -72,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="interleaved baseline/SLQ rounds (default 3)")
     p.add_argument("--mode-repeats", type=int, default=8, help="HVPs per mode for the mode ratio (default 8)")
     p.add_argument("--no-predict", action="store_true", help="skip the diagonal-matvec prediction")
+    p.add_argument("--hvp-memory-mb", type=float, default=None,
+                   help="memory for the gradient graphs the HVP operator keeps (default: the objective's;\n"
+                        "0: every HVP recomputes the forward pass and the gradient, as before they were kept)")
     args = p.parse_args(argv)
     cuda = str(args.device).startswith("cuda")
     args.resnet_k = args.resnet_k or (10 if cuda else 2)
@@ -157,16 +161,21 @@ def cold_basis_floor(dim: int, m: int, like: Any, sync: Any, evict_mb: int = 64,
 
 
 def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any]:
+    import torch
+
     from gradvis_steps.backends.torch.objective import TorchObjective
 
     model, x, y, data_desc = C.load_models_data(
         name, resnet_data=args.resnet_data, resnet_samples=args.resnet_samples
     )
     k, m = (args.k, args.m) if name == "lenet" else (args.resnet_k, args.resnet_m)
-    obj = TorchObjective(model, x, y, batch_size=args.batch_size, device=args.device, hvp_mode="double_backprop")
+    memory = {} if args.hvp_memory_mb is None else {"hvp_memory_mb": args.hvp_memory_mb}
+    obj = TorchObjective(model, x, y, batch_size=args.batch_size, device=args.device, hvp_mode="double_backprop",
+                         **memory)
     theta = obj.initial_point()
     dim = obj.dim
     pool = unit_vectors(dim, 8, theta)
+    operator = obj.hvp_operator(theta)  # what point_spectrum hands SLQ: H(theta) through the kept gradient graphs
     print(f"[{name}] dim={dim}, {data_desc}, k={k}, m={m}", file=sys.stderr, flush=True)
 
     from gradvis_steps.backends.torch import set_cuda_graphs
@@ -177,7 +186,7 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
 
     def hvp(v: Any) -> Any:  # the matvec SLQ calls; records the time spent inside the HVPs
         start = time.perf_counter()
-        out = obj.hvp(theta, v)
+        out = operator(v)
         inside[0] += time.perf_counter() - start
         return out
 
@@ -191,7 +200,7 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
     # warm-up: allocator, oneDNN/cuDNN kernel choice, autograd paths (the first HVPs are up to 50x slower), and
     # (CUDA) the capture of the Lanczos step's graphs for this (n, m), timed against a second, replayed row
     for i in range(10):
-        obj.hvp(theta, pool[i % len(pool)])
+        operator(pool[i % len(pool)])
     run_slq(hvp, dim, 1, min(m, 8), theta)
     first_row, _ = C.timed(lambda: slq(hvp, dim, k, m, seed=0, like=theta, indices=[0]), sync)
     second_row, _ = C.timed(lambda: slq(hvp, dim, k, m, seed=0, like=theta, indices=[0]), sync)
@@ -302,16 +311,23 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
                            hvp_mode="forward_over_reverse")
     for i in range(5):
         other.hvp(theta, pool[i % len(pool)])
-    times: dict[str, list[float]] = {"double_backprop": [], "forward_over_reverse": []}
+    times: dict[str, list[float]] = {"double_backprop": [], "forward_over_reverse": [], "operator": []}
     for i in range(args.mode_repeats):
         v = pool[i % len(pool)]
         times["double_backprop"].append(C.timed(lambda v=v: obj.hvp(theta, v), sync)[0])
         times["forward_over_reverse"].append(C.timed(lambda v=v: other.hvp(theta, v), sync)[0])
+        times["operator"].append(C.timed(lambda v=v: operator(v), sync)[0])
     a, b = obj.hvp(theta, pool[0]), other.hvp(theta, pool[0])
     out["hvp_seconds_double_backprop"] = C.median(times["double_backprop"])
     out["hvp_seconds_forward_over_reverse"] = C.median(times["forward_over_reverse"])
     out["hvp_mode_ratio_for_over_db"] = out["hvp_seconds_forward_over_reverse"] / out["hvp_seconds_double_backprop"]
     out["hvp_modes_rel_diff"] = float((a - b).norm() / a.norm())
+    # the operator SLQ runs on (gradient graphs kept: one backward pass per batch and product) against a plain
+    # double-backprop HVP (forward, gradient, backward through it), alternated; equal to the bit
+    out["hvp_operator_vs_recomputed"] = C.median(times["operator"]) / out["hvp_seconds_double_backprop"]
+    out["hvp_operator_bitwise_equal"] = bool(torch.equal(operator(pool[0]), a))
+    out["hvp_graph_mb"] = operator.graph_bytes / 2**20
+    out["hvp_kept_batches"] = f"{operator.kept_batches}/{len(obj._batches())}"
     return out
 
 
@@ -351,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {r['model']}: {r['data']}; forward_over_reverse vs double_backprop rel. diff "
               f"{r['hvp_modes_rel_diff']:.1e}; first slq row {r['first_row_seconds']:.3f}s, "
               f"second {r['second_row_seconds']:.3f}s; HVPs inside SLQ / bare {r['hvp_inside_vs_bare']:.4f}")
+        print(f"  {r['model']}: HVP operator (gradient graphs kept: {r['hvp_graph_mb']:.1f} MB, batches "
+              f"{r['hvp_kept_batches']}) / recomputing HVP {r['hvp_operator_vs_recomputed']:.3f}, bitwise equal "
+              f"{r['hvp_operator_bitwise_equal']}")
         if "overhead_paired_eager" in r:
             print(f"  {r['model']}: CUDA-graph loop in-run, tail-corrected {r['overhead_inrun_tail_corrected']:.4f}; "
                   f"generic device loop (CUDA graphs off) in the same pairs: paired "

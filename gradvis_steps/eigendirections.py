@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from . import cli
-from .landscape import add_evaluation_arguments
+from .landscape import add_evaluation_arguments, add_hvp_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=cli.positive_int, default=40, help="Lanczos steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starting vector")
     add_evaluation_arguments(parser)
+    add_hvp_arguments(parser)
     return parser
 
 
@@ -55,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         row = -1 if args.iteration is None else traj.index_of_iteration(args.iteration)
         objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
                                              batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                                             buffers_from=row)
+                                             buffers_from=row, hvp_memory_mb=args.hvp_memory_mb)
         theta = objective.from_numpy(traj.params(row))
         v0 = starting_vector(traj.dim, args.seed, 0, like=theta)
-        pairs = ritz_pairs(lambda v: objective.hvp(theta, v), v0, min(args.steps, traj.dim), args.count,
+        pairs = ritz_pairs(objective.hvp_operator(theta), v0, min(args.steps, traj.dim), args.count,
                            which=args.which, target=args.target)
         iteration = int(traj.iterations[row])
         config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress")}

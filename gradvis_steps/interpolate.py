@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from . import cli
-from .landscape import add_evaluation_arguments
+from .landscape import add_evaluation_arguments, add_hvp_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vector", choices=("gaussian", "rademacher"), default="gaussian")
     parser.add_argument("--sigma", type=float, default=None, help="Gaussian width of the densities")
     add_evaluation_arguments(parser)
+    add_hvp_arguments(parser)
     return parser
 
 
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.trajectory_a} and {args.trajectory_b} hold different models "
                              f"({traj_a.dim} vs {traj_b.dim} parameters or other tensor shapes)")
         objective = objective_for_trajectory(traj_a, fraction=args.eval_fraction, subset_seed=args.eval_seed,
-                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                                             hvp_memory_mb=args.hvp_memory_mb)
         theta_a, theta_b = traj_a.params(-1).astype(np.float64), traj_b.params(-1).astype(np.float64)
         buffers_a, buffers_b = traj_a.buffers(-1), traj_b.buffers(-1)
         ts = np.linspace(-args.margin, 1 + args.margin, args.points)

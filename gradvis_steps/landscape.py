@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cli
+from .core.objective import HVP_MEMORY_MB
 
 FLUSH_SECONDS = 10.0
 POINTS_PER_CALL = 16  # grid points per batched objective call (one host sync each), between flushes
@@ -55,6 +56,13 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_hvp_arguments(parser: argparse.ArgumentParser) -> None:
+    """The option of the steps that multiply Hessians by many vectors (spectrum, eigendirections, interpolate)."""
+    parser.add_argument("--hvp-memory-mb", type=cli.non_negative_float, default=HVP_MEMORY_MB,
+                        help="memory the gradient graphs kept between Hessian-vector products at one point may take "
+                             "(each product is then one backward pass per batch; 0: recompute them every time)")
 
 
 def explicit_ranges(values: list[float] | None, dims: int) -> list[tuple[float, float]] | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cli
-from .landscape import add_evaluation_arguments
+from .landscape import add_evaluation_arguments, add_hvp_arguments
 
 #: Eigenvalues below ``-NEGATIVE_TOL * max|lambda|`` count as negative mass. A few Lanczos steps in float32
 #: resolve the dense bulk near zero no finer than that: with a smaller threshold about half of that bulk
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
                         help="log-scale density axis in plots")
     add_evaluation_arguments(parser)
+    add_hvp_arguments(parser)
     return parser
 
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     with Trajectory(args.trajectory) as traj:
         rows = select_rows(traj.iterations, every=args.every, wanted=args.iterations, chunk=args.chunk)
         objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
-                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                                             hvp_memory_mb=args.hvp_memory_mb)
         m = min(args.m, traj.dim)
         attrs = {"dim": traj.dim, "k": args.k, "m": m, "seed": args.seed, "vector_kind": args.vector,
                  "config": {**config, "run": traj.config}, "provenance": provenance(config, ranks=comm.size)}
@@ -121,7 +123,7 @@ def point_spectrum(comm: object, objective: object, theta: object, key: int, *, 
     from .storage.spectra import CheckpointSpectrum
 
     def quadrature(indices: np.ndarray) -> np.ndarray:
-        part = slq(lambda v: objective.hvp(theta, v), objective.dim, k, m, seed=seed, kind=kind, like=theta,
+        part = slq(objective.hvp_operator(theta), objective.dim, k, m, seed=seed, kind=kind, like=theta,
                    indices=indices)
         return np.concatenate([part.nodes, part.weights, part.alpha1[:, None]], axis=1)
 

@@ -59,6 +59,9 @@ class QuadraticObjective:
     def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
         return self.A @ v
 
+    def hvp_operator(self, theta: np.ndarray):
+        return lambda v: self.hvp(theta, v)
+
 
 def _analytic(obj: QuadraticObjective, center, D, x, y):
     """Closed form on the plane: L(center + a d1 + b d2) via the 2x2 reduced quadratic."""

@@ -28,6 +28,7 @@ from gradvis_steps import train as train_step
 from gradvis_steps.backends.torch import objective_for_trajectory
 from gradvis_steps.backends.torch.models import build_model
 from gradvis_steps.backends.torch.objective import TorchObjective
+from gradvis_steps.backends.torch.point_hvp import PointHVP
 from gradvis_steps.core.grid import Grid, evaluate_grid
 from gradvis_steps.core.slq import starting_vector
 from gradvis_steps.data import load_dataset
@@ -602,23 +603,26 @@ def test_spectrum_iterations_and_chunks_equal_full_run(folder, trajectory, spect
     assert "'3/2'" in fails(spectrum, [*base, "--chunk", "3/2"], capsys)
     assert "[99]" in fails(spectrum, [*base, "--iterations", 99], capsys)
     assert "--sigma must be > 0, got -1.0" in fails(spectrum, [*base, "--sigma", -1], capsys)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own error: usage, then the named value
+        spectrum.main([str(a) for a in [*base, "--hvp-memory-mb", -1]])
+    assert exit_info.value.code == 2 and "--hvp-memory-mb: must be a number >= 0, got -1" in capsys.readouterr().err
 
 
 def test_spectrum_resume_reuses_partial_entries(folder, trajectory, spectra_every5, monkeypatch):
     full = load_spectra(spectra_every5).entries
     out = folder / "resume" / "spectra.h5"
     argv = ["--trajectory", trajectory, "--iterations", 0, 5, 24, "--out", out, *SPECTRUM]
-    original = TorchObjective.hvp
+    original = PointHVP.__call__  # the Hessian operator SLQ calls
     per_checkpoint = 3 * 12  # k * m HVPs
     calls = [0]
 
-    def failing(self, theta, v):
+    def failing(self, v):
         calls[0] += 1
         if calls[0] > per_checkpoint + 5:  # dies inside the second checkpoint
             raise Interrupted
-        return original(self, theta, v)
+        return original(self, v)
 
-    monkeypatch.setattr(TorchObjective, "hvp", failing)
+    monkeypatch.setattr(PointHVP, "__call__", failing)
     with pytest.raises(Interrupted):
         spectrum.main([str(a) for a in argv])
     partial = out.with_name("spectra.h5.partial")
@@ -626,11 +630,11 @@ def test_spectrum_resume_reuses_partial_entries(folder, trajectory, spectra_ever
 
     calls[0] = 0
 
-    def counting(self, theta, v):
+    def counting(self, v):
         calls[0] += 1
-        return original(self, theta, v)
+        return original(self, v)
 
-    monkeypatch.setattr(TorchObjective, "hvp", counting)
+    monkeypatch.setattr(PointHVP, "__call__", counting)
     step(spectrum, *argv)
     assert calls[0] == 2 * per_checkpoint  # checkpoint 0 came from the partial file
     resumed = load_spectra(out).entries

@@ -63,6 +63,40 @@ def test_hvp_equals_dense_hessian_times_vector(make_model, mode, eval_data):
         expected = hessian @ v
         got = objective.hvp(theta, v)
         assert torch.linalg.norm(got - expected) <= 1e-10 * torch.linalg.norm(expected)
+        got = objective.hvp_operator(theta)(v)  # at one point, through the kept gradient graphs
+        assert torch.linalg.norm(got - expected) <= 1e-10 * torch.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("make_model", [tiny_lenet, tiny_bn_net], ids=["lenet", "batchnorm"])
+@pytest.mark.parametrize("kept", ["all", "two", "none"])
+def test_hvp_operator_is_the_hvp_bitwise_whichever_batches_keep_their_graphs(make_model, kept, eval_data):
+    """The kept graphs are the very graphs hvp() builds and drops, so the products agree to the bit; a batch
+    whose graph does not fit the memory budget (and every later one) is recomputed per product."""
+    x, y = eval_data
+    model = make_model()
+    theta = flatten_parameters(model) + 0.01
+    # the graph of one batch of 7 (all full batches have the same shapes, so the same size)
+    one_batch = TorchObjective(model, x[:7], y[:7], batch_size=7, dtype=torch.float64).hvp_operator(theta)
+    assert one_batch.kept_batches == 1 and one_batch.graph_bytes > 0
+    budget_mb = {"all": 512.0, "two": 2.5 * one_batch.graph_bytes / 2**20, "none": 0.0}[kept]
+    objective = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64, hvp_memory_mb=budget_mb)
+    operator = objective.hvp_operator(theta)
+    assert operator.kept_batches == {"all": 5, "two": 2, "none": 0}[kept]  # 30 samples = 4 x 7 + 2
+    assert operator.graph_bytes <= budget_mb * 2**20
+    generator = torch.Generator().manual_seed(7)
+    for _ in range(3):  # the graphs survive each product
+        v = torch.randn(theta.shape, generator=generator, dtype=torch.float64)
+        assert torch.equal(operator(v), objective.hvp(theta, v))
+
+
+def test_hvp_operator_in_forward_over_reverse_mode_keeps_nothing(eval_data):
+    x, y = eval_data
+    objective = TorchObjective(tiny_lenet(), x, y, batch_size=7, dtype=torch.float64, hvp_mode="forward_over_reverse")
+    theta = objective.initial_point()
+    operator = objective.hvp_operator(theta)
+    v = torch.ones_like(theta)
+    assert operator.kept_batches == 0 and operator.graph_bytes == 0
+    assert torch.equal(operator(v), objective.hvp(theta, v))
 
 
 def test_hvp_batch_size_does_not_change_result(eval_data):
@@ -160,6 +194,8 @@ def test_bad_inputs_are_named():
         TorchObjective(model, x, np.zeros(4), batch_size=0)
     with pytest.raises(ValueError, match="hvp_mode 'bogus'"):
         TorchObjective(model, x, np.zeros(4), hvp_mode="bogus")
+    with pytest.raises(ValueError, match="hvp_memory_mb must be >= 0.*got -1"):
+        TorchObjective(model, x, np.zeros(4), hvp_memory_mb=-1)
     objective = TorchObjective(model, x, np.zeros(4), dtype=torch.float64)
     with pytest.raises(ValueError, match=rf"expected \({objective.dim},\)"):
         objective.loss(torch.zeros(3, dtype=torch.float64))

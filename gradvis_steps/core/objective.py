@@ -8,6 +8,7 @@ the edges (reading checkpoints, writing results).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -16,6 +17,10 @@ import numpy as np
 from .layout import ParameterLayout
 
 Array = Any  # the backend's array type (e.g. torch.Tensor)
+
+#: Default memory (MiB) a backend may keep between the Hessian-vector products at one point
+#: (:meth:`Objective.hvp_operator`): the gradient graphs of the evaluation batches.
+HVP_MEMORY_MB = 512.0
 
 
 @dataclass(frozen=True)
@@ -56,3 +61,7 @@ class Objective(Protocol):
 
     def hvp(self, theta: Array, v: Array) -> Array:
         """Exact Hessian-vector product ``H(theta) @ v`` of the mean loss."""
+
+    def hvp_operator(self, theta: Array) -> Callable[[Array], Array]:
+        """``v -> H(theta) @ v`` for many products at one point (Lanczos, SLQ), the same values as :meth:`hvp`;
+        it may keep work that does not depend on ``v`` between products."""

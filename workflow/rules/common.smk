@@ -106,6 +106,8 @@ EVAL_ARGS = (f"--eval-fraction {EVAL['fraction']} --eval-seed {EVAL['seed']} --b
              f"--dtype {EVAL['dtype']} --device {config['device']} --no-progress")
 
 
+# the steps that multiply one point's Hessian by many vectors (eigendirections, spectra, interpolation)
+HVP_ARGS = f"--hvp-memory-mb {EVAL['hvp_memory_mb']}"
 SPEC_ARGS = (f"--k {SPEC['k']} --m {SPEC['m']} --seed {SPEC['seed']} --vector {SPEC['vector']}")
 FRAME_ARGS = f"--dpi {FRAMES['dpi']} " + ("--log-scale" if FRAMES["log_scale"] else "--no-log-scale")
 

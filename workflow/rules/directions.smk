@@ -10,7 +10,7 @@ rule eigendirections:
         f"{R}/{{run}}/logs/eigendirections.log",
     params:
         args=(f"--which {HESSIAN['which']} --target {HESSIAN['target']} --count {HESSIAN['count']} "
-              f"--steps {HESSIAN['steps']} {EVAL_ARGS}"),
+              f"--steps {HESSIAN['steps']} {EVAL_ARGS} {HVP_ARGS}"),
     threads: RES["threads"]
     resources:
         gpu=RES["gpu"],

@@ -14,7 +14,7 @@ rule interpolate:
         f"{PAIR_DIR}/interpolate.log",
     params:
         launch=mpi_launcher,
-        args=f"--points {INTERP['points']} {SPEC_ARGS} {EVAL_ARGS}",
+        args=f"--points {INTERP['points']} {SPEC_ARGS} {EVAL_ARGS} {HVP_ARGS}",
     threads: RES["threads"]
     resources:
         **mpi_resources(SPEC["mpi_tasks"]),

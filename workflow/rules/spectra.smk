@@ -11,7 +11,7 @@ rule spectrum_chunk:
         f"{R}/{{run}}/logs/spectrum_chunk_{{i}}of{{n}}.log",
     params:
         launch=mpi_launcher,
-        args=f"--every {SPEC['every']} {SPEC_ARGS} {EVAL_ARGS}",
+        args=f"--every {SPEC['every']} {SPEC_ARGS} {EVAL_ARGS} {HVP_ARGS}",
     threads: RES["threads"]
     resources:
         **mpi_resources(SPEC["mpi_tasks"]),

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...core.objective import HVP_MEMORY_MB
 from ...data import ArrayDataset, load_dataset
 from ...storage.trajectory import Trajectory
 from .lanczos_graphs import clear_lanczos_graphs, set_cuda_graphs  # registers the CUDA-graph Lanczos loop
@@ -51,6 +52,7 @@ def objective_for_trajectory(
     dtype: str = "float32",
     buffers_from: int = -1,
     dataset: ArrayDataset | None = None,
+    hvp_memory_mb: float = HVP_MEMORY_MB,
 ) -> TorchObjective:
     """The objective of a trained run: its model and data, evaluated on the deterministic subset.
 
@@ -62,7 +64,7 @@ def objective_for_trajectory(
     model = model_for(config, dataset)
     x, y = dataset.evaluation_subset(fraction, subset_seed)
     objective = TorchObjective(model, x, y, batch_size=batch_size, device=resolve_device(device),
-                               dtype=resolve_dtype(dtype))
+                               dtype=resolve_dtype(dtype), hvp_memory_mb=hvp_memory_mb)
     if objective.layout != trajectory.layout:
         raise ValueError(f"{trajectory.path}: stored parameter layout does not match the model its config builds")
     if trajectory.buffer_layout:

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from ...core.objective import Evaluation
+from ...core.objective import HVP_MEMORY_MB, Evaluation
 from .flat import flatten_parameters, layout_of, unflatten, unflatten_buffers
 from .plane import PlaneShortcut
+from .point_hvp import PointHVP
 
 HVP_MODES = ("forward_over_reverse", "double_backprop")
 #: logits (floats) kept for one batched loss/accuracy reduction over several points (16 MiB in float32)
@@ -44,11 +45,15 @@ class TorchObjective:
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         hvp_mode: str = "double_backprop",
+        hvp_memory_mb: float = HVP_MEMORY_MB,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if hvp_mode not in HVP_MODES:
             raise ValueError(f"hvp_mode {hvp_mode!r} is not one of {HVP_MODES}")
+        if not hvp_memory_mb >= 0:
+            raise ValueError(f"hvp_memory_mb must be >= 0 (0: keep no gradient graphs), got {hvp_memory_mb}")
+        self.hvp_memory_mb = float(hvp_memory_mb)
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need as many labels as inputs (and at least one): got {len(x)} and {len(y)}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -239,6 +244,12 @@ class TorchObjective:
         for xb, yb in self._batches():
             total += self._batch_hvp(theta, v, xb, yb)
         return total / self.n_samples
+
+    def hvp_operator(self, theta: torch.Tensor) -> PointHVP:
+        """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ): each batch's gradient is computed
+        once and kept with its graph while the graphs fit ``hvp_memory_mb``, so a product is one backward pass per
+        batch instead of a forward and two backward passes; bitwise the same results as :meth:`hvp`."""
+        return PointHVP(self, theta, int(self.hvp_memory_mb * 2**20))
 
     def _batch_hvp(self, theta: torch.Tensor, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         if self.hvp_mode == "forward_over_reverse":
