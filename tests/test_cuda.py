@@ -35,6 +35,11 @@ def test_hvp_grad_and_grid_points_agree_with_cpu(pair):
     v = torch.randn(cpu.dim, generator=g, dtype=torch.float64)
     hv_cpu, hv_gpu = cpu.hvp(theta, v), gpu.hvp(theta.cuda(), v.cuda()).cpu()
     assert torch.linalg.vector_norm(hv_gpu - hv_cpu) <= 1e-10 * torch.linalg.vector_norm(hv_cpu)
+    operator = gpu.hvp_operator(theta.cuda())  # the kept gradient graphs, on the device
+    assert operator.kept_batches == len(gpu._batches())
+    for _ in range(2):
+        hv_kept = operator(v.cuda()).cpu()
+        assert torch.linalg.vector_norm(hv_kept - hv_cpu) <= 1e-10 * torch.linalg.vector_norm(hv_cpu)
     g_cpu, g_gpu = cpu.grad(theta), gpu.grad(theta.cuda()).cpu()
     assert torch.linalg.vector_norm(g_gpu - g_cpu) <= 1e-10 * torch.linalg.vector_norm(g_cpu)
     dirs = [0.1 * torch.randn(cpu.dim, generator=g, dtype=torch.float64) for _ in range(2)]
