@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from . import cli
-from .landscape import add_evaluation_arguments, add_hvp_arguments
+from .landscape import add_evaluation_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=cli.positive_int, default=2, help="number of eigenvectors")
     parser.add_argument("--steps", type=cli.positive_int, default=40, help="Lanczos steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starting vector")
-    add_evaluation_arguments(parser)
-    add_hvp_arguments(parser)
+    add_evaluation_arguments(parser, hessian=True)
     return parser
 
 

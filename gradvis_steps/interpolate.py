@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from . import cli
-from .landscape import add_evaluation_arguments, add_hvp_arguments
+from .landscape import add_evaluation_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the starting vectors")
     parser.add_argument("--vector", choices=("gaussian", "rademacher"), default="gaussian")
     parser.add_argument("--sigma", type=float, default=None, help="Gaussian width of the densities")
-    add_evaluation_arguments(parser)
-    add_hvp_arguments(parser)
+    add_evaluation_arguments(parser, hessian=True)
     return parser
 
 

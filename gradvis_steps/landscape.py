@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by the steps that evaluate a model (landscape, spectrum, eigendirections, ...)."""
+def add_evaluation_arguments(parser: argparse.ArgumentParser, *, hessian: bool = False) -> None:
+    """Options shared by the steps that evaluate a model (landscape, spectrum, eigendirections, ...); ``hessian``
+    adds the one of the steps that multiply one point's Hessian by many vectors."""
     parser.add_argument("--eval-fraction", type=cli.fraction, default=0.2,
                         help="fraction of the training set used for evaluation (paper: 0.2)")
     parser.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation subset")
@@ -56,13 +57,11 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def add_hvp_arguments(parser: argparse.ArgumentParser) -> None:
-    """The option of the steps that multiply Hessians by many vectors (spectrum, eigendirections, interpolate)."""
-    parser.add_argument("--hvp-memory-mb", type=cli.non_negative_float, default=HVP_MEMORY_MB,
-                        help="memory the gradient graphs kept between Hessian-vector products at one point may take "
-                             "(each product is then one backward pass per batch; 0: recompute them every time)")
+    if hessian:
+        parser.add_argument("--hvp-memory-mb", type=cli.non_negative_float, default=HVP_MEMORY_MB,
+                            help="memory the gradient graphs kept between Hessian-vector products at one point may "
+                                 "take (each product is then one backward pass per batch; 0: recompute them every "
+                                 "time)")
 
 
 def explicit_ranges(values: list[float] | None, dims: int) -> list[tuple[float, float]] | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cli
-from .landscape import add_evaluation_arguments, add_hvp_arguments
+from .landscape import add_evaluation_arguments
 
 #: Eigenvalues below ``-NEGATIVE_TOL * max|lambda|`` count as negative mass. A few Lanczos steps in float32
 #: resolve the dense bulk near zero no finer than that: with a smaller threshold about half of that bulk
@@ -48,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot-dir", help="also write one density plot per checkpoint here")
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
                         help="log-scale density axis in plots")
-    add_evaluation_arguments(parser)
-    add_hvp_arguments(parser)
+    add_evaluation_arguments(parser, hessian=True)
     return parser
 
 
