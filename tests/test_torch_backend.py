@@ -13,6 +13,7 @@ from tiny_models import tiny_bn_net, tiny_lenet
 from torch.func import functional_call
 
 from gradvis_steps.backends.torch.flat import (
+    buffer_layout,
     flatten_buffers,
     flatten_parameters,
     layout_of,
@@ -87,6 +88,23 @@ def test_hvp_operator_is_the_hvp_bitwise_whichever_batches_keep_their_graphs(mak
     for _ in range(3):  # the graphs survive each product
         v = torch.randn(theta.shape, generator=generator, dtype=torch.float64)
         assert torch.equal(operator(v), objective.hvp(theta, v))
+
+
+def test_hvp_operator_is_the_hessian_at_the_point_it_was_made_at(eval_data):
+    """The operator copies its point, so changing the caller's vector changes nothing; new batch-norm statistics
+    would leave its kept graphs stale, so it refuses to run instead."""
+    x, y = eval_data
+    model = tiny_bn_net()
+    objective = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64)
+    theta = objective.initial_point()
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    operator, expected = objective.hvp_operator(theta), objective.hvp(theta, v)
+    theta.add_(0.5)
+    assert torch.equal(operator(v), expected)
+    objective.set_buffers(flatten_buffers(model) * 1.5, buffer_layout(model))
+    with pytest.raises(RuntimeError, match="batch-norm statistics changed"):
+        operator(v)
+    assert not torch.equal(objective.hvp_operator(theta)(v), expected)
 
 
 def test_hvp_operator_in_forward_over_reverse_mode_keeps_nothing(eval_data):

@@ -249,7 +249,7 @@ class TorchObjective:
         """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ): each batch's gradient is computed
         once and kept with its graph while the graphs fit ``hvp_memory_mb``, so a product is one backward pass per
         batch instead of a forward and two backward passes; bitwise the same results as :meth:`hvp`."""
-        return PointHVP(self, theta, int(self.hvp_memory_mb * 2**20))
+        return PointHVP(self, theta, self.hvp_memory_mb * 2**20)
 
     def _batch_hvp(self, theta: torch.Tensor, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         if self.hvp_mode == "forward_over_reverse":

@@ -22,14 +22,16 @@ if TYPE_CHECKING:
 class PointHVP:
     """``v -> H(theta) v`` of the mean loss for many ``v`` at one ``theta``: the operator the Lanczos loops call.
 
-    ``graph_bytes`` is the memory the kept graphs take, ``kept_batches`` how many batches have theirs. Valid for
-    the objective as it was when made (its point, data and batch-norm statistics).
+    ``graph_bytes`` is the memory the kept graphs take, ``kept_batches`` how many batches have theirs. The point is
+    copied, so changing the caller's ``theta`` afterwards changes nothing; the kept graphs also hold the objective's
+    batch-norm statistics, so a product after :meth:`TorchObjective.set_buffers` raises instead of mixing old and new.
     """
 
-    def __init__(self, objective: TorchObjective, theta: torch.Tensor, budget_bytes: int) -> None:
+    def __init__(self, objective: TorchObjective, theta: torch.Tensor, budget_bytes: float) -> None:
         self._objective = objective
-        self._theta = objective._check(theta)
+        self._theta = objective._check(theta).detach().clone()
         self._point = self._theta.detach().requires_grad_(True)  # the leaf every kept graph differentiates by
+        self._buffer_versions = self._versions()
         self._gradients: list[torch.Tensor | None] = []
         self.graph_bytes = 0
         full = objective.hvp_mode != "double_backprop" or budget_bytes <= 0
@@ -42,6 +44,9 @@ class PointHVP:
                 else:  # too large to keep: this batch, and the later ones (no larger), are recomputed per product
                     gradient, full = None, True
             self._gradients.append(gradient)
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(buffer._version for buffer in self._objective.buffers.values())
 
     @property
     def kept_batches(self) -> int:
@@ -68,6 +73,9 @@ class PointHVP:
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         objective = self._objective
+        if self._buffer_versions and self._versions() != self._buffer_versions:
+            raise RuntimeError("the objective's batch-norm statistics changed after this Hessian operator was made "
+                               "(set_buffers): make a new one with hvp_operator(theta)")
         v = objective._check(v)
         # the same sum, in the same order, as TorchObjective.hvp: per batch H_b v, then one division
         total = torch.zeros_like(self._theta)
