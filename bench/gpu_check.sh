@@ -6,11 +6,12 @@
 # The repo's .venv is NOT used there (it is a CPU build for another machine): everything runs with the
 # system python ($PYTHON, default python3), which must already have torch with CUDA. Pure-Python wheels found
 # in .whl/ (e.g. array-api-compat, which the device image lacks) are installed into /tmp/site first; other
-# missing modules are only reported. Steps, each under `timeout`, all within a 400 s overall deadline:
+# missing modules are only reported. Steps, each under `timeout`, all within a 480 s overall deadline:
 #
 #   1. which of torch, h5py, sklearn, array_api_compat, scipy, tqdm, yaml, pytest import (and the GPU seen);
 #   2. the CPU tests that cover the GPU-relevant code (backend, Lanczos, SLQ) must still pass there;
-#   3. bench/slq_overhead.py --device cuda        -> $OUT/slq_overhead_cuda.json
+#   3. bench/slq_overhead.py --device cuda        -> $OUT/slq_overhead_cuda.json (kept gradient graphs), and
+#      for LeNet with --hvp-memory-mb 0           -> $OUT/slq_overhead_cuda_recomputed.json
 #   4. bench/grid_point_cost.py --device cuda     -> $OUT/grid_point_cost_cuda.json
 #   5. bench/gpu_steps.py: the step modules with --device cuda against --device cpu on one trajectory
 #
@@ -23,7 +24,7 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 START=$(date +%s)
-DEADLINE=$((START + ${DEADLINE_S:-400}))
+DEADLINE=$((START + ${DEADLINE_S:-480}))
 THREADS=4
 STEPS=${STEPS:-imports pytest slq grid steps}
 declare -a SUMMARY=()
@@ -98,6 +99,9 @@ run pytest 100 "$PY" -m pytest tests/test_cuda.py tests/test_lanczos_graphs.py t
 # ~70 ms per HVP on 256 samples, runs 2 x 20 and its overhead at 10 x 80 is predicted, as on the CPU)
 run slq_overhead_cuda 220 "$PY" bench/slq_overhead.py --device cuda --threads "$THREADS" --repeats 3 \
     --resnet-k 2 --resnet-m 20 --resnet-samples 256 --mode-repeats 4 --json "$OUT/slq_overhead_cuda.json"
+# the same for LeNet with every HVP recomputed (no kept gradient graphs), the HVP the earlier H100 figures used
+run slq_recomputed_cuda 80 "$PY" bench/slq_overhead.py --device cuda --threads "$THREADS" --repeats 2 \
+    --models lenet --no-predict --hvp-memory-mb 0 --mode-repeats 4 --json "$OUT/slq_overhead_cuda_recomputed.json"
 run grid_point_cost_cuda 60 "$PY" bench/grid_point_cost.py --device cuda --threads "$THREADS" \
     --resnet-samples 512 --rounds 8 --json "$OUT/grid_point_cost_cuda.json"
 
