@@ -232,17 +232,20 @@ class TorchObjective:
     def grad(self, theta: torch.Tensor) -> torch.Tensor:
         """Gradient of the mean loss (one backward pass per batch, accumulated on the device)."""
         theta = self._check(theta)
-        total = torch.zeros_like(theta)
-        for xb, yb in self._batches():
-            total += grad(self._loss_sum)(theta, xb, yb)
-        return total / self.n_samples
+        return self._batch_mean(theta, lambda _, xb, yb: grad(self._loss_sum)(theta, xb, yb))
 
     def hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Exact ``H(theta) @ v`` of the mean loss (Pearlmutter's R-operator, paper section 2.2)."""
         theta, v = self._check(theta), self._check(v)
-        total = torch.zeros_like(theta)
-        for xb, yb in self._batches():
-            total += self._batch_hvp(theta, v, xb, yb)
+        return self._batch_mean(theta, lambda _, xb, yb: self._batch_hvp(theta, v, xb, yb))
+
+    def _batch_mean(self, like: torch.Tensor,
+                    per_batch: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``sum_b per_batch(b, x_b, y_b) / n_samples``: the one reduction over batches of the gradient and of every
+        HVP (the kept-graph operator's included, so its products equal :meth:`hvp`'s to the bit)."""
+        total = torch.zeros_like(like)
+        for index, (xb, yb) in enumerate(self._batches()):
+            total += per_batch(index, xb, yb)
         return total / self.n_samples
 
     def hvp_operator(self, theta: torch.Tensor) -> PointHVP:

@@ -77,12 +77,11 @@ class PointHVP:
             raise RuntimeError("the objective's batch-norm statistics changed after this Hessian operator was made "
                                "(set_buffers): make a new one with hvp_operator(theta)")
         v = objective._check(v)
-        # the same sum, in the same order, as TorchObjective.hvp: per batch H_b v, then one division
-        total = torch.zeros_like(self._theta)
-        for (xb, yb), gradient in zip(objective._batches(), self._gradients, strict=True):
+
+        def batch_product(index: int, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            gradient = self._gradients[index]
             if gradient is None:
-                total += objective._batch_hvp(self._theta, v, xb, yb)
-            else:
-                (hv,) = torch.autograd.grad(gradient, self._point, grad_outputs=v, retain_graph=True)
-                total += hv
-        return total / objective.n_samples
+                return objective._batch_hvp(self._theta, v, xb, yb)
+            return torch.autograd.grad(gradient, self._point, grad_outputs=v, retain_graph=True)[0]
+
+        return objective._batch_mean(self._theta, batch_product)
