@@ -25,6 +25,7 @@ __all__ = [
     "SLQResult",
     "starting_vector",
     "slq",
+    "groups_of",
     "gaussian_density",
     "default_sigma",
     "default_density_grid",
@@ -117,30 +118,72 @@ def slq(
     like: Array | None = None,
     indices: Sequence[int] | None = None,
     breakdown_tol: float | None = None,
+    group_size: int = 1,
 ) -> SLQResult:
     """Algorithm 2: k Lanczos runs of m steps; returns raw nodes/weights (density via eq. 8 later).
 
     ``like`` fixes the vectors' array type/dtype/device (e.g. a torch tensor on the GPU); ``indices``
     (a subset of ``range(k)``) computes only those starting vectors, for Algorithm 5's split over ranks.
     ``m`` is clamped to ``dim``.
+
+    ``group_size`` g > 1 runs the chains in lockstep (:func:`.lanczos_lockstep.lanczos_lockstep`), one block product
+    per step (``matvec.matmat`` if the operator has one, else row by row): starting vectors ``i`` with the same
+    ``i // g`` form a group. A group's results depend only on its members, so runs that take whole groups (ranks,
+    chunks: :func:`groups_of`) reproduce the serial run bitwise for the same g; different g agree to float
+    tolerance (the batched products and reorthogonalization round differently).
     """
     idx = np.arange(k) if indices is None else np.asarray(list(indices), dtype=np.int64)
     if idx.size and (idx.min() < 0 or idx.max() >= k):
         raise ValueError(f"indices must lie in range(k={k})")
+    if int(group_size) < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
     m_eff = min(int(m), int(dim))
     nodes = np.empty((idx.size, m_eff))
     weights = np.empty((idx.size, m_eff))
     alpha1 = np.empty(idx.size)
-    for row, i in enumerate(idx):
-        v = starting_vector(dim, seed, int(i), kind, like)
-        res = lanczos(matvec, v, m_eff, breakdown_tol=breakdown_tol)
-        lam, U = tridiagonal_eigh(res.alpha, res.beta)  # eq. 6: T = U L U^T
-        nodes[row] = lam  # l_j = L_jj
-        weights[row] = U[0, :] ** 2  # eq. 7: omega_j = U_{1j}^2
-        alpha1[row] = res.alpha[0]  # v^T A v with ||v|| = 1
+    row = 0
+    for group in groups_of(idx, int(group_size)):
+        vectors = [starting_vector(dim, seed, int(i), kind, like) for i in group]
+        if int(group_size) == 1:
+            res = lanczos(matvec, vectors[0], m_eff, breakdown_tol=breakdown_tol)
+            alphas, betas = res.alpha[None, :], res.beta[None, :]
+        else:
+            alphas, betas = _lockstep(matvec, vectors, m_eff, breakdown_tol)
+        for alpha, beta in zip(alphas, betas, strict=True):
+            lam, U = tridiagonal_eigh(alpha, beta)  # eq. 6: T = U L U^T
+            nodes[row] = lam  # l_j = L_jj
+            weights[row] = U[0, :] ** 2  # eq. 7: omega_j = U_{1j}^2
+            alpha1[row] = alpha[0]  # v^T A v with ||v|| = 1
+            row += 1
     return SLQResult(
         nodes=nodes, weights=weights, alpha1=alpha1, dim=int(dim), seed=int(seed), indices=idx, kind=kind
     )
+
+
+def groups_of(indices: np.ndarray, group_size: int) -> list[np.ndarray]:
+    """Starting-vector indices split into their lockstep groups (``i // group_size``), in order of appearance."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx // group_size) != 0) + 1
+    return np.split(idx, breaks)
+
+
+def _lockstep(matvec: MatVec, vectors: list[Array], m: int,
+              breakdown_tol: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """alpha (g, m), beta (g, m-1) on the host for one group of starting vectors run in lockstep."""
+    from array_api_compat import array_namespace
+
+    from .lanczos import to_numpy
+    from .lanczos_lockstep import lanczos_lockstep, rows_matmat
+
+    if isinstance(vectors[0], np.ndarray):
+        block = np.stack(vectors)
+    else:
+        block = array_namespace(vectors[0]).stack(vectors)
+    matmat = getattr(matvec, "matmat", None) or rows_matmat(matvec)
+    alpha, beta, _ = lanczos_lockstep(matmat, block, m, breakdown_tol)
+    return to_numpy(alpha).astype(np.float64), to_numpy(beta).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------------

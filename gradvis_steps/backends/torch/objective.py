@@ -14,22 +14,35 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad
 
 from ...core.objective import HVP_MEMORY_MB, Evaluation
 from .flat import flatten_parameters, layout_of, unflatten, unflatten_buffers
 from .plane import PlaneShortcut
-from .point_hvp import PointHVP
+from .point_hvp import PointHVP, forward_over_reverse
 
+#: The two exact ways to take a Hessian-vector product; ``"auto"`` picks one by timing both at the point.
 HVP_MODES = ("forward_over_reverse", "double_backprop")
+HVP_MODE_CHOICES = ("auto", *HVP_MODES)
+#: ``"auto"`` takes forward-over-reverse only when it is at least this much faster than double backprop (the
+#: default, whose products equal earlier results bitwise), so near ties do not flip between runs.
+AUTO_MODE_MARGIN = 1.15
 #: logits (floats) kept for one batched loss/accuracy reduction over several points (16 MiB in float32)
 LOGITS_BUFFER_ELEMENTS = 1 << 22
+
+
+def choose_hvp_mode(seconds: dict[str, float]) -> str:
+    """The mode ``"auto"`` keeps, given each mode's seconds per product: double backprop unless forward-over-reverse
+    is faster by :data:`AUTO_MODE_MARGIN`."""
+    faster = seconds["forward_over_reverse"] * AUTO_MODE_MARGIN < seconds["double_backprop"]
+    return "forward_over_reverse" if faster else "double_backprop"
 
 
 class TorchObjective:
@@ -49,8 +62,8 @@ class TorchObjective:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if hvp_mode not in HVP_MODES:
-            raise ValueError(f"hvp_mode {hvp_mode!r} is not one of {HVP_MODES}")
+        if hvp_mode not in HVP_MODE_CHOICES:
+            raise ValueError(f"hvp_mode {hvp_mode!r} is not one of {HVP_MODE_CHOICES}")
         if not hvp_memory_mb >= 0:
             raise ValueError(f"hvp_memory_mb must be >= 0 (0: keep no gradient graphs), got {hvp_memory_mb}")
         self.hvp_memory_mb = float(hvp_memory_mb)
@@ -59,6 +72,8 @@ class TorchObjective:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype
         self.hvp_mode = hvp_mode
+        #: how ``"auto"`` was resolved (:meth:`calibrate_hvp`), for the provenance of Hessian results
+        self.hvp_calibration: dict | None = None
         self.batch_size = int(batch_size)
         self.module = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval()
         self.layout = layout_of(model)
@@ -237,7 +252,8 @@ class TorchObjective:
     def hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Exact ``H(theta) @ v`` of the mean loss (Pearlmutter's R-operator, paper section 2.2)."""
         theta, v = self._check(theta), self._check(v)
-        return self._batch_mean(theta, lambda _, xb, yb: self._batch_hvp(theta, v, xb, yb))
+        mode = self._resolved_mode()
+        return self._batch_mean(theta, lambda _, xb, yb: self._batch_hvp(theta, v, xb, yb, mode))
 
     def _batch_mean(self, like: torch.Tensor,
                     per_batch: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -249,15 +265,54 @@ class TorchObjective:
         return total / self.n_samples
 
     def hvp_operator(self, theta: torch.Tensor) -> PointHVP:
-        """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ): each batch's gradient is computed
-        once and kept with its graph while the graphs fit ``hvp_memory_mb``, so a product is one backward pass per
-        batch instead of a forward and two backward passes; bitwise the same results as :meth:`hvp`."""
-        return PointHVP(self, theta, self.hvp_memory_mb * 2**20)
+        """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ), with ``matmat(V)`` for a block of
+        vectors: each batch's gradient is computed once and kept with its graph while the graphs fit
+        ``hvp_memory_mb``, so a product is one backward pass per batch instead of a forward and two backward passes;
+        bitwise the same results as :meth:`hvp`. With ``hvp_mode="auto"`` not yet calibrated, double backprop."""
+        return PointHVP(self, theta, self.hvp_memory_mb * 2**20, self._resolved_mode())
 
-    def _batch_hvp(self, theta: torch.Tensor, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        if self.hvp_mode == "forward_over_reverse":
-            # d/de grad(L)(theta + e v) at e=0: a forward-mode derivative of the reverse-mode gradient.
-            return jvp(lambda t: grad(self._loss_sum)(t, xb, yb), (theta,), (v,))[1]
+    def _resolved_mode(self) -> str:
+        return "double_backprop" if self.hvp_mode == "auto" else self.hvp_mode
+
+    def calibrate_hvp(self, theta: torch.Tensor, block: int = 1, *, repeats: int = 2) -> dict:
+        """Resolve ``hvp_mode="auto"``: time a block of ``block`` products at ``theta`` in each mode (after one
+        warm-up product each) and keep the faster, double backprop unless forward-over-reverse wins by
+        :data:`AUTO_MODE_MARGIN`. Returns (and keeps in :attr:`hvp_calibration`) the choice and the timings; a fixed
+        mode is returned as chosen, untimed. Timing makes the choice, so pin the mode to reproduce results bitwise."""
+        if self.hvp_mode != "auto":
+            return {"mode": self.hvp_mode, "chosen_by": "config"}
+        generator = torch.Generator().manual_seed(0)
+        V = torch.randn(max(block, 1), self.dim, generator=generator, dtype=torch.float64).to(self.device, self.dtype)
+        seconds = {}
+        for mode in HVP_MODES:
+            operator = PointHVP(self, theta, self.hvp_memory_mb * 2**20, mode)
+
+            def product(op: PointHVP = operator) -> torch.Tensor:
+                return op.matmat(V) if len(V) > 1 else op(V[0])
+
+            product()  # warm-up: lazy kernel set-up, vmap tracing, allocator growth
+            times = []
+            for _ in range(repeats):
+                self._synchronize()
+                start = time.perf_counter()
+                product()
+                self._synchronize()
+                times.append(time.perf_counter() - start)
+            seconds[mode] = min(times) / len(V)
+            del operator
+        self.hvp_mode = choose_hvp_mode(seconds)
+        self.hvp_calibration = {"mode": self.hvp_mode, "chosen_by": "calibration", "block": len(V),
+                                "seconds_per_vector": seconds, "margin": AUTO_MODE_MARGIN}
+        return self.hvp_calibration
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _batch_hvp(self, theta: torch.Tensor, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+                   mode: str) -> torch.Tensor:
+        if mode == "forward_over_reverse":
+            return forward_over_reverse(self._loss_sum, theta, v, xb, yb)
         t = theta.detach().requires_grad_(True)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(self._loss_sum(t, xb, yb), t, create_graph=True)

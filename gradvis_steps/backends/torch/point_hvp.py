@@ -1,4 +1,4 @@
-"""Hessian-vector products at one fixed point through kept gradient graphs.
+"""Hessian-vector products at one fixed point: through kept gradient graphs, one vector or a block at a time.
 
 Lanczos and SLQ (paper section 2.2, Algorithm 2) multiply the Hessian at one point by hundreds of vectors. A
 plain HVP (Pearlmutter's R-operator by double backpropagation) runs, per batch, a forward pass, a backward pass
@@ -7,43 +7,65 @@ vector, so :class:`PointHVP` runs them once per batch and keeps the gradient wit
 one backward pass per batch, with bitwise the same result. Graphs take memory (the activations, and what the
 first backward saves for the second), so they are kept only while their total fits a budget; the other batches
 are recomputed per product, as :meth:`TorchObjective.hvp` does.
+
+:meth:`PointHVP.matmat` multiplies a block of vectors ``V`` (g, n) at once, the product lockstep SLQ takes per
+Lanczos step: one batched backward pass through each kept graph (``is_grads_batched``: autograd vmaps the
+backward over the block), or, in forward-over-reverse mode, one vmapped forward-mode derivative of the gradient.
+A GPU runs the block in about the time of one vector's kernels when one vector does not fill it. The block is
+split into sub-blocks whose working memory (about one batch's graph per vector) fits the same budget; the split
+depends only on the budget and the model, so the same inputs always give the same numbers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+from torch.func import grad, jvp, vmap
 
 if TYPE_CHECKING:
     from .objective import TorchObjective
 
+BatchProduct = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 class PointHVP:
-    """``v -> H(theta) v`` of the mean loss for many ``v`` at one ``theta``: the operator the Lanczos loops call.
+    """``v -> H(theta) v`` (and ``V -> V H(theta)`` by rows) of the mean loss at one ``theta``: the operator the
+    Lanczos loops call.
 
-    ``graph_bytes`` is the memory the kept graphs take, ``kept_batches`` how many batches have theirs. The point is
-    copied, so changing the caller's ``theta`` afterwards changes nothing; the kept graphs also hold the objective's
-    batch-norm statistics, so a product after :meth:`TorchObjective.set_buffers` raises instead of mixing old and new.
+    ``graph_bytes`` is the memory the kept graphs take, ``kept_batches`` how many batches have theirs,
+    ``block_size`` how many vectors :meth:`matmat` multiplies in one batched pass. The point is copied, so changing
+    the caller's ``theta`` afterwards changes nothing; the kept graphs also hold the objective's batch-norm
+    statistics, so a product after :meth:`TorchObjective.set_buffers` raises instead of mixing old and new.
     """
 
-    def __init__(self, objective: TorchObjective, theta: torch.Tensor, budget_bytes: float) -> None:
+    def __init__(self, objective: TorchObjective, theta: torch.Tensor, budget_bytes: float,
+                 mode: str = "double_backprop") -> None:
         self._objective = objective
+        self.mode = mode
         self._theta = objective._check(theta).detach().clone()
         self._point = self._theta.detach().requires_grad_(True)  # the leaf every kept graph differentiates by
         self._buffer_versions = self._versions()
         self._gradients: list[torch.Tensor | None] = []
         self.graph_bytes = 0
-        full = objective.hvp_mode != "double_backprop" or budget_bytes <= 0
+        largest_graph = 0
+        full = mode != "double_backprop" or budget_bytes <= 0
         for xb, yb in objective._batches():
             gradient = None
             if not full:
                 gradient, size = self._gradient_with_graph(xb, yb)
+                largest_graph = max(largest_graph, size)
                 if self.graph_bytes + size <= budget_bytes:
                     self.graph_bytes += size
                 else:  # too large to keep: this batch, and the later ones (no larger), are recomputed per product
                     gradient, full = None, True
             self._gradients.append(gradient)
+        if largest_graph == 0:  # nothing built yet (forward-over-reverse, or no budget): size the first batch's
+            largest_graph = self._gradient_with_graph(*objective._batches()[0])[1]
+        # A block's working memory is about one batch graph per vector: as many vectors as fit what the kept graphs
+        # leave of the budget (at least one, so a zero budget multiplies vector by vector).
+        self.block_size = max(1, int((budget_bytes - self.graph_bytes) // max(largest_graph, 1)))
 
     def _versions(self) -> tuple[int, ...]:
         return tuple(buffer._version for buffer in self._objective.buffers.values())
@@ -71,17 +93,55 @@ class PointHVP:
         saved[gradient.untyped_storage().data_ptr()] = gradient.untyped_storage().nbytes()
         return gradient, sum(saved.values())
 
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        objective = self._objective
+    def _check_buffers(self) -> None:
         if self._buffer_versions and self._versions() != self._buffer_versions:
             raise RuntimeError("the objective's batch-norm statistics changed after this Hessian operator was made "
                                "(set_buffers): make a new one with hvp_operator(theta)")
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        objective = self._objective
+        self._check_buffers()
         v = objective._check(v)
 
         def batch_product(index: int, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
             gradient = self._gradients[index]
             if gradient is None:
-                return objective._batch_hvp(self._theta, v, xb, yb)
+                return objective._batch_hvp(self._theta, v, xb, yb, self.mode)
             return torch.autograd.grad(gradient, self._point, grad_outputs=v, retain_graph=True)[0]
 
         return objective._batch_mean(self._theta, batch_product)
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """``H(theta)`` applied to every row of ``V`` (g, n): (g, n), in sub-blocks of at most :attr:`block_size`
+        rows, each one batched pass per evaluation batch. Equal to row-by-row products to float tolerance (a batched
+        kernel may sum in another order), and the same bits for the same ``V`` and budget."""
+        objective = self._objective
+        self._check_buffers()
+        if V.ndim != 2 or V.shape[1] != objective.dim:
+            raise ValueError(f"matmat takes a (g, {objective.dim}) block of row vectors, got {tuple(V.shape)}")
+        V = V.to(device=objective.device, dtype=objective.dtype)
+        blocks = [self._block_product(V[s:s + self.block_size]) for s in range(0, V.shape[0], self.block_size)]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+    def _block_product(self, V: torch.Tensor) -> torch.Tensor:
+        objective = self._objective
+        if V.shape[0] == 1:
+            return self(V[0]).unsqueeze(0)
+
+        def batch_product(index: int, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            gradient = self._gradients[index]
+            if self.mode == "forward_over_reverse":
+                return vmap(lambda v: objective._batch_hvp(self._theta, v, xb, yb, self.mode))(V)
+            retain = gradient is not None
+            if gradient is None:  # not kept: build this batch's gradient graph for this block only
+                gradient, _ = self._gradient_with_graph(xb, yb)
+            return torch.autograd.grad(gradient, self._point, grad_outputs=V, retain_graph=retain,
+                                       is_grads_batched=True)[0]
+
+        return objective._batch_mean(V, batch_product)
+
+
+def forward_over_reverse(loss_sum: Callable[..., torch.Tensor], theta: torch.Tensor, v: torch.Tensor,
+                         xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """``d/de grad(L)(theta + e v)`` at e=0: the forward-mode derivative of the reverse-mode gradient (one batch)."""
+    return jvp(lambda t: grad(loss_sum)(t, xb, yb), (theta,), (v,))[1]
