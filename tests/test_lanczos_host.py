@@ -1,12 +1,14 @@
 """The host Lanczos loop's pass structure: two reads of the basis per step, more only where rounding demands it.
 
-Each step also makes a local pass over the two newest basis vectors (their coefficients, then the three-term
-recurrence); those are counted apart and read at most two rows. The loop decides the Kahan-Parlett "twice is
-enough" test from Pythagoras before its update pass; these tests count the passes over the basis on a symmetric
-operator (no second pass may run) and check that an operator which defeats one pass (non-symmetric, with a large
-part along a direction already in the basis) still gets an orthonormal basis, through the explicit-norm and
-second-pass path. The last tests cover the workspace (basis and views) the loop keeps between runs of one shape:
-nothing a previous run left is read, a handed-out basis is never reused, a run nested in a matvec gets its own.
+Each step makes a local pass over the two newest basis vectors (their coefficients, then the three-term recurrence
+into the next row), one Gram-Schmidt pass over the basis that also gives ``||r||^2``, and one update pass; the
+Kahan-Parlett "twice is enough" test is decided from Pythagoras before the update. These tests record every call
+of the loop's two vector functions (``mm``, ``addmm``) with the number of basis rows it reads: on a symmetric
+operator the sequence is exactly that; an operator which defeats one pass (non-symmetric, with a large part along a
+direction already in the basis) takes the explicit-norm and second-pass path and still gets an orthonormal basis;
+after a breakdown the next row is the documented restart direction. The last tests cover the workspace (basis,
+coefficient buffers, every step's views) that the loop keeps between runs of one shape: nothing a previous run left
+is read, a handed-out basis is never reused, a run nested in a matvec gets its own, large bases are not kept.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 import gradvis_steps.core.lanczos as lanczos_module
-from gradvis_steps.core.lanczos import lanczos
+from gradvis_steps.core.lanczos import _hash_vector, lanczos
 
 try:  # torch is an optional backend: the numpy tests run without it
     import torch
@@ -38,35 +40,41 @@ def _operator(backend: str, M: np.ndarray, v0: np.ndarray):
 
 
 @pytest.fixture()
-def passes(monkeypatch):
-    """Counts the coefficient passes (``V_j x``) and update passes (``x -= V_j^T c``) over the basis, and the local
-    passes over the pair (q_{j-1}, q_j) apart, checking that those read at most two rows."""
-    counts = {"coefficients": 0, "updates": 0, "pair": 0}
+def calls(monkeypatch):
+    """Every ``mm`` / ``addmm`` call of the host loop, in order, as (name, rows of the basis operand)."""
+    recorded: list[tuple[str, int]] = []
     host_ops = lanczos_module._host_ops
 
-    def counting(name, fn, rows_of=None):
-        def counted(*args, **kwargs):
-            if rows_of is not None:  # a pair pass: the basis operand has at most two rows
-                assert rows_of(args) <= 2
-            counts[name] += 1
+    def recording(name, fn, basis_arg):
+        def recorded_fn(*args, **kwargs):
+            recorded.append((name, int(args[basis_arg].shape[0])))
             return fn(*args, **kwargs)
 
-        return counted
+        return recorded_fn
 
-    def counting_host_ops(x):
+    def recording_host_ops(x):
         ops = host_ops(x)
-        ops.mm = counting("coefficients", ops.mm)
-        ops.addmm = counting("updates", ops.addmm)
-        ops.pair_mm = counting("pair", ops.pair_mm, lambda args: args[0].shape[0])
-        ops.pair_addmm = counting("pair", ops.pair_addmm, lambda args: args[2].shape[0])
+        ops.mm = recording("mm", ops.mm, 0)
+        ops.addmm = recording("addmm", ops.addmm, 2)
         return ops
 
-    monkeypatch.setattr(lanczos_module, "_host_ops", counting_host_ops)
-    return counts
+    monkeypatch.setattr(lanczos_module, "_host_ops", recording_host_ops)
+    return recorded
+
+
+def _one_pass_per_step(m: int) -> list[tuple[str, int]]:
+    """The calls of an m-step run without second passes: per step j, the local pass over rows j-1..j (coefficients,
+    then the recurrence), the Gram-Schmidt coefficients over rows 0..j+1 and the update over rows 0..j; the last
+    step only its coefficients."""
+    expected = []
+    for j in range(m - 1):
+        pair = min(j, 1) + 1
+        expected += [("mm", pair), ("addmm", pair), ("mm", j + 2), ("addmm", j + 1)]
+    return expected + [("mm", min(m - 1, 1) + 1)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_symmetric_operator_one_coefficient_and_one_update_pass_per_step(backend, passes):
+def test_symmetric_operator_reads_the_basis_twice_per_step(backend, calls):
     rng = np.random.default_rng(11)
     n, m = 400, 60
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -74,7 +82,7 @@ def test_symmetric_operator_one_coefficient_and_one_update_pass_per_step(backend
     A = 0.5 * (A + A.T)
     matvec, v0 = _operator(backend, A, rng.standard_normal(n))
     res = lanczos(matvec, v0, m, return_basis=True)
-    assert passes == {"coefficients": m - 1, "updates": m - 1, "pair": 2 * m - 1}
+    assert calls == _one_pass_per_step(m)
     V = np.asarray(res.basis)
     assert _orth_error(V) < 1e-13
     # the Pythagoras norm is the true one: A q_j = beta_{j-1} q_{j-1} + alpha_j q_j + beta_j q_{j+1}
@@ -84,7 +92,7 @@ def test_symmetric_operator_one_coefficient_and_one_update_pass_per_step(backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nonsymmetric_operator_takes_the_second_pass_and_stays_orthonormal(backend, passes):
+def test_nonsymmetric_operator_takes_the_second_pass_and_stays_orthonormal(backend, calls):
     rng = np.random.default_rng(12)
     n, m = 300, 80
     # Not symmetric, and A q_j is dominated by the fixed direction u, which lies in span(V) after the first steps:
@@ -94,10 +102,32 @@ def test_nonsymmetric_operator_takes_the_second_pass_and_stays_orthonormal(backe
     M += 50.0 * np.outer(u, z)
     matvec, v0 = _operator(backend, M, rng.standard_normal(n))
     res = lanczos(matvec, v0, m, return_basis=True)
-    assert passes["coefficients"] > m - 1 and passes["updates"] > m - 1  # second passes ran
+    assert len(calls) > len(_one_pass_per_step(m))  # second passes ran
     V = np.asarray(res.basis)
     assert _orth_error(V) < 1e-13
     assert np.all(np.isfinite(res.alpha)) and np.all(res.beta > 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_breakdown_restarts_from_the_rolled_pseudo_random_direction(backend):
+    """A diagonal operator with 7 distinct values: the Krylov space is exhausted after 7 steps, so beta_6 = 0 and
+    q_7 is ``roll(r_base, 7)`` made orthonormal to q_0..q_6 (the device loop restarts from the same direction)."""
+    rng = np.random.default_rng(13)
+    d = np.repeat(np.array([-2.0, -0.5, 0.0, 1.0, 2.5, 4.0, 9.0]), 30)
+    n = d.size
+    matvec, v0 = _operator(backend, np.diag(d), rng.standard_normal(n))
+    res = lanczos(matvec, v0, 12, return_basis=True)
+    V = np.asarray(res.basis)
+    assert res.beta[6] == 0.0 and np.count_nonzero(res.beta == 0.0) == 1
+    assert _orth_error(V) < 1e-13
+    x = np.roll(_hash_vector(np, n, 0xB10C, np.float64, "cpu"), 7)
+    for _ in range(2):
+        x -= V[:7].T @ (V[:7] @ x)
+    np.testing.assert_allclose(V[7], x / np.linalg.norm(x), atol=1e-13)
+    # the loop taken on GPUs, forced here on the CPU, makes the same choice
+    device = lanczos_module._lanczos_device(matvec, v0, 12)
+    np.testing.assert_allclose(np.asarray(device[1]), res.beta, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(device[2])[7], V[7], atol=1e-12)
 
 
 def _spectrum_operator(seed: int, n: int = 200):
@@ -111,7 +141,7 @@ def _poison_kept_workspace() -> None:
     """Fill the kept basis and coefficient buffers with NaN: a run that read anything a previous run left would
     return NaN."""
     ws = lanczos_module._kept_workspace.ws
-    for buffer in (ws.V, ws.product_columns[-1], ws.local_columns[-1]):
+    for buffer in (ws.V, ws.pair_coef, ws.coef):
         if isinstance(buffer, np.ndarray):
             buffer[...] = np.nan
         else:
@@ -120,7 +150,6 @@ def _poison_kept_workspace() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kept_workspace_gives_the_fresh_runs_results_bitwise(backend):
-    lanczos_module.clear_lanczos_workspace()
     A, v0 = _spectrum_operator(21)
     B, w0 = _spectrum_operator(22)
     fresh = []

@@ -213,22 +213,19 @@ def _is_torch(x: Array) -> bool:
 
 
 def _host_ops(x: Array) -> SimpleNamespace:
-    """The array operations of the host loop, with torch's signatures: ``dot``, ``mul(x, a, out=)``, ``mm(A, B,
-    out=)`` and ``addmm(x, c, M, beta=, alpha=, out=)`` for the passes over the basis, and ``pair_mm``/``pair_addmm``
-    (the same two functions) for the local pass over the two newest basis vectors.
+    """The array operations of the host loop, with torch's signatures: ``dot(x, y)``, ``mul(x, a, out=)``,
+    ``mm(A, B, out=)`` and ``addmm(x, c, M, beta=, alpha=, out=)``.
 
     For torch tensors these are torch's own functions, looked up once, so no Python frame sits between the loop and
-    a kernel. After each HVP every Python binding and dispatch path a step uses runs from cold caches (the first
-    call of a distinct function costs 15-30 us here, whatever its size), so a step calls only two distinct ones,
-    ``mm`` and ``addmm`` (with ``out=``, also in place), each twice. They go through the BLAS GEMM entry (same
-    kernels as ``mv``, measured 4-7 % faster per step here). For numpy arrays, small adapters."""
+    a kernel. Each step does all its vector work through ``mm`` and ``addmm`` (the BLAS GEMM entry, ``out=`` writing
+    in place): after a matvec has run, the code of every distinct function a step calls starts from cold caches, so
+    two distinct functions called twice each cost less than four different ones (figures in bench/README.md). For
+    numpy arrays, small adapters."""
     if _is_torch(x):
         import torch
 
-        return SimpleNamespace(
-            dot=torch.dot, mul=torch.mul, mm=torch.mm, addmm=torch.addmm, pair_mm=torch.mm, pair_addmm=torch.addmm
-        )
-    return SimpleNamespace(dot=np.dot, mul=_np_mul, mm=_np_mm, addmm=_np_addmm, pair_mm=_np_mm, pair_addmm=_np_addmm)
+        return SimpleNamespace(dot=torch.dot, mul=torch.mul, mm=torch.mm, addmm=torch.addmm)
+    return SimpleNamespace(dot=np.dot, mul=_np_mul, mm=_np_mm, addmm=_np_addmm)
 
 
 def _np_mul(x: np.ndarray, a: float, *, out: np.ndarray) -> np.ndarray:
@@ -249,25 +246,6 @@ def _np_addmm(x: np.ndarray, c: np.ndarray, M: np.ndarray, *, beta: float, alpha
     return out
 
 
-def _host_view(x: Array) -> np.ndarray:
-    """A numpy view of a host array, made once (torch CPU tensors: zero-copy ``numpy()``), so reading it in the
-    loop costs no backend call."""
-    return x.numpy() if _is_torch(x) else x
-
-
-def _scalar_reader(x: Array) -> Any:
-    """A host array's values for Python, read by index or by ``[:i].tolist()``: a ``memoryview`` where the format
-    allows (float32/64), whose reads are CPython's own hot code where numpy's run cold after an HVP; otherwise the
-    numpy view itself."""
-    view = _host_view(x)
-    try:
-        reader = memoryview(view)
-        reader[:1].tolist()
-    except (NotImplementedError, TypeError, ValueError):  # e.g. float16: no memoryview format
-        return view
-    return reader
-
-
 def _on_host(v: Array) -> bool:
     """True for arrays in host memory (numpy, torch CPU tensors): reading a scalar there costs no device sync."""
     if isinstance(v, np.ndarray):
@@ -275,38 +253,64 @@ def _on_host(v: Array) -> bool:
     return str(array_device(v)).split(":")[0] == "cpu"
 
 
-class _HostWorkspace:
-    """The host loop's basis ``V`` (m, n) with every view of it a run uses, made once per (n, m, dtype, device).
+def _scalar_reader(x: Array) -> Any:
+    """A host array's values for Python, read by index or by ``[:i].tolist()``: a ``memoryview`` where the dtype
+    allows (float32/64), whose reads are CPython's own code (it stays warm while a matvec runs, where the backend's
+    ``tolist`` starts from cold caches); otherwise a numpy view (e.g. float16, which a memoryview cannot read)."""
+    view = x.numpy() if _is_torch(x) else x
+    try:
+        reader = memoryview(view)
+        reader[:1].tolist()
+    except (NotImplementedError, TypeError, ValueError):
+        return view
+    return reader
 
-    Each slice or reshape of a torch tensor is a call of about a microsecond, and a run uses some 560 of them
-    (built up front: made inside the loop, each would run cold after an HVP): about 1 ms to build and 0.5 ms to
-    free per run, 0.2 % of a LeNet SLQ row on two CPU cores. SLQ runs its k starting vectors, and a spectrum run
-    its checkpoints, at one shape, so the workspace is kept between runs that do not hand out their basis.
-    Every row and coefficient is written before it is read, so what a previous run left is never seen."""
+
+class _StepViews:
+    """The views that step j of the host loop works on. Of the basis ``V``: ``q = V[j]`` (the matvec's input),
+    ``pair = V[j-1 : j+1]`` (``V[:1]`` at j = 0), ``r = V[j+1]`` (also as a ``(1, n)`` line and an ``(n, 1)``
+    column), ``rows = V[:j+2]`` and ``head = V[:j+1]``. Of the coefficient buffers: the pair's as a column and a
+    line, ``coef[:j+2]`` as a column (``rows @ r``) and ``coef[:j+1]`` as a line and a column (over ``head``). The
+    last step has only ``q`` and the pair's views."""
+
+    __slots__ = ("q", "pair", "pair_column", "pair_line", "r", "r_line", "r_column", "rows", "rows_coef", "head",
+                 "head_coef_line", "head_coef_column")
+
+    def __init__(self, V: Array, pair_coef: Array, coef: Array, j: int) -> None:
+        m, n = V.shape
+        k = min(j, 1) + 1  # rows in the pair
+        self.q, self.pair = V[j], V[j + 1 - k : j + 1]
+        self.pair_column, self.pair_line = pair_coef[:k].reshape(k, 1), pair_coef[:k].reshape(1, k)
+        if j + 1 < m:
+            self.r = V[j + 1]
+            self.r_line, self.r_column = self.r.reshape(1, n), self.r.reshape(n, 1)
+            self.rows, self.rows_coef = V[: j + 2], coef[: j + 2].reshape(j + 2, 1)
+            self.head = V[: j + 1]
+            self.head_coef_line = coef[: j + 1].reshape(1, j + 1)
+            self.head_coef_column = coef[: j + 1].reshape(j + 1, 1)
+
+
+class _HostWorkspace:
+    """The basis ``V`` (m, n) of a host run, its coefficient buffers and every step's :class:`_StepViews`.
+
+    Each view is a backend call (a torch slice or reshape costs about as much as a small kernel call). Made in the
+    loop, the dozen a step needs would run right after the matvec, from cold caches; made up front they cost the
+    same again for every run. Either way that is a measurable share of a step's non-matvec time (bench/README.md),
+    so the workspace is kept for the next run of its shape: SLQ runs its k starting vectors, and a spectrum run
+    its checkpoints, at one shape. Every row and coefficient is written before it is read, so nothing a previous
+    run left is ever used."""
 
     def __init__(self, xp: Any, n: int, m: int, dtype: Any, dev: Any) -> None:
         self.key = _workspace_key(xp, n, m, dtype, dev)
         self.V = V = xp.empty((m, n), dtype=dtype, device=dev)  # no memset: see above
-        # the rows, each as a (1, n) line and an (n, 1) column, the leading blocks ``V[:i + 1]``, the pairs
-        # ``V[i - 1:i + 1]`` (row 0 alone for i = 0), the coefficient buffer (q_0.r .. q_j.r, then r.r, of the
-        # current step) as (i, 1) columns and (1, i) lines, and the pair's coefficients (q_{j-1}.A q_j, q_j.A q_j)
-        self.rows = [V[i, ...] for i in range(m)]
-        self.lines = [row.reshape(1, n) for row in self.rows]
-        self.columns = [row.reshape(n, 1) for row in self.rows]
-        self.heads = [V[: i + 1, ...] for i in range(m)]
-        self.pairs = [V[max(i - 1, 0) : i + 1, ...] for i in range(m)]
-        products = xp.zeros((m + 1,), dtype=dtype, device=dev)
-        self.product_columns = [products[:i].reshape(i, 1) for i in range(m + 2)]
-        self.product_lines = [products[:i].reshape(1, i) for i in range(m + 2)]
-        self.product_values = _scalar_reader(products)
-        local = xp.zeros((2,), dtype=dtype, device=dev)
-        self.local_columns = [local[:1].reshape(1, 1), local.reshape(2, 1)]
-        self.local_lines = [local[:1].reshape(1, 1), local.reshape(1, 2)]
-        self.local_values = _scalar_reader(local)
+        self.pair_coef = xp.empty((2,), dtype=dtype, device=dev)  # (q_{j-1}.w, q_j.w) of the local pass
+        self.coef = xp.empty((m + 1,), dtype=dtype, device=dev)  # (q_0.x, ..., q_j.x) of a Gram-Schmidt pass, r.r
+        self.pair_values, self.coef_values = _scalar_reader(self.pair_coef), _scalar_reader(self.coef)
+        self.steps = [_StepViews(V, self.pair_coef, self.coef, j) for j in range(m)]
 
 
-# Bases up to this size are kept between runs: beyond it, the views cost a vanishing share of the HVPs, and
-# holding the memory after a run would not be worth it.
+# Bases up to this size are kept between runs; beyond it the views are a vanishing share of the matvecs, and holding
+# the memory after a run would not be worth it.
 _WORKSPACE_KEEP_BYTES = 256 * 2**20
 _kept_workspace = threading.local()  # one per thread: two threads never share a basis
 
@@ -316,8 +320,8 @@ def _workspace_key(xp: Any, n: int, m: int, dtype: Any, dev: Any) -> tuple:
 
 
 def _take_workspace(xp: Any, n: int, m: int, dtype: Any, dev: Any) -> _HostWorkspace:
-    """This thread's kept workspace if it has this shape, else a new one; the slot is emptied while a run holds
-    it, so a run nested in a matvec builds its own instead of sharing it."""
+    """This thread's kept workspace if it has this shape, else a new one. The slot is emptied while a run holds it,
+    so a run nested in the matvec builds its own."""
     ws, _kept_workspace.ws = getattr(_kept_workspace, "ws", None), None  # the old basis is freed before a new one
     if ws is None or ws.key != _workspace_key(xp, n, m, dtype, dev):
         ws = _HostWorkspace(xp, n, m, dtype, dev)
@@ -326,8 +330,8 @@ def _take_workspace(xp: Any, n: int, m: int, dtype: Any, dev: Any) -> _HostWorks
 
 def _return_workspace(ws: _HostWorkspace) -> None:
     """Keep a finished run's workspace for the next run of its shape, unless it is too large to hold."""
-    n_rows, n = ws.V.shape
-    if ws.V.itemsize * n_rows * n <= _WORKSPACE_KEEP_BYTES:
+    m, n = ws.V.shape
+    if ws.V.itemsize * m * n <= _WORKSPACE_KEEP_BYTES:
         _kept_workspace.ws = ws
 
 
@@ -339,102 +343,101 @@ def clear_lanczos_workspace() -> None:
 def _lanczos_host(
     matvec: MatVec, v0: Array, m: int, breakdown_tol: float | None = None, keep_basis: bool = True
 ) -> tuple[Array, Array, Array | None]:
-    """The same Lanczos process as :func:`_lanczos_device` for arrays in host memory, where branching on a
-    scalar is free and what a step costs is its passes over vectors that the matvec has pushed out of the caches.
+    """The same Lanczos process as :func:`_lanczos_device` for arrays in host memory, where reading a scalar and
+    branching on it is free, so a step does only the reorthogonalization work that rounding calls for.
 
-    Step j first orthogonalizes ``A q_j`` against the two newest basis vectors, rows j-1 and j of the basis
-    (adjacent in memory, so one pass reads both): their coefficients ``q_{j-1}.A q_j`` (= beta_{j-1} in exact
-    arithmetic) and ``alpha_j = q_j.A q_j``, then ``r = A q_j - alpha_j q_j - (q_{j-1}.A q_j) q_{j-1}``, the
-    three-term recurrence, written straight into the next basis row (the matvec's own output is never modified).
-    The full reorthogonalization that follows only removes rounding drift. One pass over rows 0..j+1 (a GEMM with
-    r as its single column) gives the Gram-Schmidt coefficients ``c_i = q_i . r`` and, from row j+1 (which is r),
-    ``||r||^2``; then ``beta_j^2 = ||r||^2 - ||c||^2`` by Pythagoras (``r - V_j^T c`` is orthogonal to the rows),
-    and while that lost less than half of ``||r||^2`` (the Kahan-Parlett "twice is enough" test, decided before the
-    update) one more pass subtracts ``V_j^T c`` and divides by ``beta_j`` at once. Otherwise the norm is taken
-    explicitly and a second Gram-Schmidt pass runs where the test still fails; a breakdown restarts from a
-    pseudo-random direction. So the basis is read twice per step, through four calls of two functions.
+    Step j, with ``w = A q_j``:
 
-    Unless ``keep_basis``, the run takes the basis and its views from this thread's kept :class:`_HostWorkspace`
-    and returns ``None`` for it.
+    1. Local pass: ``b = q_{j-1}.w`` (beta_{j-1} in exact arithmetic) and ``a = q_j.w`` from one product with rows
+       j-1 and j (adjacent in memory: one read), then the three-term recurrence ``r = w - a q_j - b q_{j-1}``,
+       written straight into row j+1 (the matvec's output is never modified).
+    2. Global pass, classical Gram-Schmidt against rows 0..j (it only removes rounding drift): one product of rows
+       0..j+1 with r gives the coefficients ``c_i = q_i.r`` and, from row j+1 (which is r), ``||r||^2``.
+    3. ``beta_j^2 = ||r||^2 - ||c||^2`` by Pythagoras (``r - V_j^T c`` is orthogonal to the rows). If that kept at
+       least half of ``||r||^2`` (the Kahan-Parlett "twice is enough" test, decided before the update), one update
+       pass ``q_{j+1} = (r - V_j^T c) / beta_j`` ends the step. Otherwise the norm is taken explicitly after the
+       update, and a second Gram-Schmidt pass runs if the test still fails. A breakdown (``beta_j <= tol *
+       max_i ||A q_i||``) records ``beta_j = 0`` and continues from the pseudo-random direction
+       ``roll(r_base, j + 1)``, orthogonalized against the basis.
+
+    So the basis is read twice per step, through two calls each of ``mm`` and ``addmm``; ``alpha_j = a + c_j``.
+    A run that hands out its basis (``keep_basis``) builds a workspace of its own; otherwise it uses this thread's
+    kept :class:`_HostWorkspace` and returns ``None`` for the basis.
     """
     xp, n, m, dtype, dev, tol = _setup(v0, m, breakdown_tol)
     ops = _host_ops(v0)
+    ws = _HostWorkspace(xp, n, m, dtype, dev) if keep_basis else _take_workspace(xp, n, m, dtype, dev)
+    V, pair_values, coef_values = ws.V, ws.pair_values, ws.coef_values
 
     def norm(x: Array) -> float:
-        # sqrt(x . x): one BLAS dot, several times faster on a CPU than torch's overflow-safe norm kernel (the
-        # vectors here are unit-sized, nowhere near overflow)
+        # sqrt(x . x): one BLAS dot, cheaper on a CPU than the overflow-safe norm kernel (unit-sized vectors here)
         return float(ops.dot(x, x)) ** 0.5
 
-    # a basis handed out is the caller's: only a run that keeps it to itself takes (and then returns) the kept one
-    ws = _HostWorkspace(xp, n, m, dtype, dev) if keep_basis else _take_workspace(xp, n, m, dtype, dev)
-    V, rows, lines, columns, heads, pairs = ws.V, ws.rows, ws.lines, ws.columns, ws.heads, ws.pairs
-    product_columns, product_lines, product_values = ws.product_columns, ws.product_lines, ws.product_values
-    local_columns, local_lines, local_values = ws.local_columns, ws.local_lines, ws.local_values
+    def reorthogonalize(j: int, x: Array, x_line: Array, x_column: Array, before: float) -> tuple[float, float]:
+        """``x -= V_j^T c`` in place (c, x's coefficients over rows 0..j, already in the buffer), then a second
+        Gram-Schmidt pass if that lost more than half of ``before**2`` (``before = ||x||``). Returns the second
+        pass's coefficient of q_j (0 without one) and ``||x||`` after."""
+        s = ws.steps[j]
+        ops.addmm(x_line, s.head_coef_line, s.head, beta=1.0, alpha=-1.0, out=x_line)
+        after = norm(x)
+        if after >= before / 2**0.5:
+            return 0.0, after
+        ops.mm(s.head, x_column, out=s.head_coef_column)
+        extra = float(coef_values[j])
+        ops.addmm(x_line, s.head_coef_line, s.head, beta=1.0, alpha=-1.0, out=x_line)
+        return extra, norm(x)
+
     v0 = _plain(v0)
     nrm0 = float(xp.linalg.vector_norm(v0))  # overflow-safe: v0 is the caller's, of any scale
     if nrm0 > 0:
-        ops.mul(v0, 1.0 / nrm0, out=V[0, ...])
+        ops.mul(v0, 1.0 / nrm0, out=V[0])
     else:
         r0 = _hash_vector(xp, n, 0x5EED, dtype, dev)
-        ops.mul(r0, 1.0 / norm(r0), out=V[0, ...])
+        ops.mul(r0, 1.0 / norm(r0), out=V[0])
 
-    def finish(j: int, x: Array, x_line: Array, x_column: Array, before: float) -> tuple[float, float]:
-        """``x -= V_j^T c`` in place (c = the first j + 1 products), then a second pass if the first lost more than
-        half of ``before**2`` (``before = ||x||``); returns the second pass's coefficient of q_j (0 without one)
-        and ||x|| after."""
-        ops.addmm(x_line, product_lines[j + 1], heads[j], beta=1.0, alpha=-1.0, out=x_line)
-        after = norm(x)
-        if after < before / 2**0.5:  # lost digits: a second pass restores them
-            ops.mm(heads[j], x_column, out=product_columns[j + 1])
-            extra = float(product_values[j])
-            ops.addmm(x_line, product_lines[j + 1], heads[j], beta=1.0, alpha=-1.0, out=x_line)
-            return extra, norm(x)
-        return 0.0, after
-
-    alphas: list[float] = []  # Python lists: a numpy item store runs cold after an HVP (5 us a step here)
+    alphas: list[float] = []
     betas: list[float] = []
-    r_base = None
-    scale = 0.0
-    for j in range(m):
-        w = _plain(matvec(rows[j]))
-        k = min(j, 1)  # index of q_j in its pair
-        ops.pair_mm(pairs[j], w.reshape(n, 1), out=local_columns[k])  # q_{j-1}.w, q_j.w in one pass
-        a = float(local_values[k])
+    r_base = None  # restart directions, made at the first breakdown
+    scale = 0.0  # running max of ||A q_j||, a lower bound of ||A||
+    for j, s in enumerate(ws.steps):
+        w = _plain(matvec(s.q))
+        # 1. local pass over q_{j-1} and q_j (q_0 alone at j = 0)
+        ops.mm(s.pair, w.reshape(n, 1), out=s.pair_column)
+        a = float(pair_values[min(j, 1)])
         if j == m - 1:  # last step: only the diagonal entry is needed
             alphas.append(a)
             break
-        b = float(local_values[0]) if k else 0.0
-        r = rows[j + 1]
-        ops.pair_addmm(w.reshape(1, n), local_lines[k], pairs[j], beta=1.0, alpha=-1.0, out=lines[j + 1])
-        ops.mm(heads[j + 1], columns[j + 1], out=product_columns[j + 2])  # row j + 1 is r: last entry r.r
-        values = product_values[: j + 2].tolist()
-        rr = values.pop()
+        b = float(pair_values[0]) if j else 0.0
+        ops.addmm(w.reshape(1, n), s.pair_line, s.pair, beta=1.0, alpha=-1.0, out=s.r_line)
+        # 2. global pass: c_i = q_i.r for i <= j, and r.r from row j + 1
+        ops.mm(s.rows, s.r_column, out=s.rows_coef)
+        *c, rr = coef_values[: j + 2].tolist()
         cc = 0.0
-        for value in values:  # ||c||^2 in double precision (a plain loop: the cheapest code path after an HVP)
+        for value in c:  # ||c||^2 in double precision
             cc += value * value
-        # ||A q_j||^2 = ||r||^2 + alpha_j^2 + (q_{j-1}.A q_j)^2 (Pythagoras over q_{j-1}, q_j, the rest): the scale
-        # of the breakdown test without another pass over A q_j.
+        # ||A q_j||^2 = ||r||^2 + a^2 + b^2 (Pythagoras over q_{j-1}, q_j and the rest): the breakdown test's
+        # scale without another pass over A q_j
         scale = max(scale, (rr + a * a + b * b) ** 0.5)
-        alpha = a + values[j]
+        alpha = a + c[j]
+        # 3. beta_j, the update pass, and a second pass or a restart only where needed
         beta_sq = rr - cc
         if 2.0 * beta_sq >= rr and beta_sq > (tol * scale) ** 2:
-            beta = beta_sq**0.5  # q_{j+1} = (r - V_j^T c) / beta_j in one pass:
-            line = lines[j + 1]
-            ops.addmm(line, product_lines[j + 1], heads[j], beta=1.0 / beta, alpha=-1.0 / beta, out=line)
+            beta = beta_sq**0.5  # q_{j+1} = (r - V_j^T c) / beta_j in one pass
+            ops.addmm(s.r_line, s.head_coef_line, s.head, beta=1.0 / beta, alpha=-1.0 / beta, out=s.r_line)
         else:
-            extra, beta = finish(j, r, lines[j + 1], columns[j + 1], max(rr, 0.0) ** 0.5)
+            extra, beta = reorthogonalize(j, s.r, s.r_line, s.r_column, max(rr, 0.0) ** 0.5)
             alpha += extra
             if beta <= tol * scale:  # invariant subspace: T splits here, continue from a fresh direction
                 if r_base is None:
                     r_base = _hash_vector(xp, n, 0xB10C, dtype, dev)
                 x = xp.roll(r_base, shift=j + 1)
                 x_line, x_column = x.reshape(1, n), x.reshape(n, 1)
-                ops.mm(heads[j], x_column, out=product_columns[j + 1])
-                _, x_norm = finish(j, x, x_line, x_column, norm(x))
-                ops.mul(x, 1.0 / x_norm, out=r)
+                ops.mm(s.head, x_column, out=s.head_coef_column)
+                _, x_norm = reorthogonalize(j, x, x_line, x_column, norm(x))
+                ops.mul(x, 1.0 / x_norm, out=s.r)
                 beta = 0.0
             else:
-                ops.mul(r, 1.0 / beta, out=r)
+                ops.mul(s.r, 1.0 / beta, out=s.r)
         alphas.append(alpha)
         betas.append(beta)
     if keep_basis:

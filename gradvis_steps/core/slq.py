@@ -54,8 +54,8 @@ def starting_vector(
         v = rng.integers(0, 2, size=dim).astype(np.float64) * 2.0 - 1.0
     else:
         raise ValueError(f"kind must be 'gaussian' or 'rademacher', got {kind!r}")
-    # Not np.linalg.norm: that is a threaded BLAS ddot, whose idle threads then spin for ~0.1 s and halve the
-    # speed of the torch work that follows on a machine with few cores (bench/README.md, slq_overhead).
+    # Not np.linalg.norm: that is a threaded BLAS ddot, whose idle threads then spin for a while and slow down the
+    # torch work that follows on a machine with few cores (figures in bench/README.md).
     v /= np.sqrt(np.einsum("i,i->", v, v))
     return from_numpy(v, like)
 

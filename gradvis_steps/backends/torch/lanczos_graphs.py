@@ -1,10 +1,11 @@
 """Lanczos on CUDA tensors with each step's vector work replayed as one captured CUDA graph.
 
-The generic device loop (``core.lanczos._lanczos_device``) issues about 25 small kernels per step from Python;
-for a model whose HVP is itself launch-bound (LeNet on a GPU: ~6 ms per HVP, issued by the CPU) those launches
-cost 12-17 % of the SLQ time. Here a step is written against static buffers, with the step index ``j`` held in a
-device tensor (read by ``index_select``/``index_copy_``, advanced in place), so the same kernels serve every
-step and are captured once: a step then costs the copy of the HVP into the static input and one graph launch.
+The generic device loop (``core.lanczos._lanczos_device``) issues about 25 small kernels per step from Python; for a
+model whose HVP is itself launch-bound (a small network such as LeNet, whose HVP the CPU issues kernel by kernel)
+those launches are a large share of the SLQ time (figures in bench/README.md). Here a step is written against static
+buffers, with the step index ``j`` held in a device tensor (read by ``index_select``/``index_copy_``, advanced in
+place), so the same kernels serve every step and are captured once: a step then costs the copy of the HVP into the
+static input and one graph launch.
 
 The mathematics is that of ``_lanczos_device`` (paper Algorithm 2's Lanczos, eq. 6): classical Gram-Schmidt
 against the whole basis done twice, ``alpha_j`` the summed coefficients of ``q_j``, ``beta_j`` the norm of the
