@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-extent", type=float, default=1.0,
                         help="smallest extent of an axis when the trajectory barely moves along it")
     add_evaluation_arguments(parser)
+    parser.add_argument("--grid-batching", default="auto", choices=("auto", "vmap", "per_point"),
+                        help="evaluate the grid points of one call in one vectorized forward pass (vmap), one by one "
+                             "(per_point), or whichever a short timing at the first call finds faster (auto); the "
+                             "choice is recorded in the output's provenance")
     return parser
 
 
@@ -163,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                                      min_extent=args.min_extent))
         objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
                                              batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                                             buffers_from=center_index)
+                                             buffers_from=center_index, grid_batching=args.grid_batching)
         config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress")}
-        signature = json.dumps({**config, "axes": [a.tolist() for a in grid.axes],
+        # the same values whichever path evaluates them (to float rounding): a resume may change --grid-batching
+        same_points = {key: value for key, value in config.items() if key != "grid_batching"}
+        signature = json.dumps({**same_points, "axes": [a.tolist() for a in grid.axes],
                                 "directions_digest": file_digest(args.directions)}, sort_keys=True)
         signature = hashlib.sha256(signature.encode()).hexdigest()
         partial = PartialStore(out, signature, comm.rank)
@@ -215,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                 explained_variance_ratio=directions.explained_variance_ratio, eigenvalues=directions.eigenvalues,
                 config={**config, "directions_config": directions.config, "run": traj.config},
                 provenance=provenance(config, ranks=comm.size, grid_seconds=round(grid_seconds, 3),
-                                      seconds_per_point=grid_seconds * comm.size / max(grid.n_points, 1)),
+                                      seconds_per_point=grid_seconds * comm.size / max(grid.n_points, 1),
+                                      grid_batching=objective.grid_batching),
             )
             save_landscape(result, out)
             partial.remove_all()

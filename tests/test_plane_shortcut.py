@@ -100,8 +100,8 @@ def test_shortcut_points_equal_the_layer_run_as_written(make_model, eval_data, m
     real forward pass runs only to make the 1 + K pieces, once for several calls with the same plane."""
     x, y = eval_data
     model = make_model().double()
-    with_shortcut = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64)
-    without = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64)
+    with_shortcut = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64, grid_batching="per_point")
+    without = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64, grid_batching="per_point")
     center, dirs, coeffs = _plane(with_shortcut)
     monkeypatch.setattr(plane_module, "PLANE_BUFFER_ELEMENTS", 0)
     reference = without.evaluate_many(center, dirs, coeffs)
@@ -136,7 +136,7 @@ def test_shortcut_points_equal_the_layer_run_as_written(make_model, eval_data, m
 
 def test_a_failing_forward_pass_restores_the_layer(eval_data, monkeypatch):
     x, y = eval_data
-    objective = TorchObjective(tiny_lenet(), x, y, dtype=torch.float64)
+    objective = TorchObjective(tiny_lenet(), x, y, dtype=torch.float64, grid_batching="per_point")
     center, dirs, coeffs = _plane(objective)
     objective.evaluate_many(center, dirs, coeffs[:1])
 

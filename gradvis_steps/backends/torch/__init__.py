@@ -53,18 +53,21 @@ def objective_for_trajectory(
     buffers_from: int = -1,
     dataset: ArrayDataset | None = None,
     hvp_memory_mb: float = HVP_MEMORY_MB,
+    grid_batching: str = "auto",
 ) -> TorchObjective:
     """The objective of a trained run: its model and data, evaluated on the deterministic subset.
 
     Batch-norm running statistics are taken from checkpoint ``buffers_from`` (default: the last one,
-    the centre of landscapes and the point the paper analyses).
+    the centre of landscapes and the point the paper analyses). ``grid_batching`` ("auto" | "vmap" | "per_point")
+    picks how ``evaluate_many`` runs many points (:mod:`.batched_points`).
     """
     config = trajectory.config
     dataset = dataset if dataset is not None else load_dataset(config["dataset"])
     model = model_for(config, dataset)
     x, y = dataset.evaluation_subset(fraction, subset_seed)
     objective = TorchObjective(model, x, y, batch_size=batch_size, device=resolve_device(device),
-                               dtype=resolve_dtype(dtype), hvp_memory_mb=hvp_memory_mb)
+                               dtype=resolve_dtype(dtype), hvp_memory_mb=hvp_memory_mb,
+                               grid_batching=grid_batching)
     if objective.layout != trajectory.layout:
         raise ValueError(f"{trajectory.path}: stored parameter layout does not match the model its config builds")
     if trajectory.buffer_layout:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from ...core.objective import HVP_MEMORY_MB, Evaluation
+from . import batched_points
 from .flat import flatten_parameters, layout_of, unflatten, unflatten_buffers
 from .plane import PlaneShortcut
 from .point_hvp import PointHVP, forward_over_reverse
@@ -59,6 +60,7 @@ class TorchObjective:
         dtype: torch.dtype = torch.float32,
         hvp_mode: str = "double_backprop",
         hvp_memory_mb: float = HVP_MEMORY_MB,
+        grid_batching: str = "auto",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -92,6 +94,12 @@ class TorchObjective:
         self._batch_views: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._n_classes: int | None = None
         self._plane: PlaneShortcut | None = None  # made at the first evaluate_many
+        # evaluate_many's path (batched_points): "auto" | "vmap" | "per_point"; the choice made, for provenance;
+        # the memory budget of a vectorized call (None: batched_points.MEMORY_BUDGET_MB of the device type)
+        self.grid_batching_mode = batched_points.check_grid_batching(grid_batching)
+        self.grid_batching: dict | None = None
+        self.grid_memory_mb: float | None = None
+        self._batched_points: batched_points.BatchedPoints | None = None
 
     # -- conversion ---------------------------------------------------------------------------------
     @property
@@ -212,21 +220,33 @@ class TorchObjective:
     ) -> list[Evaluation]:
         """Loss and accuracy at ``center + sum_k coeffs[p, k] * directions[k]`` for every row ``p``.
 
-        Each point is formed in place in the module's parameter buffer (no new model-sized tensor per point),
-        its logits are reduced together with those of the other points, and the results stay on the device
-        until one host sync for the whole batch: a grid point costs one forward pass plus ``k`` axpy updates,
-        minus the input layer where :class:`~.plane.PlaneShortcut` can serve it from its pieces (made once per
-        center and directions, reused by later calls with the same tensors). The grid code calls this when
-        present."""
+        Either point by point (:meth:`_evaluate_many_per_point`) or many points in one vectorized forward pass
+        (:mod:`.batched_points`), as ``grid_batching_mode`` says ("auto": the faster one, measured at the first
+        call and recorded in ``grid_batching``). Results stay on the device until one host sync for the whole
+        batch. The grid code calls this when present."""
         center = self._check(center)
         dirs = [self._check(d) for d in directions]
         coeffs = np.asarray(coeffs, dtype=np.float64).reshape(len(coeffs), -1)
         if coeffs.shape[1] != len(dirs):
             raise ValueError(f"coefficients have {coeffs.shape[1]} columns for {len(dirs)} directions")
-        rows = coeffs.tolist()
+        return batched_points.evaluate_many(self, center, dirs, coeffs)
+
+    def _plane_for(self, center: torch.Tensor, dirs: list[torch.Tensor]) -> PlaneShortcut | None:
+        """The input-layer shortcut prepared for this plane, or None where it cannot serve it."""
         if self._plane is None:
             self._plane = PlaneShortcut(self.module, self.layout, [xb for xb, _ in self._batches()])
-        plane = self._plane if self._plane.prepare(center, dirs) else None
+        return self._plane if self._plane.prepare(center, dirs) else None
+
+    def _evaluate_many_per_point(
+        self, center: torch.Tensor, dirs: list[torch.Tensor], coeffs: np.ndarray
+    ) -> list[Evaluation]:
+        """:meth:`evaluate_many` one point at a time: each point is formed in place in the module's parameter
+        buffer (no new model-sized tensor per point), its logits are reduced together with those of the other
+        points: a grid point costs one forward pass plus ``k`` axpy updates, minus the input layer where
+        :class:`~.plane.PlaneShortcut` can serve it from its pieces (made once per center and directions, reused
+        by later calls with the same tensors)."""
+        rows = coeffs.tolist()
+        plane = self._plane_for(center, dirs)
 
         def form_point(p: int) -> None:
             if dirs:

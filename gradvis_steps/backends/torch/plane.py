@@ -133,6 +133,21 @@ class PlaneShortcut:
         """The point ``center + sum_k coefficients[k] * directions[k]`` the next forward passes evaluate."""
         self._coefficients = list(coefficients)
 
+    def batch_outputs(self, batch: int, coefficients: torch.Tensor) -> list[torch.Tensor]:
+        """Each input layer's output on evaluation batch ``batch`` at the ``P`` points ``center + coefficients @
+        directions`` at once (``coefficients``: ``(P, K)``), as ``(P, *output shape)`` tensors: one matrix
+        product per layer (for :mod:`.batched_points`). Only after :meth:`prepare` returned True."""
+        outputs = []
+        count = coefficients.shape[0]
+        for pieces in self._pieces:
+            base, *rest = pieces[batch]
+            if rest:
+                flat = torch.addmm(base.reshape(1, -1), coefficients, torch.stack(rest).reshape(len(rest), -1))
+            else:
+                flat = base.reshape(1, -1).repeat(count, 1)
+            outputs.append(flat.view(count, *base.shape))
+        return outputs
+
     def _forward(self, index: int, layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The forward pass that replaces ``layer``'s while installed."""
         original = type(layer).forward
