@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from .core.objective import HVP_MEMORY_MB
+
 #: Errors that mean "bad input": reported in one line naming the problem, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IndexError)
 
@@ -40,6 +42,47 @@ def fraction(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
+
+
+def group_size(text: str) -> int | str:
+    """``auto`` or an integer >= 1: starting vectors per lockstep group of SLQ."""
+    return text if text == "auto" else positive_int(text)
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser, *, hessian: bool = False) -> None:
+    """Options shared by the steps that evaluate a model (landscape, spectrum, eigendirections, ...); ``hessian``
+    adds those of the steps that multiply one point's Hessian by many vectors."""
+    parser.add_argument("--eval-fraction", type=fraction, default=0.2,
+                        help="fraction of the training set used for evaluation (paper: 0.2)")
+    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation subset")
+    parser.add_argument("--batch-size", type=positive_int, default=1024, help="evaluation batch size")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if hessian:
+        parser.add_argument("--hvp-memory-mb", type=non_negative_float, default=HVP_MEMORY_MB,
+                            help="memory the Hessian-vector products at one point may take: the gradient graphs kept "
+                                 "between products (each product is then one backward pass per batch) and the "
+                                 "working memory of a block of vectors (0: recompute the graphs, one vector at a "
+                                 "time)")
+        parser.add_argument("--hvp-mode", choices=("auto", "double_backprop", "forward_over_reverse"), default="auto",
+                            help="how Hessian-vector products are taken; auto: double backprop on a CPU, on a GPU "
+                                 "the faster of the two at the first point (recorded in the output's provenance)")
+
+
+def add_slq_arguments(parser: argparse.ArgumentParser) -> None:
+    """The stochastic Lanczos quadrature options of the spectrum and interpolation steps."""
+    parser.add_argument("--k", type=positive_int, default=10, help="starting vectors (paper: 10)")
+    parser.add_argument("--m", type=positive_int, default=80, help="Lanczos steps per vector (paper: 80)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the starting vectors")
+    parser.add_argument("--vector", choices=("gaussian", "rademacher"), default="gaussian")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="Gaussian width of the density (default: spectral range / 500)")
+    parser.add_argument("--group-size", type=group_size, default="auto",
+                        help="starting vectors whose Lanczos chains advance in lockstep, one block Hessian product "
+                             "per step (vector i is in group i // size; results depend on the size to float "
+                             "tolerance only); auto: 1 on a CPU, on a GPU the k vectors split evenly over the MPI "
+                             "ranks")
 
 
 def spec(name: str, options: list[tuple[str, Any]] | None) -> dict[str, Any]:

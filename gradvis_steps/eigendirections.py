@@ -17,7 +17,6 @@ import sys
 import numpy as np
 
 from . import cli
-from .landscape import add_evaluation_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=cli.positive_int, default=2, help="number of eigenvectors")
     parser.add_argument("--steps", type=cli.positive_int, default=40, help="Lanczos steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starting vector")
-    add_evaluation_arguments(parser, hessian=True)
+    cli.add_evaluation_arguments(parser, hessian=True)
     return parser
 
 
@@ -46,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from .backends.torch import objective_for_trajectory
     from .core.lanczos import ritz_pairs
+    from .core.parallel import SerialComm
     from .core.slq import starting_vector
     from .provenance import provenance
+    from .spectrum import settle_hvp_mode
     from .storage.directions import Directions, save_directions
     from .storage.trajectory import Trajectory
 
@@ -55,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         row = -1 if args.iteration is None else traj.index_of_iteration(args.iteration)
         objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
                                              batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                                             buffers_from=row, hvp_memory_mb=args.hvp_memory_mb)
+                                             buffers_from=row, hvp_memory_mb=args.hvp_memory_mb,
+                                             hvp_mode=args.hvp_mode)
         theta = objective.from_numpy(traj.params(row))
+        hvp = settle_hvp_mode(SerialComm(), objective, theta, 1)
         v0 = starting_vector(traj.dim, args.seed, 0, like=theta)
         pairs = ritz_pairs(objective.hvp_operator(theta), v0, min(args.steps, traj.dim), args.count,
                            which=args.which, target=args.target)
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         result = Directions(
             vectors=objective.to_numpy(pairs.vectors).astype(np.float32), method="eigenvector", labels=tuple(labels),
             normalization="none", center_iteration=iteration, eigenvalues=pairs.values, residuals=pairs.residuals,
-            config={**config, "run": traj.config}, provenance=provenance(config),
+            config={**config, "run": traj.config}, provenance=provenance(config, hvp=hvp),
         )
     save_directions(result, args.out)
     for value, residual in zip(pairs.values, pairs.residuals, strict=True):

@@ -18,7 +18,6 @@ import sys
 import numpy as np
 
 from . import cli
-from .landscape import add_evaluation_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,12 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-spectra", help="spectra at the line's points to write (.h5); skipped if absent")
     parser.add_argument("--points", type=cli.positive_int, default=20, help="points on the line (paper: 20)")
     parser.add_argument("--margin", type=float, default=0.0, help="extend the line by this fraction beyond each end")
-    parser.add_argument("--k", type=cli.positive_int, default=10, help="SLQ starting vectors (paper: 10)")
-    parser.add_argument("--m", type=cli.positive_int, default=80, help="Lanczos steps per vector (paper: 80)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the starting vectors")
-    parser.add_argument("--vector", choices=("gaussian", "rademacher"), default="gaussian")
-    parser.add_argument("--sigma", type=float, default=None, help="Gaussian width of the densities")
-    add_evaluation_arguments(parser, hessian=True)
+    cli.add_slq_arguments(parser)
+    cli.add_evaluation_arguments(parser, hessian=True)
     return parser
 
 
@@ -53,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from .core.grid import LandscapeResult
     from .core.parallel import world
     from .provenance import provenance
-    from .spectrum import point_spectrum
+    from .spectrum import point_spectrum, resolve_group_size, settle_hvp_mode
     from .storage.landscape import save_landscape
     from .storage.spectra import Spectra, save_spectra
     from .storage.trajectory import Trajectory
@@ -65,14 +60,15 @@ def main(argv: list[str] | None = None) -> int:
                              f"({traj_a.dim} vs {traj_b.dim} parameters or other tensor shapes)")
         objective = objective_for_trajectory(traj_a, fraction=args.eval_fraction, subset_seed=args.eval_seed,
                                              batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                                             hvp_memory_mb=args.hvp_memory_mb)
+                                             hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode)
+        group_size = resolve_group_size(args.group_size, args.k, objective.device.type, comm.size)
         theta_a, theta_b = traj_a.params(-1).astype(np.float64), traj_b.params(-1).astype(np.float64)
         buffers_a, buffers_b = traj_a.buffers(-1), traj_b.buffers(-1)
         ts = np.linspace(-args.margin, 1 + args.margin, args.points)
         config = {key: value for key, value in vars(args).items() if key not in ("out_line", "out_spectra",
                                                                                  "no_progress")}
         spectra = Spectra({}, {"dim": traj_a.dim, "k": args.k, "m": min(args.m, traj_a.dim), "seed": args.seed,
-                               "vector_kind": args.vector, "t": ts.tolist(),
+                               "vector_kind": args.vector, "t": ts.tolist(), "group_size": group_size,
                                "config": {**config, "run_a": traj_a.config, "run_b": traj_b.config},
                                "provenance": provenance(config, ranks=comm.size)})
         losses, accuracies = np.empty(len(ts)), np.empty(len(ts))
@@ -84,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             evaluation = objective.evaluate(theta)
             losses[index], accuracies[index] = evaluation.loss, evaluation.accuracy
             if args.out_spectra:
+                if index == 0:
+                    spectra.attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size)
                 entry = point_spectrum(comm, objective, theta, index, k=args.k, m=min(args.m, traj_a.dim),
-                                       seed=args.seed, kind=args.vector, sigma=args.sigma)
+                                       seed=args.seed, kind=args.vector, sigma=args.sigma, group_size=group_size)
                 if entry is not None:
                     spectra.entries[index] = entry
         if comm.rank == 0:

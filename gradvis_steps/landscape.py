@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from . import cli
-from .core.objective import HVP_MEMORY_MB
 
 FLUSH_SECONDS = 10.0
 POINTS_PER_CALL = 16  # grid points per batched objective call (one host sync each), between flushes
@@ -43,29 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="explicit ranges instead: XMIN XMAX [YMIN YMAX]")
     parser.add_argument("--min-extent", type=float, default=1.0,
                         help="smallest extent of an axis when the trajectory barely moves along it")
-    add_evaluation_arguments(parser)
+    cli.add_evaluation_arguments(parser)
     parser.add_argument("--grid-batching", default="auto", choices=("auto", "vmap", "per_point"),
                         help="evaluate the grid points of one call in one vectorized forward pass (vmap), one by one "
                              "(per_point), or whichever a short timing at the first call finds faster (auto); the "
                              "choice is recorded in the output's provenance")
     return parser
-
-
-def add_evaluation_arguments(parser: argparse.ArgumentParser, *, hessian: bool = False) -> None:
-    """Options shared by the steps that evaluate a model (landscape, spectrum, eigendirections, ...); ``hessian``
-    adds the one of the steps that multiply one point's Hessian by many vectors."""
-    parser.add_argument("--eval-fraction", type=cli.fraction, default=0.2,
-                        help="fraction of the training set used for evaluation (paper: 0.2)")
-    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation subset")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=1024, help="evaluation batch size")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    if hessian:
-        parser.add_argument("--hvp-memory-mb", type=cli.non_negative_float, default=HVP_MEMORY_MB,
-                            help="memory the gradient graphs kept between Hessian-vector products at one point may "
-                                 "take (each product is then one backward pass per batch; 0: recompute them every "
-                                 "time)")
 
 
 def explicit_ranges(values: list[float] | None, dims: int) -> list[tuple[float, float]] | None:

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from . import cli
-from .landscape import add_evaluation_arguments
 
 #: Eigenvalues below ``-NEGATIVE_TOL * max|lambda|`` count as negative mass. A few Lanczos steps in float32
 #: resolve the dense bulk near zero no finer than that: with a smaller threshold about half of that bulk
@@ -39,16 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every k-th checkpoint (the last one always)")
     parser.add_argument("--iterations", type=int, nargs="+", help="exactly these iterations instead")
     parser.add_argument("--chunk", help="only part i of n of the selected checkpoints, as i/n (scatter jobs)")
-    parser.add_argument("--k", type=cli.positive_int, default=10, help="starting vectors (paper: 10)")
-    parser.add_argument("--m", type=cli.positive_int, default=80, help="Lanczos steps per vector (paper: 80)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the starting vectors")
-    parser.add_argument("--vector", choices=("gaussian", "rademacher"), default="gaussian")
-    parser.add_argument("--sigma", type=float, default=None,
-                        help="Gaussian width of the density (default: spectral range / 500)")
+    cli.add_slq_arguments(parser)
     parser.add_argument("--plot-dir", help="also write one density plot per checkpoint here")
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
                         help="log-scale density axis in plots")
-    add_evaluation_arguments(parser, hessian=True)
+    cli.add_evaluation_arguments(parser, hessian=True)
     return parser
 
 
@@ -73,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = select_rows(traj.iterations, every=args.every, wanted=args.iterations, chunk=args.chunk)
         objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
                                              batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                                             hvp_memory_mb=args.hvp_memory_mb)
+                                             hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode)
         m = min(args.m, traj.dim)
+        group_size = resolve_group_size(args.group_size, args.k, objective.device.type, comm.size)
         attrs = {"dim": traj.dim, "k": args.k, "m": m, "seed": args.seed, "vector_kind": args.vector,
-                 "config": {**config, "run": traj.config}, "provenance": provenance(config, ranks=comm.size)}
+                 "group_size": group_size, "config": {**config, "run": traj.config},
+                 "provenance": provenance(config, ranks=comm.size)}
         done = Spectra({}, attrs)
         if comm.rank == 0 and partial.exists():
             try:
@@ -96,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             if traj.buffer_layout:
                 objective.set_buffers(traj.buffers(int(row)), traj.buffer_layout)
             theta = objective.from_numpy(traj.params(int(row)))
+            if "hvp" not in attrs["provenance"]:  # the first point computed: resolve hvp_mode "auto" there
+                attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size)
             entry = point_spectrum(comm, objective, theta, iteration, k=args.k, m=m, seed=args.seed,
-                                   kind=args.vector, sigma=args.sigma)
+                                   kind=args.vector, sigma=args.sigma, group_size=group_size)
             if comm.rank != 0:
                 continue
             done.entries[iteration] = entry
@@ -112,22 +110,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def resolve_group_size(value: int | str, k: int, device_type: str, ranks: int) -> int:
+    """``--group-size``: a number as given (at most k), or for ``auto`` 1 on a CPU (a block product costs a CPU
+    as much as its vectors one by one, and the one-chain loop reorthogonalizes less) and elsewhere the k vectors
+    split evenly over the ranks, one group each."""
+    if value != "auto":
+        return min(int(value), k)
+    return 1 if device_type == "cpu" else -(-k // ranks)
+
+
+def settle_hvp_mode(comm: object, objective: object, theta: object, block: int) -> dict:
+    """Resolve the objective's ``hvp_mode="auto"`` at ``theta`` for blocks of ``block`` vectors (rank 0 times it,
+    every rank takes its choice, so the ranks' products agree); returns the record for the output's provenance."""
+    record = objective.calibrate_hvp(theta, block) if comm.rank == 0 else None
+    record = comm.bcast(record)
+    objective.hvp_mode = record["mode"]
+    return {**record, "block": block}
+
+
 def point_spectrum(comm: object, objective: object, theta: object, key: int, *, k: int, m: int, seed: int,
-                   kind: str, sigma: float | None) -> object:
-    """SLQ (Algorithm 2) of the Hessian at ``theta``; under MPI the k starting vectors are split over the
-    ranks and the raw quadratures gathered on rank 0 (Algorithm 5). Rank 0 gets a CheckpointSpectrum
-    stored under ``key``, the other ranks None."""
+                   kind: str, sigma: float | None, group_size: int = 1) -> object:
+    """SLQ (Algorithm 2) of the Hessian at ``theta``, the chains of each group of ``group_size`` starting vectors
+    in lockstep; under MPI the groups are split over the ranks and the raw quadratures gathered on rank 0
+    (Algorithm 5). Rank 0 gets a CheckpointSpectrum stored under ``key``, the other ranks None."""
     from .core.parallel import distributed_values
     from .core.slq import SLQResult, slq, spectral_density, spectrum_summary
     from .storage.spectra import CheckpointSpectrum
 
     def quadrature(indices: np.ndarray) -> np.ndarray:
         part = slq(objective.hvp_operator(theta), objective.dim, k, m, seed=seed, kind=kind, like=theta,
-                   indices=indices)
+                   indices=indices, group_size=group_size)
         return np.concatenate([part.nodes, part.weights, part.alpha1[:, None]], axis=1)
 
     start = time.perf_counter()
-    rows = distributed_values(comm, k, 2 * m + 1, quadrature)
+    rows = distributed_values(comm, k, 2 * m + 1, quadrature, group_size=group_size)
     seconds = time.perf_counter() - start
     if rows is None:
         return None

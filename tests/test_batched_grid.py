@@ -33,6 +33,12 @@ MODELS = {"lenet": tiny_lenet, "mlp": tiny_mlp, "resnet_bn": tiny_bn_net}
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
+@pytest.fixture(autouse=True)
+def _calibrate_on_cpu(monkeypatch):
+    """These tests exercise the calibration on the CPU, where "auto" otherwise keeps the per-point path untimed."""
+    monkeypatch.setattr(batched_points, "CALIBRATE_ON_CPU", True)
+
+
 @pytest.fixture
 def eval_data(digits):
     x, y = digits.evaluation_subset(0.02, seed=3)  # 30 samples: batches of 7 leave an uneven last one of 2
@@ -285,3 +291,14 @@ def test_vmapped_points_on_cuda_equal_the_per_point_path_on_the_cpu(name, eval_d
     assert gpu.grid_batching["memory_budget_mb"] == batched_points.MEMORY_BUDGET_MB["cuda"]
     for a, b in zip(got, expected, strict=True):
         assert a.loss == pytest.approx(b.loss, rel=1e-12) and a.accuracy == b.accuracy
+
+
+def test_auto_on_a_cpu_keeps_the_per_point_path_without_timing(eval_data, monkeypatch):
+    monkeypatch.setattr(batched_points, "CALIBRATE_ON_CPU", False)
+    vectorized = _spy(monkeypatch, BatchedPoints, "evaluate")
+    objective = _objective(tiny_lenet, eval_data, "auto")
+    center, dirs, coeffs = _plane(objective, 2, n_points=6)
+    expected = _objective(tiny_lenet, eval_data, "per_point").evaluate_many(center, dirs, coeffs)
+    got = objective.evaluate_many(center, dirs, coeffs)
+    assert objective.grid_batching["mode"] == "per_point" and "CPU" in objective.grid_batching["reason"]
+    assert vectorized == [] and [e.loss for e in got] == [e.loss for e in expected]

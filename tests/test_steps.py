@@ -519,6 +519,8 @@ landscape.main(["--trajectory", trajectory, "--directions", directions, "--resol
                 "--out", out + "/landscape.h5", *evaluation])
 spectrum.main(["--trajectory", trajectory, "--iterations", "0", "24", "--k", "3", "--m", "8",
                "--out", out + "/spectra.h5", *evaluation])
+spectrum.main(["--trajectory", trajectory, "--iterations", "24", "--k", "3", "--m", "8", "--group-size", "2",
+               "--out", out + "/spectra_groups.h5", *evaluation])
 """
 
 
@@ -553,6 +555,17 @@ def test_mpi_runs_equal_serial_bitwise(folder, trajectory, pca_file):
         other = parallel_spectra.entries[iteration]
         for name in ("nodes", "weights", "alpha1", "grid", "density"):
             np.testing.assert_array_equal(getattr(other, name), getattr(entry, name), err_msg=f"{iteration} {name}")
+    # lockstep groups of 2 (vectors 0-1 and 2): each rank takes a whole group, so the bits are the serial run's,
+    # and the grouped quadratures equal one-chain-at-a-time ones to float tolerance
+    grouped = {name: load_spectra(outputs[name] / "spectra_groups.h5") for name in ("serial", "mpi")}
+    assert grouped["mpi"].attrs["group_size"] == grouped["serial"].attrs["group_size"] == 2
+    for name in ("nodes", "weights", "alpha1"):
+        np.testing.assert_array_equal(getattr(grouped["mpi"].entries[24], name),
+                                      getattr(grouped["serial"].entries[24], name), err_msg=name)
+    one_by_one = serial_spectra.entries[24]
+    np.testing.assert_allclose(grouped["serial"].entries[24].alpha1, one_by_one.alpha1, rtol=1e-4)
+    np.testing.assert_allclose(grouped["serial"].entries[24].nodes[:, -1], one_by_one.nodes[:, -1], rtol=1e-4)
+    assert grouped["serial"].attrs["provenance"]["hvp"]["mode"] == "double_backprop"
     assert not list(outputs["mpi"].glob(".*partial*"))
 
 
@@ -583,6 +596,22 @@ def test_spectrum_every_summaries_and_plots(folder, trajectory, spectra_every5, 
 def test_spectrum_against_hvp_at_last_checkpoint(spectra_every5, hvp64):
     """alpha1_i = v_i^T H v_i and sum_j w_ij l_ij^2 = ||H v_i||^2 for the documented starting vectors."""
     entry = load_spectra(spectra_every5).entries[24]
+    for i in range(3):
+        v = starting_vector(988, 0, i)
+        hv = hvp64(v)
+        assert entry.alpha1[i] == pytest.approx(v @ hv, rel=1e-9, abs=1e-12)
+        assert np.sum(entry.weights[i] * entry.nodes[i] ** 2) == pytest.approx(hv @ hv, rel=1e-8)
+
+
+def test_spectrum_in_lockstep_groups_against_hvp(folder, trajectory, hvp64):
+    """The same identities for chains run in lockstep groups (here all three vectors in one group, float64)."""
+    out = folder / "spectra_lockstep.h5"
+    step(spectrum, "--trajectory", trajectory, "--iterations", 24, "--out", out, "--group-size", 3,
+         "--hvp-mode", "forward_over_reverse", *SPECTRUM)
+    spectra = load_spectra(out)
+    assert spectra.attrs["group_size"] == 3
+    assert spectra.attrs["provenance"]["hvp"] == {"mode": "forward_over_reverse", "chosen_by": "config", "block": 3}
+    entry = spectra.entries[24]
     for i in range(3):
         v = starting_vector(988, 0, i)
         hv = hvp64(v)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .objective import Evaluation, Objective
+from .parallel import chunk_counts, chunk_indices  # noqa: F401 - the grid's chunks, also imported from here
 
 __all__ = [
     "axis_range",
@@ -162,27 +163,6 @@ class PointValues:
     def missing(self) -> np.ndarray:
         """Flat indices not yet evaluated."""
         return np.flatnonzero(~self.filled)
-
-
-# ------------------------------------------------------------------------------------------- chunking
-def chunk_counts(n_points: int, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(counts, displacements)`` of ``n_chunks`` contiguous chunks covering ``n_points``, sizes differing
-    by at most one (the first ``n_points % n_chunks`` get one more), as MPI ``Gatherv`` wants them."""
-    if n_chunks < 1 or n_points < 0:
-        raise ValueError(f"need n_chunks >= 1 and n_points >= 0, got {n_chunks}, {n_points}")
-    base, extra = divmod(n_points, n_chunks)
-    counts = np.full(n_chunks, base, dtype=np.int64)
-    counts[:extra] += 1
-    displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    return counts, displs
-
-
-def chunk_indices(n_points: int, n_chunks: int, rank: int) -> np.ndarray:
-    """Flat point indices of chunk ``rank`` (Algorithm 3: "Assign each worker part of the grid")."""
-    if not 0 <= rank < n_chunks:
-        raise ValueError(f"rank {rank} out of range for {n_chunks} chunks")
-    counts, displs = chunk_counts(n_points, n_chunks)
-    return np.arange(displs[rank], displs[rank] + counts[rank], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------- evaluation

@@ -157,55 +157,20 @@ def _setup(v0: Array, m: int, breakdown_tol: float | None) -> tuple[Any, int, in
 def _lanczos_device(
     matvec: MatVec, v0: Array, m: int, breakdown_tol: float | None = None
 ) -> tuple[Array, Array, Array]:
-    """Core loop; returns (alpha (m,), beta (m-1,), basis (m, n)) as device arrays, without host sync.
+    """Core loop for device arrays; returns (alpha (m,), beta (m-1,), basis (m, n)) without a host sync.
 
-    Full reorthogonalization is classical Gram-Schmidt against the whole basis done twice ("twice is
-    enough"), as two matrix products with the stacked basis per pass. The Gram-Schmidt coefficient of
-    ``q_j`` is ``alpha_j``; the orthogonalized remainder's norm is ``beta_j`` (symmetric ``T``).
+    The lockstep loop (:func:`.lanczos_lockstep.lanczos_lockstep`) with one chain: classical Gram-Schmidt against the
+    whole basis done twice ("twice is enough"), a breakdown handled with ``where`` instead of a host-side branch.
     """
-    xp, n, m, dtype, dev, tol = _setup(v0, m, breakdown_tol)
-    V = xp.zeros((m, n), dtype=dtype, device=dev)
+    from .lanczos_lockstep import lanczos_lockstep  # imports this module's helpers
 
-    # q_0 = v0 / ||v0||; a zero v0 is replaced by a pseudo-random vector (no host-side check).
-    v0 = _plain(v0)
-    nrm0 = xp.linalg.vector_norm(v0)
-    ok0 = nrm0 > 0
-    r0 = _hash_vector(xp, n, 0x5EED, dtype, dev)
-    q = xp.where(ok0, v0 / xp.where(ok0, nrm0, 1.0), r0 / xp.linalg.vector_norm(r0))
-    V[0, ...] = q
+    _setup(v0, m, breakdown_tol)  # the one-vector checks and messages
 
-    alphas: list[Array] = []
-    betas: list[Array] = []
-    # Restart directions: cyclic shifts of one on-device pseudo-random vector (roll(r, j + 1) for
-    # step j; the shifts of a generic vector are linearly independent), cheaper than a hash per step.
-    r_base = _hash_vector(xp, n, 0xB10C, dtype, dev)
-    scale = xp.zeros((), dtype=dtype, device=dev)  # running max of ||A q_j||, a lower bound of ||A||
-    for j in range(m):
-        w = _plain(matvec(V[j, ...]))
-        if j == m - 1:  # last step: only the diagonal entry is needed
-            alphas.append(xp.sum(V[j, ...] * w))
-            break
-        scale = xp.maximum(scale, xp.linalg.vector_norm(w))
-        # Block [w; r]: r is the restart direction, used only if w turns out to lie in span(V).
-        W = xp.stack([w, xp.roll(r_base, shift=j + 1)])
-        Vj = V[: j + 1, ...]
-        c1 = W @ Vj.T  # (2, j+1) pass 1 (this orientation is the faster GEMM on GPUs)
-        W = W - c1 @ Vj
-        c2 = W @ Vj.T  # pass 2: twice is enough
-        W = W - c2 @ Vj
-        alphas.append(c1[0, j] + c2[0, j])
-        beta = xp.linalg.vector_norm(W[0, ...])
-        broke = beta <= tol * scale  # invariant subspace: T splits into blocks here
-        q_new = xp.where(
-            broke,
-            W[1, ...] / xp.linalg.vector_norm(W[1, ...]),
-            W[0, ...] / xp.where(broke, 1.0, beta),
-        )
-        betas.append(xp.where(broke, 0.0, beta))
-        V[j + 1, ...] = q_new
-    alpha = xp.stack(alphas)
-    beta = xp.stack(betas) if betas else xp.zeros((0,), dtype=dtype, device=dev)
-    return alpha, beta, V
+    def matmat(block: Array) -> Array:
+        return array_namespace(block).stack([_plain(matvec(block[0, ...]))])
+
+    alpha, beta, basis = lanczos_lockstep(matmat, array_namespace(v0).stack([v0]), m, breakdown_tol)
+    return alpha[0, ...], beta[0, ...], basis[0, ...]
 
 
 def _is_torch(x: Array) -> bool:
@@ -539,8 +504,8 @@ def ritz_pairs(
     """Approximate k eigenpairs of A from an m-step Lanczos run (eigen-directions for the landscape plot).
 
     ``which``: "largest" (descending), "smallest" (most negative first, ascending) or "nearest"
-    (ordered by ``|theta - target|``). Residuals are computed with k extra matvecs, so they are true
-    residuals rather than the Lanczos estimate ``beta_m |u_m|``.
+    (ordered by ``|theta - target|``). Residuals are computed with k extra matvecs (one block product where ``matvec``
+    has a ``matmat``), so they are true residuals rather than the Lanczos estimate ``beta_m |u_m|``.
     """
     res = lanczos(matvec, v0, m, return_basis=True, breakdown_tol=breakdown_tol)
     theta, U = res.eigh()
@@ -559,6 +524,7 @@ def ritz_pairs(
     Y = from_numpy(np.ascontiguousarray(U[:, sel].T), like=V) @ V  # (k, n) Ritz vectors y = V^T u
     values = theta[sel]
     th = from_numpy(values, like=V)
-    norms = [xp.linalg.vector_norm(_plain(matvec(Y[i, ...])) - th[i] * Y[i, ...]) for i in range(k)]
-    residuals = to_numpy(xp.stack(norms)).astype(np.float64)
+    matmat = getattr(matvec, "matmat", None)  # the k products as one block where the operator can
+    products = _plain(matmat(Y)) if matmat is not None else xp.stack([_plain(matvec(Y[i, ...])) for i in range(k)])
+    residuals = to_numpy(xp.linalg.vector_norm(products - th[:, None] * Y, axis=1)).astype(np.float64)
     return RitzResult(values=values, vectors=Y, residuals=residuals)

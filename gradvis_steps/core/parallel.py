@@ -71,6 +71,26 @@ class MPIComm:
         self.comm.Barrier()
 
 
+def chunk_counts(n_points: int, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, displacements)`` of ``n_chunks`` contiguous chunks covering ``n_points``, sizes differing
+    by at most one (the first ``n_points % n_chunks`` get one more), as MPI ``Gatherv`` wants them."""
+    if n_chunks < 1 or n_points < 0:
+        raise ValueError(f"need n_chunks >= 1 and n_points >= 0, got {n_chunks}, {n_points}")
+    base, extra = divmod(n_points, n_chunks)
+    counts = np.full(n_chunks, base, dtype=np.int64)
+    counts[:extra] += 1
+    displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return counts, displs
+
+
+def chunk_indices(n_points: int, n_chunks: int, rank: int) -> np.ndarray:
+    """Flat point indices of chunk ``rank`` (Algorithm 3: "Assign each worker part of the grid")."""
+    if not 0 <= rank < n_chunks:
+        raise ValueError(f"rank {rank} out of range for {n_chunks} chunks")
+    counts, displs = chunk_counts(n_points, n_chunks)
+    return np.arange(displs[rank], displs[rank] + counts[rank], dtype=np.int64)
+
+
 def launched_by_mpi() -> bool:
     """True when an MPI launcher started this process with more than one rank."""
     size = os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE")
@@ -91,13 +111,24 @@ def world() -> SerialComm | MPIComm:
     return MPIComm(comm) if comm.Get_size() > 1 else SerialComm()
 
 
-def distributed_values(comm: SerialComm | MPIComm, n_items: int, width: int,
-                       compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
-    """Split items 0..n-1 into contiguous chunks, one per rank (Algorithm 3); ``compute(indices)`` returns a
-    ``(len(indices), width)`` float array; the root gets all ``(n_items, width)`` rows in order, others None."""
-    from .grid import chunk_counts
+def group_chunk_counts(n_items: int, n_chunks: int, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`chunk_counts` of items that come in groups of ``group_size`` consecutive items (the last one may be
+    shorter): each chunk takes whole groups, balanced by count of groups."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    n_groups = -(-n_items // group_size)
+    group_counts, group_displs = chunk_counts(n_groups, n_chunks)
+    starts = np.minimum(group_displs * group_size, n_items)
+    stops = np.minimum((group_displs + group_counts) * group_size, n_items)
+    return (stops - starts).astype(np.int64), starts.astype(np.int64)
 
-    counts, displs = chunk_counts(n_items, comm.size)
+
+def distributed_values(comm: SerialComm | MPIComm, n_items: int, width: int,
+                       compute: Callable[[np.ndarray], np.ndarray], group_size: int = 1) -> np.ndarray | None:
+    """Split items 0..n-1 into contiguous chunks of whole groups of ``group_size``, one chunk per rank (Algorithm 3
+    and 5); ``compute(indices)`` returns a ``(len(indices), width)`` float array; the root gets all
+    ``(n_items, width)`` rows in order, others None."""
+    counts, displs = group_chunk_counts(n_items, comm.size, group_size)
     mine = np.arange(displs[comm.rank], displs[comm.rank] + counts[comm.rank])
     values = np.asarray(compute(mine), dtype=np.float64).reshape(len(mine), width)
     gathered = comm.gatherv(values.reshape(-1), counts * width)

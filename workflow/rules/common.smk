@@ -107,8 +107,9 @@ EVAL_ARGS = (f"--eval-fraction {EVAL['fraction']} --eval-seed {EVAL['seed']} --b
 
 
 # the steps that multiply one point's Hessian by many vectors (eigendirections, spectra, interpolation)
-HVP_ARGS = f"--hvp-memory-mb {EVAL['hvp_memory_mb']}"
-SPEC_ARGS = (f"--k {SPEC['k']} --m {SPEC['m']} --seed {SPEC['seed']} --vector {SPEC['vector']}")
+HVP_ARGS = f"--hvp-memory-mb {EVAL['hvp_memory_mb']} --hvp-mode {EVAL['hvp_mode']}"
+SPEC_ARGS = (f"--k {SPEC['k']} --m {SPEC['m']} --seed {SPEC['seed']} --vector {SPEC['vector']} "
+             f"--group-size {SPEC['group_size']}")
 FRAME_ARGS = f"--dpi {FRAMES['dpi']} " + ("--log-scale" if FRAMES["log_scale"] else "--no-log-scale")
 
 

@@ -11,7 +11,8 @@ rule landscape:
         f"{R}/{{run}}/logs/landscape_{{method}}_{{dims}}d.log",
     params:
         launch=mpi_launcher,
-        args=f"--resolution {LAND['resolution']} --border {LAND['border']} {EVAL_ARGS}",
+        args=(f"--resolution {LAND['resolution']} --border {LAND['border']} --grid-batching {LAND['grid_batching']} "
+              f"{EVAL_ARGS}"),
     threads: RES["threads"]
     resources:
         **mpi_resources(LAND["mpi_tasks"]),

@@ -54,12 +54,14 @@ def objective_for_trajectory(
     dataset: ArrayDataset | None = None,
     hvp_memory_mb: float = HVP_MEMORY_MB,
     grid_batching: str = "auto",
+    hvp_mode: str = "auto",
 ) -> TorchObjective:
     """The objective of a trained run: its model and data, evaluated on the deterministic subset.
 
     Batch-norm running statistics are taken from checkpoint ``buffers_from`` (default: the last one,
     the centre of landscapes and the point the paper analyses). ``grid_batching`` ("auto" | "vmap" | "per_point")
-    picks how ``evaluate_many`` runs many points (:mod:`.batched_points`).
+    picks how ``evaluate_many`` runs many points (:mod:`.batched_points`), ``hvp_mode`` how Hessian-vector products
+    are taken (``"auto"``: resolved by :meth:`TorchObjective.calibrate_hvp`).
     """
     config = trajectory.config
     dataset = dataset if dataset is not None else load_dataset(config["dataset"])
@@ -67,7 +69,7 @@ def objective_for_trajectory(
     x, y = dataset.evaluation_subset(fraction, subset_seed)
     objective = TorchObjective(model, x, y, batch_size=batch_size, device=resolve_device(device),
                                dtype=resolve_dtype(dtype), hvp_memory_mb=hvp_memory_mb,
-                               grid_batching=grid_batching)
+                               grid_batching=grid_batching, hvp_mode=hvp_mode)
     if objective.layout != trajectory.layout:
         raise ValueError(f"{trajectory.path}: stored parameter layout does not match the model its config builds")
     if trajectory.buffer_layout:

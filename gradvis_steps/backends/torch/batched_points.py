@@ -12,7 +12,8 @@ plain ones, so :func:`evaluate_many` decides:
 
 * ``"per_point"``: the existing path, always;
 * ``"vmap"``: always the vectorized path, in chunks of :meth:`BatchedPoints.points_per_call` points;
-* ``"auto"`` (default): at the first call with at least two points, a short calibration (a warm-up of each path,
+* ``"auto"`` (default): on a CPU the per-point path (measured faster there, and the same bits run after run); on
+  other devices, at the first call with at least two points, a short calibration (a warm-up of each path,
   then up to :data:`CALIBRATION_ROUNDS` alternating timings on that call's own points) picks the faster path; the
   vectorized one only when every round agrees and it is at least ``1 / CALIBRATION_MARGIN`` times faster, so a
   calibration too noisy to trust keeps the per-point path. The choice is cached on the objective as
@@ -55,6 +56,8 @@ VMAP_MEMORY_FACTOR = 2.0
 CALIBRATION_ROUNDS = 3
 #: points the per-point path is timed on per round (the vectorized path is timed on a whole chunk)
 CALIBRATION_POINTS = 4
+#: calibrate "auto" on CPUs too (tests do; by default a CPU keeps the per-point path without timing)
+CALIBRATE_ON_CPU = False
 #: the vectorized path is chosen only if its median time per point is below this fraction of the per-point one
 CALIBRATION_MARGIN = 0.9
 
@@ -285,6 +288,14 @@ def evaluate_many(objective: TorchObjective, center: torch.Tensor, dirs: list[to
     choice = objective.grid_batching
     if choice is not None and choice["requested"] != requested:
         choice = None  # the override changed since the choice was made
+    if requested == "auto" and choice is None and objective.device.type == "cpu" and not CALIBRATE_ON_CPU:
+        # On CPUs the batched convolutions measured slower than plain ones (bench/README.md, grid_batched.py), and a
+        # timed choice would make two runs of one config differ in the last bits: keep the per-point path.
+        objective.grid_batching = {"requested": requested, "mode": "per_point", "points_per_call": 1,
+                                   "seconds_per_point": {}, "reason": "auto on a CPU: per-point (vmap is slower there)"}
+        choice = objective.grid_batching
+    if choice is not None and choice["mode"] == "per_point" and choice["points_per_call"] == 1:
+        return objective._evaluate_many_per_point(center, dirs, coeffs)
     if requested == "per_point" or (requested == "auto" and choice is None and len(coeffs) < 2):
         if choice is None and requested == "per_point":
             objective.grid_batching = {"requested": requested, "mode": "per_point", "points_per_call": 1,
