@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,13 @@ lint: install
 
 test: install lint
 	$(BIN)/python -m pytest
+
+# The comparison with PyHessian (bench/README.md): the bench extra (pyhessian, psutil) into the venv, then a small
+# CPU run of bench/pyhessian_compare.py (LeNet, 256 synthetic CIFAR-shaped samples, SLQ 2 x 20; a few minutes).
+bench: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/pyhessian_compare.py --device cpu --models lenet --samples 256 --batch-size 128 --k 2 --m 20 \
+		--repeats 3
 
 clean:
 	rm -rf $(VENV) results results-test .snakemake
