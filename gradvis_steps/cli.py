@@ -66,8 +66,9 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, *, hessian: bool =
                                  "working memory of a block of vectors (0: recompute the graphs, one vector at a "
                                  "time)")
         parser.add_argument("--hvp-mode", choices=("auto", "double_backprop", "forward_over_reverse"), default="auto",
-                            help="how Hessian-vector products are taken; auto: double backprop on a CPU, on a GPU "
-                                 "the faster of the two at the first point (recorded in the output's provenance)")
+                            help="how Hessian-vector products are taken; auto: double backprop for one vector at a "
+                                 "time on a CPU, otherwise the faster of the two timed at the first point (recorded "
+                                 "in the output's provenance)")
 
 
 def add_slq_arguments(parser: argparse.ArgumentParser) -> None:

@@ -298,13 +298,13 @@ class TorchObjective:
         """Resolve ``hvp_mode="auto"``: time a block of ``block`` products at ``theta`` in each mode (after one
         warm-up product each) and keep the faster, double backprop unless forward-over-reverse wins by
         :data:`AUTO_MODE_MARGIN`. Returns (and keeps in :attr:`hvp_calibration`) the choice and the timings; a fixed
-        mode is returned as chosen, untimed. On a CPU "auto" is double backprop, untimed, unless ``force``. Timing
-        makes the choice, so pin the mode to reproduce GPU results bitwise."""
+        mode is returned as chosen, untimed. On a CPU "auto" for single vectors is double backprop, untimed, unless
+        ``force``. Timing makes the choice, so pin the mode to reproduce timed choices bitwise."""
         if self.hvp_mode != "auto":
             return {"mode": self.hvp_mode, "chosen_by": "config"}
-        if self.device.type == "cpu" and not force:
-            # measured on CPUs: double backprop through kept graphs 1.2x faster for LeNet and ResNet-20
-            # (bench/README.md); untimed, so two runs of one config give the same bits
+        if self.device.type == "cpu" and block <= 1 and not force:
+            # one vector at a time on a CPU: double backprop through kept graphs measured faster for LeNet and
+            # ResNet-20 (bench/README.md); untimed, so two runs of one config give the same bits
             self.hvp_mode = "double_backprop"
             self.hvp_calibration = {"mode": self.hvp_mode, "chosen_by": "auto on a CPU (untimed)"}
             return self.hvp_calibration
