@@ -233,6 +233,34 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def unit_vectors(dim: int, count: int, like: Any, seed: int = 1) -> list[Any]:
+    """``count`` random unit vectors (float64 stream of ``seed``) on ``like``'s device and dtype."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        v = torch.randn(dim, generator=g, dtype=torch.float64)
+        out.append((v / v.norm()).to(device=like.device, dtype=like.dtype))
+    return out
+
+
+def add_model_data_args(p: argparse.ArgumentParser) -> None:
+    """``--resnet-data``, ``--resnet-samples`` and ``--batch-size`` of the grid benches."""
+    p.add_argument("--resnet-data", choices=("digits", "synthetic"), default=None,
+                   help="ResNet-20 input: digits subset (1,8,8) (cpu default) or synthetic CIFAR (cuda default)")
+    p.add_argument("--resnet-samples", type=int, default=None,
+                   help="samples of the synthetic CIFAR set (cpu 256, cuda 1024)")
+    p.add_argument("--batch-size", type=int, default=1024, help="objective batch size (default 1024)")
+
+
+def resolve_model_data_args(args: argparse.Namespace) -> None:
+    """Device-dependent defaults of :func:`add_model_data_args`."""
+    cuda = str(args.device).startswith("cuda")
+    args.resnet_data = args.resnet_data or ("synthetic" if cuda else "digits")
+    args.resnet_samples = args.resnet_samples or (1024 if cuda else 256)
+
+
 def load_models_data(
     which: str, *, resnet_data: str, resnet_samples: int, fraction: float = 0.2, seed: int = 0
 ) -> tuple[Any, Any, Any, str]:

@@ -34,15 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--points-per-call", type=int, default=None,
                    help="points per evaluate_many call (default: the landscape step's POINTS_PER_CALL)")
-    p.add_argument("--resnet-data", choices=("digits", "synthetic"), default=None,
-                   help="ResNet-20 input: digits subset (1,8,8) (cpu default) or synthetic CIFAR (cuda default)")
-    p.add_argument("--resnet-samples", type=int, default=None,
-                   help="samples of the synthetic CIFAR set (cpu 256, cuda 1024)")
-    p.add_argument("--batch-size", type=int, default=1024, help="objective batch size (default 1024)")
+    C.add_model_data_args(p)
     args = p.parse_args(argv)
-    cuda = str(args.device).startswith("cuda")
-    args.resnet_data = args.resnet_data or ("synthetic" if cuda else "digits")
-    args.resnet_samples = args.resnet_samples or (1024 if cuda else 256)
+    C.resolve_model_data_args(args)
     if args.points_per_call is None:
         from gradvis_steps.landscape import POINTS_PER_CALL
 

@@ -42,15 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default="lenet,resnet20", help="comma-separated: lenet, resnet20")
     p.add_argument("--grid", type=int, default=10, help="points per axis of the 2-D grid (default 10)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: lenet 25, resnet20 12)")
-    p.add_argument("--resnet-data", choices=("digits", "synthetic"), default=None,
-                   help="ResNet-20 input: digits subset (1,8,8) (cpu default) or synthetic CIFAR (cuda default)")
-    p.add_argument("--resnet-samples", type=int, default=None,
-                   help="samples of the synthetic CIFAR set (cpu 256, cuda 1024)")
-    p.add_argument("--batch-size", type=int, default=1024, help="objective batch size (default 1024)")
+    C.add_model_data_args(p)
     args = p.parse_args(argv)
-    cuda = str(args.device).startswith("cuda")
-    args.resnet_data = args.resnet_data or ("synthetic" if cuda else "digits")
-    args.resnet_samples = args.resnet_samples or (1024 if cuda else 256)
+    C.resolve_model_data_args(args)
     return args
 
 

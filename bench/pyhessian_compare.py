@@ -103,17 +103,6 @@ def build(name: str, samples: int, seed: int) -> tuple[Any, Any, Any]:
     return model, ds.x_train, ds.y_train
 
 
-def unit_vectors(dim: int, count: int, like: Any, seed: int = 1) -> list[Any]:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        v = torch.randn(dim, generator=g, dtype=torch.float64)
-        out.append((v / v.norm()).to(device=like.device, dtype=like.dtype))
-    return out
-
-
 def make_objective(model: Any, x: Any, y: Any, args: argparse.Namespace, mode: str) -> Any | None:
     """Our objective in ``mode``, or None when this checkout does not have that mode (``auto``)."""
     from gradvis_steps.backends.torch.objective import TorchObjective
@@ -179,7 +168,7 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any, out: dict[str, A
     with torch.no_grad():
         pyh_loss = sum(float(criterion(model(xb), yb)) * len(xb) for xb, yb in batches) / len(xt)
     our_loss = obj.evaluate(theta).loss
-    pool = unit_vectors(dim, max(8, g), theta)
+    pool = C.unit_vectors(dim, max(8, g), theta)
     operators = {mode: o.hvp_operator(theta) for mode, o in objectives.items()}
     op = operators["double_backprop"]
     ours_hv = op(pool[0])

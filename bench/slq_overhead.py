@@ -85,17 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def unit_vectors(dim: int, count: int, like: Any, seed: int = 1) -> list[Any]:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        v = torch.randn(dim, generator=g, dtype=torch.float64)
-        out.append((v / v.norm()).to(device=like.device, dtype=like.dtype))
-    return out
-
-
 def run_slq(matvec: Any, dim: int, k: int, m: int, like: Any) -> Any:
     """What ``point_spectrum`` does for one checkpoint (serial): SLQ, density, summary."""
     from gradvis_steps.core.slq import slq, spectral_density, spectrum_summary
@@ -119,7 +108,7 @@ def predicted_cost(dim: int, k: int, m: int, like: Any, sync: Any, repeats: int)
     def matvec(v: Any) -> Any:
         return diag * v
 
-    v = unit_vectors(dim, 1, like)[0]
+    v = C.unit_vectors(dim, 1, like)[0]
     run_slq(matvec, dim, 1, m, like)  # warm-up (and, on CUDA, the capture of this (n, m)'s step graphs)
     t_mv = C.median([C.timed(lambda: [matvec(v) for _ in range(50)], sync)[0] / 50 for _ in range(3)])
     totals = [C.timed(lambda: run_slq(matvec, dim, k, m, like), sync)[0] for _ in range(repeats)]
@@ -139,7 +128,7 @@ def cold_basis_floor(dim: int, m: int, like: Any, sync: Any, evict_mb: int = 64,
     ops = _host_ops(like)
     V = torch.randn(m, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(like)
     V /= V.norm(dim=1, keepdim=True)
-    w0 = unit_vectors(dim, 1, like)[0]
+    w0 = C.unit_vectors(dim, 1, like)[0]
     c = torch.empty((1, m), dtype=like.dtype, device=like.device)
     sweep = torch.zeros(evict_mb * 2**18, dtype=torch.float32, device=like.device)
 
@@ -174,7 +163,7 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
                          **memory)
     theta = obj.initial_point()
     dim = obj.dim
-    pool = unit_vectors(dim, 8, theta)
+    pool = C.unit_vectors(dim, 8, theta)
     operator = obj.hvp_operator(theta)  # what point_spectrum hands SLQ: H(theta) through the kept gradient graphs
     print(f"[{name}] dim={dim}, {data_desc}, k={k}, m={m}", file=sys.stderr, flush=True)
 
