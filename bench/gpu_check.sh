@@ -22,7 +22,9 @@
 #
 # The earlier steps stay available by name: pytest (the CPU tests of the GPU-relevant code), slq
 # (bench/slq_overhead.py --device cuda, also LeNet with --hvp-memory-mb 0), steps (bench/gpu_steps.py).
-# STEPS (default "imports pyhessian paper grid") picks which run, e.g. STEPS="imports pytest slq grid steps".
+# cudatests (in the default STEPS, 60 s): tests/test_cuda.py and the CUDA tests of tests/test_batched_grid.py, the
+# block products, lockstep SLQ and vmapped grids on the device against the CPU.
+# STEPS (default "imports cudatests pyhessian paper grid") picks which run, e.g. STEPS="imports pytest slq grid steps".
 # SPECTRUM_EXTRA: extra options of the spectrum step in the paper run (default: "--hvp-memory-mb 4096", plus
 # "--group-size 10 --hvp-mode auto" when the step's --help lists both; SPECTRUM_EXTRA=none for none). The
 # pyhessian runs give our kept-graph operator 4096 MB too (default 512: too little for ResNet-20's 512-sample batches).
@@ -37,7 +39,7 @@ mkdir -p "$OUT"
 START=$(date +%s)
 DEADLINE=$((START + ${DEADLINE_S:-480}))
 THREADS=4
-STEPS=${STEPS:-imports pyhessian paper grid}
+STEPS=${STEPS:-imports cudatests pyhessian paper grid}
 declare -a SUMMARY=()
 
 remaining() { echo $((DEADLINE - $(date +%s))); }
@@ -105,6 +107,9 @@ except Exception as error:  # noqa: BLE001
 print("missing:", " ".join(missing) if missing else "none")
 raise SystemExit(1 if missing else 0)
 EOF
+
+# cudatests: the batched paths on the device against the CPU
+run cudatests 60 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_batched_grid.py -k "cuda or CUDA"
 
 # pyhessian: ours vs PyHessian, same model, weights, data and device (the GPU-throughput issue's figures)
 run pyhessian_lenet 140 "$PY" bench/pyhessian_compare.py --device cuda --threads "$THREADS" --models lenet \

@@ -64,3 +64,22 @@ def test_ritz_pairs_and_slq_agree_with_cpu(pair):
     # the extreme nodes (well converged) agree; weights sum to 1 per vector on both
     np.testing.assert_allclose(s_gpu.nodes[:, [0, -1]], s_cpu.nodes[:, [0, -1]], rtol=1e-6)
     np.testing.assert_allclose(s_gpu.weights.sum(axis=1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("pair", [tiny_lenet, tiny_bn_net], indirect=True, ids=["lenet", "batchnorm"])
+def test_block_products_and_lockstep_slq_agree_with_cpu(pair):
+    cpu, gpu = pair
+    theta = cpu.initial_point()
+    V = torch.randn(4, cpu.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = torch.stack([cpu.hvp(theta, v) for v in V])
+    for mode in ("double_backprop", "forward_over_reverse"):
+        gpu.hvp_mode = mode
+        got = gpu.hvp_operator(theta.cuda()).matmat(V.cuda()).cpu()
+        assert torch.linalg.vector_norm(got - expected) <= 1e-10 * torch.linalg.vector_norm(expected), mode
+    gpu.hvp_mode = "auto"
+    record = gpu.calibrate_hvp(theta.cuda(), block=4)
+    assert record["chosen_by"] == "calibration" and gpu.hvp_mode in ("double_backprop", "forward_over_reverse")
+    s_cpu = slq(cpu.hvp_operator(theta), cpu.dim, 4, 20, seed=0, like=theta)
+    s_gpu = slq(gpu.hvp_operator(theta.cuda()), gpu.dim, 4, 20, seed=0, like=theta.cuda(), group_size=4)
+    np.testing.assert_allclose(s_gpu.nodes[:, [0, -1]], s_cpu.nodes[:, [0, -1]], rtol=1e-6)
+    np.testing.assert_allclose(s_gpu.alpha1, s_cpu.alpha1, rtol=1e-10)
