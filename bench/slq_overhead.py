@@ -316,7 +316,7 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any) -> dict[str, Any
     out["hvp_operator_vs_recomputed"] = C.median(times["operator"]) / out["hvp_seconds_double_backprop"]
     out["hvp_operator_bitwise_equal"] = bool(torch.equal(operator(pool[0]), a))
     out["hvp_graph_mb"] = operator.graph_bytes / 2**20
-    out["hvp_kept_batches"] = f"{operator.kept_batches}/{len(obj._batches())}"
+    out["hvp_kept_batches"] = f"{operator.kept_batches}/{len(obj.reduction.batches())}"
     return out
 
 

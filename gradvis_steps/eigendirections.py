@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--count {args.count} exceeds --steps {args.steps}: Lanczos gives at most one Ritz pair "
                          "per step")
 
-    from .backends.torch import objective_for_trajectory
+    from .backends import backend_for_trajectory
     from .core.lanczos import ritz_pairs
     from .core.parallel import SerialComm
     from .core.slq import starting_vector
@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with Trajectory(args.trajectory) as traj:
         row = -1 if args.iteration is None else traj.index_of_iteration(args.iteration)
-        objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
-                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                                             buffers_from=row, hvp_memory_mb=args.hvp_memory_mb,
-                                             hvp_mode=args.hvp_mode)
+        objective = backend_for_trajectory(traj).objective_for_trajectory(
+            traj, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
+            device=args.device, dtype=args.dtype, buffers_from=row, hvp_memory_mb=args.hvp_memory_mb,
+            hvp_mode=args.hvp_mode)
         theta = objective.from_numpy(traj.params(row))
         hvp = settle_hvp_mode(SerialComm(), objective, theta, 1)
         v0 = starting_vector(traj.dim, args.seed, 0, like=theta)

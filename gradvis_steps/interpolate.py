@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from .backends.torch import objective_for_trajectory
+    from .backends import backend_for_trajectory
     from .core.grid import LandscapeResult
     from .core.parallel import world
     from .provenance import provenance
@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         if traj_a.layout != traj_b.layout:
             raise ValueError(f"{args.trajectory_a} and {args.trajectory_b} hold different models "
                              f"({traj_a.dim} vs {traj_b.dim} parameters or other tensor shapes)")
-        objective = objective_for_trajectory(traj_a, fraction=args.eval_fraction, subset_seed=args.eval_seed,
-                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                                             hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode)
-        group_size = resolve_group_size(args.group_size, args.k, objective.device.type, comm.size)
+        objective = backend_for_trajectory(traj_a).objective_for_trajectory(
+            traj_a, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
+            device=args.device, dtype=args.dtype, hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode)
+        group_size = resolve_group_size(args.group_size, args.k, objective.device_type, comm.size)
         theta_a, theta_b = traj_a.params(-1).astype(np.float64), traj_b.params(-1).astype(np.float64)
         buffers_a, buffers_b = traj_a.buffers(-1), traj_b.buffers(-1)
         ts = np.linspace(-args.margin, 1 + args.margin, args.points)

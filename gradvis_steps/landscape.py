@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.border <= 10:
         raise ValueError(f"--border must be in [0, 10], got {args.border}")
 
-    from .backends.torch import objective_for_trajectory
+    from .backends import backend_for_trajectory
     from .core.grid import Grid, LandscapeResult, PointValues, evaluate_grid, evaluate_trajectory
+    from .core.objective import batching_record
     from .core.parallel import distributed_values, world
     from .core.projection import project_trajectory
     from .provenance import provenance
@@ -147,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         grid = (Grid.from_ranges(ranges, args.resolution) if ranges else
                 Grid.from_trajectory(projection.coefficients, args.resolution, border=args.border,
                                      min_extent=args.min_extent))
-        objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
-                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                                             buffers_from=center_index, grid_batching=args.grid_batching)
+        objective = backend_for_trajectory(traj).objective_for_trajectory(
+            traj, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
+            device=args.device, dtype=args.dtype, buffers_from=center_index, grid_batching=args.grid_batching)
         config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress")}
         # the same values whichever path evaluates them (to float rounding): a resume may change --grid-batching
         same_points = {key: value for key, value in config.items() if key != "grid_batching"}
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 config={**config, "directions_config": directions.config, "run": traj.config},
                 provenance=provenance(config, ranks=comm.size, grid_seconds=round(grid_seconds, 3),
                                       seconds_per_point=grid_seconds * comm.size / max(grid.n_points, 1),
-                                      grid_batching=objective.grid_batching),
+                                      grid_batching=batching_record(objective)),
             )
             save_landscape(result, out)
             partial.remove_all()

@@ -18,10 +18,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import cli
+
+if TYPE_CHECKING:
+    from .core.objective import Array, Objective
+    from .core.parallel import MPIComm, SerialComm
+    from .storage.spectra import CheckpointSpectrum
 
 #: Eigenvalues below ``-NEGATIVE_TOL * max|lambda|`` count as negative mass. A few Lanczos steps in float32
 #: resolve the dense bulk near zero no finer than that: with a smaller threshold about half of that bulk
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sigma is not None and not args.sigma > 0:
         raise ValueError(f"--sigma must be > 0, got {args.sigma}")
 
-    from .backends.torch import objective_for_trajectory
+    from .backends import backend_for_trajectory
     from .checkpoints import select_rows
     from .core.parallel import world
     from .provenance import provenance
@@ -65,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress", "plot_dir")}
     with Trajectory(args.trajectory) as traj:
         rows = select_rows(traj.iterations, every=args.every, wanted=args.iterations, chunk=args.chunk)
-        objective = objective_for_trajectory(traj, fraction=args.eval_fraction, subset_seed=args.eval_seed,
-                                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                                             hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode)
+        objective = backend_for_trajectory(traj).objective_for_trajectory(
+            traj, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
+            device=args.device, dtype=args.dtype, hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode)
         m = min(args.m, traj.dim)
-        group_size = resolve_group_size(args.group_size, args.k, objective.device.type, comm.size)
+        group_size = resolve_group_size(args.group_size, args.k, objective.device_type, comm.size)
         attrs = {"dim": traj.dim, "k": args.k, "m": m, "seed": args.seed, "vector_kind": args.vector,
                  "group_size": group_size, "config": {**config, "run": traj.config},
                  "provenance": provenance(config, ranks=comm.size)}
@@ -119,7 +125,7 @@ def resolve_group_size(value: int | str, k: int, device_type: str, ranks: int) -
     return 1 if device_type == "cpu" else -(-k // ranks)
 
 
-def settle_hvp_mode(comm: object, objective: object, theta: object, block: int) -> dict:
+def settle_hvp_mode(comm: SerialComm | MPIComm, objective: Objective, theta: Array, block: int) -> dict:
     """Resolve the objective's ``hvp_mode="auto"`` at ``theta`` for blocks of ``block`` vectors (rank 0 times it,
     every rank takes its choice, so the ranks' products agree); returns the record for the output's provenance."""
     record = objective.calibrate_hvp(theta, block) if comm.rank == 0 else None
@@ -128,8 +134,8 @@ def settle_hvp_mode(comm: object, objective: object, theta: object, block: int) 
     return {**record, "block": block}
 
 
-def point_spectrum(comm: object, objective: object, theta: object, key: int, *, k: int, m: int, seed: int,
-                   kind: str, sigma: float | None, group_size: int = 1) -> object:
+def point_spectrum(comm: SerialComm | MPIComm, objective: Objective, theta: Array, key: int, *, k: int, m: int,
+                   seed: int, kind: str, sigma: float | None, group_size: int = 1) -> CheckpointSpectrum | None:
     """SLQ (Algorithm 2) of the Hessian at ``theta``, the chains of each group of ``group_size`` starting vectors
     in lockstep; under MPI the groups are split over the ranks and the raw quadratures gathered on rank 0
     (Algorithm 5). Rank 0 gets a CheckpointSpectrum stored under ``key``, the other ranks None."""
@@ -154,7 +160,7 @@ def point_spectrum(comm: object, objective: object, theta: object, key: int, *, 
                               {**spectrum_summary(result, NEGATIVE_TOL), "negative_tol": NEGATIVE_TOL}, seconds)
 
 
-def write_plot(entry: object, folder: Path, log_scale: bool) -> None:
+def write_plot(entry: CheckpointSpectrum, folder: Path, log_scale: bool) -> None:
     """One density figure per checkpoint, named by iteration."""
     from .core.plots import save_figure
     from .render.spectrum_plots import plot_density

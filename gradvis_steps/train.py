@@ -16,6 +16,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from . import cli
+from .backends import backend, known_backends
 from .provenance import provenance
 
 
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, help="trajectory file to write (.h5)")
-    parser.add_argument("--framework", default="torch", choices=["torch"], help="deep-learning backend")
+    parser.add_argument("--framework", default="torch", choices=known_backends(), help="deep-learning backend")
     parser.add_argument("--dataset", default="digits", help="digits | cifar10 | synthetic | custom")
     parser.add_argument("--dataset-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
                         help="dataset option, e.g. root=data or entry_point=mymod:load (repeatable)")
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The framework-neutral run config stored in the trajectory (device excluded: it does not change results
     on CPU and must not change the config hash when a run moves to a GPU)."""
-    from .backends.torch.training import TrainSettings
+    from .core.training import TrainSettings
 
     names = {f.name for f in fields(TrainSettings)}
     settings = TrainSettings(**{k: v for k, v in vars(args).items() if k in names})
@@ -67,28 +68,28 @@ def main(argv: list[str] | None = None) -> int:
     cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     config = run_config(args)
 
-    from .backends.torch import model_for, resolve_device
-    from .backends.torch.flat import buffer_layout, layout_of
-    from .backends.torch.training import TrainSettings, train
+    from .core.training import TrainSettings
     from .data import load_dataset
     from .storage.trajectory import TrajectoryWriter
 
-    device = resolve_device(args.device)
+    framework = backend(args.framework)
+    device = framework.resolve_device(args.device)
     dataset = load_dataset(config["dataset"])
-    model = model_for(config, dataset)
-    writer = TrajectoryWriter(args.out, layout_of(model), buffer_layout(model), config,
+    model = framework.build_model(config, dataset)
+    layout = framework.parameter_layout(model)
+    writer = TrajectoryWriter(args.out, layout, framework.buffer_layout(model), config,
                               provenance(config, device=str(device)), resume=args.resume)
     start = time.perf_counter()
     try:
-        summary = train(model, dataset, TrainSettings(**config["train"]), writer, device=device,
-                        progress=not args.no_progress)
+        summary = framework.train(model, dataset, TrainSettings(**config["train"]), writer, device=device,
+                                  progress=not args.no_progress)
     except BaseException:
         writer.close()  # keep <out>.partial (with its resume state) for --resume
         raise
     summary["seconds"] = round(time.perf_counter() - start, 3)
     path = writer.commit(summary)
     print(f"wrote {summary['checkpoints']} checkpoints ({summary['iterations']} iterations, "
-          f"{layout_of(model).size} parameters) to {path} in {summary['seconds']:.1f} s", file=sys.stderr)
+          f"{layout.size} parameters) to {path} in {summary['seconds']:.1f} s", file=sys.stderr)
     return 0
 
 

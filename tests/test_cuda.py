@@ -36,7 +36,7 @@ def test_hvp_grad_and_grid_points_agree_with_cpu(pair):
     hv_cpu, hv_gpu = cpu.hvp(theta, v), gpu.hvp(theta.cuda(), v.cuda()).cpu()
     assert torch.linalg.vector_norm(hv_gpu - hv_cpu) <= 1e-10 * torch.linalg.vector_norm(hv_cpu)
     operator = gpu.hvp_operator(theta.cuda())  # the kept gradient graphs, on the device
-    assert operator.kept_batches == len(gpu._batches())
+    assert operator.kept_batches == len(gpu.reduction.batches())
     for _ in range(2):
         hv_kept = operator(v.cuda()).cpu()
         assert torch.linalg.vector_norm(hv_kept - hv_cpu) <= 1e-10 * torch.linalg.vector_norm(hv_cpu)

@@ -17,7 +17,7 @@ from gradvis_steps.core.grid import (
     trajectory_ranges,
 )
 from gradvis_steps.core.layout import ParameterLayout
-from gradvis_steps.core.objective import Evaluation, Objective
+from gradvis_steps.core.objective import Evaluation, HessianOperator, Objective
 
 
 class QuadraticObjective:
@@ -59,8 +59,37 @@ class QuadraticObjective:
     def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
         return self.A @ v
 
-    def hvp_operator(self, theta: np.ndarray):
-        return lambda v: self.hvp(theta, v)
+    def hvp_operator(self, theta: np.ndarray) -> QuadraticHessian:
+        return QuadraticHessian(self.A)
+
+    # the rest of the protocol: nothing to calibrate, no buffers
+    hvp_mode = "exact"
+    device_type = "cpu"
+
+    def initial_point(self) -> np.ndarray:
+        return np.zeros(self.dim)
+
+    def set_buffers(self, flat: np.ndarray, layout: list[dict] | str) -> None:
+        if len(flat):
+            raise ValueError("a quadratic has no buffers")
+
+    def calibrate_hvp(self, theta: np.ndarray, block: int = 1) -> dict:
+        return {"mode": self.hvp_mode, "chosen_by": "config"}
+
+
+class QuadraticHessian:
+    """The HessianOperator of :class:`QuadraticObjective`: the constant matrix ``A``."""
+
+    block_size = 4
+
+    def __init__(self, A: np.ndarray):
+        self.A = A
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        return self.A @ v
+
+    def matmat(self, V: np.ndarray) -> np.ndarray:
+        return V @ self.A.T
 
 
 def _analytic(obj: QuadraticObjective, center, D, x, y):
@@ -87,7 +116,9 @@ def setup():
 
 
 def test_objective_double_satisfies_protocol():
-    assert isinstance(QuadraticObjective(), Objective)
+    objective = QuadraticObjective()
+    assert isinstance(objective, Objective)
+    assert isinstance(objective.hvp_operator(objective.initial_point()), HessianOperator)
 
 
 def test_grid_equals_analytic_formula(setup):

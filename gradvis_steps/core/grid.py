@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .objective import Evaluation, Objective
+from .objective import EvaluateMany, Evaluation, Objective, batched_evaluation
 from .parallel import chunk_counts, chunk_indices  # noqa: F401 - the grid's chunks, also imported from here
 
 __all__ = [
@@ -175,14 +175,14 @@ def _as_backend(objective: Objective, center: Any, directions: Any) -> tuple[Any
     return c, [objective.from_numpy(d) if isinstance(d, np.ndarray) else d for d in directions]
 
 
-def _evaluate_batch(objective: Objective, center: Any, dirs: list[Any], coeffs: np.ndarray) -> list[Evaluation]:
+def _evaluate_batch(objective: Objective, many: EvaluateMany | None, center: Any, dirs: list[Any],
+                    coeffs: np.ndarray) -> list[Evaluation]:
     """Evaluate ``center + sum_k c_k * dir_k`` for each row of ``coeffs`` ``(b, k)``.
 
-    This is the single place that calls the objective: an objective with a batched
-    ``evaluate_many(center, directions, coeffs) -> list[Evaluation]`` gets the whole batch at once (e.g.
-    many parameter points in one vmapped forward pass); otherwise points are evaluated one by one.
+    This is the single place that calls the objective: an objective with the batched-evaluation capability
+    (``many``, from :func:`~.objective.batched_evaluation`) gets the whole batch at once (e.g. many parameter
+    points in one vmapped forward pass); otherwise points are evaluated one by one.
     """
-    many = getattr(objective, "evaluate_many", None)
     if many is not None:
         out = list(many(center, dirs, coeffs))
         if len(out) != len(coeffs):
@@ -230,6 +230,7 @@ def evaluate_points(
     if todo.size == 0:
         return out
     c, dirs = _as_backend(objective, center, directions)
+    many = batched_evaluation(objective)
     if pts.shape[1] != len(dirs):
         raise ValueError(f"points have {pts.shape[1]} coordinates but there are {len(dirs)} directions")
 
@@ -238,7 +239,7 @@ def evaluate_points(
     with tqdm(total=todo.size, disable=not progress, desc=desc, unit="pt") as bar:
         for start in range(0, todo.size, batch_size):
             batch = todo[start : start + batch_size]
-            for p, ev in zip(batch, _evaluate_batch(objective, c, dirs, pts[batch]), strict=True):
+            for p, ev in zip(batch, _evaluate_batch(objective, many, c, dirs, pts[batch]), strict=True):
                 out.loss[p] = ev.loss
                 out.accuracy[p] = ev.accuracy
                 out.filled[p] = True

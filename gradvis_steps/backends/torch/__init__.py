@@ -1,4 +1,8 @@
-"""PyTorch backend: models, flat parameters, the Objective (loss/grad/HVP) and training."""
+"""PyTorch backend: models, flat parameters, the Objective (loss/grad/HVP) and training.
+
+Steps reach it through the registry (:func:`gradvis_steps.backends.backend`), which imports this package at the
+first request for ``"torch"`` and takes :data:`BACKEND`.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,13 @@ import torch
 from ...core.objective import HVP_MEMORY_MB
 from ...data import ArrayDataset, load_dataset
 from ...storage.trajectory import Trajectory
+from .. import Backend
+from .flat import buffer_layout, layout_of
 from .lanczos_graphs import clear_lanczos_graphs, set_cuda_graphs  # registers the CUDA-graph Lanczos loop
 from .models import build_model
 from .objective import TorchObjective
+from .reduction import BatchReduction
+from .training import train
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -77,7 +85,20 @@ def objective_for_trajectory(
     return objective
 
 
+#: what the steps use of this backend (:class:`gradvis_steps.backends.Backend`)
+BACKEND = Backend(
+    name="torch",
+    resolve_device=resolve_device,
+    objective_for_trajectory=objective_for_trajectory,
+    build_model=model_for,
+    parameter_layout=layout_of,
+    buffer_layout=buffer_layout,
+    train=train,
+)
+
 __all__ = [
+    "BACKEND",
+    "BatchReduction",
     "TorchObjective",
     "build_model",
     "clear_lanczos_graphs",

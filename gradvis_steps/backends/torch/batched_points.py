@@ -216,7 +216,7 @@ def _budget_bytes(objective: TorchObjective) -> float:
 def _batched_points(objective: TorchObjective) -> BatchedPoints:
     if objective._batched_points is None:
         objective._batched_points = BatchedPoints(objective.module, objective.layout, objective.buffers,
-                                                  objective._batches())
+                                                  objective.reduction.batches())
     return objective._batched_points
 
 
@@ -230,8 +230,7 @@ def _vmapped(objective: TorchObjective, center: torch.Tensor, dirs: list[torch.T
     for start in range(0, len(coeffs), per_call):
         losses, corrects = batched.evaluate(center, dirs, table[start:start + per_call], plane)
         parts.append(torch.stack([losses, corrects.to(torch.float64)], dim=1))
-    n = objective.n_samples
-    return [Evaluation(loss=loss / n, accuracy=correct / n) for loss, correct in torch.cat(parts).tolist()]
+    return objective.reduction.evaluations(torch.cat(parts))
 
 
 def _seconds_per_point(run: Callable[[], Any], points: int) -> tuple[float, Any]:

@@ -6,8 +6,9 @@ is loaded with one copy (or formed in place by :meth:`TorchObjective.evaluate_ma
 forward pass (less on a plane: :mod:`.plane` serves the input layer from precomputed outputs), with the
 cross-entropy and argmax of many points reduced together; gradients and Hessian-vector products call
 ``torch.func.functional_call`` on views of a differentiable flat vector instead. Every reduction is a sum over
-samples divided by the number of samples, so each batch is weighted by its size (an uneven last batch counts
-exactly as much as it should; the original GradVis multiplied HVPs by the number of batches instead).
+samples divided by the number of samples (:class:`~.reduction.BatchReduction`), so each batch is weighted by its
+size (an uneven last batch counts exactly as much as it should; the original GradVis multiplied HVPs by the number
+of batches instead).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from . import batched_points
 from .flat import flatten_parameters, layout_of, unflatten, unflatten_buffers
 from .plane import PlaneShortcut
 from .point_hvp import PointHVP, forward_over_reverse
+from .reduction import BatchReduction
 
 #: The two exact ways to take a Hessian-vector product; ``"auto"`` picks one by timing both at the point.
 HVP_MODES = ("forward_over_reverse", "double_backprop")
@@ -90,8 +92,8 @@ class TorchObjective:
         self.buffers = {name: b for name, b in self.module.named_buffers()}
         self.x = torch.as_tensor(x).to(device=self.device, dtype=dtype)
         self.y = torch.as_tensor(y).to(device=self.device, dtype=torch.long)
-        self.n_samples = len(self.x)
-        self._batch_views: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        #: the evaluation set's batches and the size-weighted mean over them (PointHVP and batched_points use it too)
+        self.reduction = BatchReduction(self.x, self.y, self.batch_size)
         self._n_classes: int | None = None
         self._plane: PlaneShortcut | None = None  # made at the first evaluate_many
         # evaluate_many's path (batched_points): "auto" | "vmap" | "per_point"; the choice made, for provenance;
@@ -105,6 +107,15 @@ class TorchObjective:
     @property
     def dim(self) -> int:
         return self.layout.size
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    @property
+    def n_samples(self) -> int:
+        """Samples of the evaluation set (every mean divides by it)."""
+        return self.reduction.n_samples
 
     def from_numpy(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x)).to(device=self.device, dtype=self.dtype)
@@ -126,16 +137,11 @@ class TorchObjective:
                 self.buffers[name].copy_(value)
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def _batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if self._batch_views is None:  # views, made once: the hot loops only iterate
-            self._batch_views = [(self.x[s:s + self.batch_size], self.y[s:s + self.batch_size])
-                                 for s in range(0, self.n_samples, self.batch_size)]
-        return self._batch_views
-
     def _logits(self, theta: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, (unflatten(theta, self.layout), self.buffers), (xb,))
 
-    def _loss_sum(self, theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def loss_sum(self, theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy summed over the samples of one batch at ``theta`` (differentiable in ``theta``)."""
         return F.cross_entropy(self._logits(theta, xb), yb, reduction="sum")
 
     def _evaluate_point(self, logits_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -147,12 +153,12 @@ class TorchObjective:
         summed in float64): the path for evaluation sets whose logits are too large to keep."""
         if logits_out is not None:
             start = 0
-            for xb, _ in self._batches():
+            for xb, _ in self.reduction.batches():
                 logits_out[start:start + len(xb)].copy_(self.module(xb))
                 start += len(xb)
             return None
         loss = correct = None
-        for xb, yb in self._batches():
+        for xb, yb in self.reduction.batches():
             logits = self.module(xb)
             batch_loss = F.cross_entropy(logits, yb, reduction="sum")
             batch_correct = (logits.argmax(dim=1) == yb).sum()
@@ -179,7 +185,7 @@ class TorchObjective:
         if self._n_classes is None:
             with torch.no_grad():
                 self._n_classes = int(self.module(self.x[:1]).shape[-1])
-        per_point = self.n_samples * self._n_classes
+        per_point = len(self.y) * self._n_classes
         return min(n_points, LOGITS_BUFFER_ELEMENTS // per_point)
 
     def _evaluate_loaded(self, form_point: Callable[[int], None], n_points: int) -> list[Evaluation]:
@@ -199,20 +205,19 @@ class TorchObjective:
                     form_point(p)
                     losses[p], corrects[p] = self._evaluate_point()
             else:
-                buffer = torch.empty((block, self.n_samples, self._n_classes), device=self.device, dtype=self.dtype)
+                buffer = torch.empty((block, len(self.y), self._n_classes), device=self.device, dtype=self.dtype)
                 for start in range(0, n_points, block):
                     stop = min(start + block, n_points)
                     for p in range(start, stop):
                         form_point(p)
                         self._evaluate_point(buffer[p - start])
                     losses[start:stop], corrects[start:stop] = self._reduce_logits(buffer[: stop - start])
-            values = torch.stack([losses, corrects], dim=1).tolist()
-        n = self.n_samples
-        return [Evaluation(loss=loss / n, accuracy=correct / n) for loss, correct in values]
+            sums = torch.stack([losses, corrects], dim=1)
+        return self.reduction.evaluations(sums)
 
     def evaluate(self, theta: torch.Tensor) -> Evaluation:
         """Mean loss and accuracy at ``theta``; one host sync at the end, none per batch."""
-        theta = self._check(theta)
+        theta = self.check(theta)
         return self._evaluate_loaded(lambda _: self._point.copy_(theta), 1)[0]
 
     def evaluate_many(
@@ -224,8 +229,8 @@ class TorchObjective:
         (:mod:`.batched_points`), as ``grid_batching_mode`` says ("auto": the faster one, measured at the first
         call and recorded in ``grid_batching``). Results stay on the device until one host sync for the whole
         batch. The grid code calls this when present."""
-        center = self._check(center)
-        dirs = [self._check(d) for d in directions]
+        center = self.check(center)
+        dirs = [self.check(d) for d in directions]
         coeffs = np.asarray(coeffs, dtype=np.float64).reshape(len(coeffs), -1)
         if coeffs.shape[1] != len(dirs):
             raise ValueError(f"coefficients have {coeffs.shape[1]} columns for {len(dirs)} directions")
@@ -234,7 +239,7 @@ class TorchObjective:
     def _plane_for(self, center: torch.Tensor, dirs: list[torch.Tensor]) -> PlaneShortcut | None:
         """The input-layer shortcut prepared for this plane, or None where it cannot serve it."""
         if self._plane is None:
-            self._plane = PlaneShortcut(self.module, self.layout, [xb for xb, _ in self._batches()])
+            self._plane = PlaneShortcut(self.module, self.layout, [xb for xb, _ in self.reduction.batches()])
         return self._plane if self._plane.prepare(center, dirs) else None
 
     def _evaluate_many_per_point(
@@ -266,23 +271,14 @@ class TorchObjective:
 
     def grad(self, theta: torch.Tensor) -> torch.Tensor:
         """Gradient of the mean loss (one backward pass per batch, accumulated on the device)."""
-        theta = self._check(theta)
-        return self._batch_mean(theta, lambda _, xb, yb: grad(self._loss_sum)(theta, xb, yb))
+        theta = self.check(theta)
+        return self.reduction.mean(theta, lambda _, xb, yb: grad(self.loss_sum)(theta, xb, yb))
 
     def hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Exact ``H(theta) @ v`` of the mean loss (Pearlmutter's R-operator, paper section 2.2)."""
-        theta, v = self._check(theta), self._check(v)
+        theta, v = self.check(theta), self.check(v)
         mode = self._resolved_mode()
-        return self._batch_mean(theta, lambda _, xb, yb: self._batch_hvp(theta, v, xb, yb, mode))
-
-    def _batch_mean(self, like: torch.Tensor,
-                    per_batch: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``sum_b per_batch(b, x_b, y_b) / n_samples``: the one reduction over batches of the gradient and of every
-        HVP (the kept-graph operator's included, so its products equal :meth:`hvp`'s to the bit)."""
-        total = torch.zeros_like(like)
-        for index, (xb, yb) in enumerate(self._batches()):
-            total += per_batch(index, xb, yb)
-        return total / self.n_samples
+        return self.reduction.mean(theta, lambda _, xb, yb: self.batch_hvp(theta, v, xb, yb, mode))
 
     def hvp_operator(self, theta: torch.Tensor) -> PointHVP:
         """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ), with ``matmat(V)`` for a block of
@@ -336,17 +332,21 @@ class TorchObjective:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _batch_hvp(self, theta: torch.Tensor, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
-                   mode: str) -> torch.Tensor:
+    def batch_hvp(self, theta: torch.Tensor, v: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+                  mode: str) -> torch.Tensor:
+        """``H_b(theta) @ v`` of one batch's loss sum (:meth:`loss_sum`), in ``mode`` (one of :data:`HVP_MODES`),
+        recomputed from scratch: :meth:`hvp` sums these over the batches."""
         if mode == "forward_over_reverse":
-            return forward_over_reverse(self._loss_sum, theta, v, xb, yb)
+            return forward_over_reverse(self.loss_sum, theta, v, xb, yb)
         t = theta.detach().requires_grad_(True)
         with torch.enable_grad():
-            (g,) = torch.autograd.grad(self._loss_sum(t, xb, yb), t, create_graph=True)
+            (g,) = torch.autograd.grad(self.loss_sum(t, xb, yb), t, create_graph=True)
             (hv,) = torch.autograd.grad(g, t, grad_outputs=v)
         return hv
 
-    def _check(self, theta: torch.Tensor) -> torch.Tensor:
+    def check(self, theta: torch.Tensor) -> torch.Tensor:
+        """``theta`` as a flat vector of this objective (a host array is copied over); a ValueError if its shape
+        is not ``(dim,)``."""
         if not isinstance(theta, torch.Tensor):
             theta = self.from_numpy(theta)
         if theta.shape != (self.dim,):

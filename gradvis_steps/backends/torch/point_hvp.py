@@ -6,7 +6,8 @@ that builds the gradient's graph, and a backward pass through that graph. The fi
 vector, so :class:`PointHVP` runs them once per batch and keeps the gradient with its graph: each product is then
 one backward pass per batch, with bitwise the same result. Graphs take memory (the activations, and what the
 first backward saves for the second), so they are kept only while their total fits a budget; the other batches
-are recomputed per product, as :meth:`TorchObjective.hvp` does.
+are recomputed per product, as :meth:`TorchObjective.hvp` does. Both sum the batches' products with the
+objective's :class:`~.reduction.BatchReduction`, in the same order.
 
 :meth:`PointHVP.matmat` multiplies a block of vectors ``V`` (g, n) at once, the product lockstep SLQ takes per
 Lanczos step: one batched backward pass through each kept graph (``is_grads_batched``: autograd vmaps the
@@ -43,15 +44,16 @@ class PointHVP:
     def __init__(self, objective: TorchObjective, theta: torch.Tensor, budget_bytes: float,
                  mode: str = "double_backprop") -> None:
         self._objective = objective
+        self._reduction = objective.reduction
         self.mode = mode
-        self._theta = objective._check(theta).detach().clone()
+        self._theta = objective.check(theta).detach().clone()
         self._point = self._theta.detach().requires_grad_(True)  # the leaf every kept graph differentiates by
         self._buffer_versions = self._versions()
         self._gradients: list[torch.Tensor | None] = []
         self.graph_bytes = 0
         largest_graph = 0
         full = mode != "double_backprop" or budget_bytes <= 0
-        for xb, yb in objective._batches():
+        for xb, yb in self._reduction.batches():
             gradient = None
             if not full:
                 gradient, size = self._gradient_with_graph(xb, yb)
@@ -62,7 +64,7 @@ class PointHVP:
                     gradient, full = None, True
             self._gradients.append(gradient)
         if largest_graph == 0:  # nothing built yet (forward-over-reverse, or no budget): size the first batch's
-            largest_graph = self._gradient_with_graph(*objective._batches()[0])[1]
+            largest_graph = self._gradient_with_graph(*self._reduction.batches()[0])[1]
         # A block's working memory is about one batch graph per vector: as many vectors as fit what the kept graphs
         # leave of the budget (at least one, so a zero budget multiplies vector by vector).
         self.block_size = max(1, int((budget_bytes - self.graph_bytes) // max(largest_graph, 1)))
@@ -88,7 +90,7 @@ class PointHVP:
             return tensor
 
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            (gradient,) = torch.autograd.grad(self._objective._loss_sum(self._point, xb, yb), self._point,
+            (gradient,) = torch.autograd.grad(self._objective.loss_sum(self._point, xb, yb), self._point,
                                               create_graph=True)
         saved[gradient.untyped_storage().data_ptr()] = gradient.untyped_storage().nbytes()
         return gradient, sum(saved.values())
@@ -101,15 +103,15 @@ class PointHVP:
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         objective = self._objective
         self._check_buffers()
-        v = objective._check(v)
+        v = objective.check(v)
 
         def batch_product(index: int, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
             gradient = self._gradients[index]
             if gradient is None:
-                return objective._batch_hvp(self._theta, v, xb, yb, self.mode)
+                return objective.batch_hvp(self._theta, v, xb, yb, self.mode)
             return torch.autograd.grad(gradient, self._point, grad_outputs=v, retain_graph=True)[0]
 
-        return objective._batch_mean(self._theta, batch_product)
+        return self._reduction.mean(self._theta, batch_product)
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """``H(theta)`` applied to every row of ``V`` (g, n): (g, n), in sub-blocks of at most :attr:`block_size`
@@ -131,14 +133,14 @@ class PointHVP:
         def batch_product(index: int, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
             gradient = self._gradients[index]
             if self.mode == "forward_over_reverse":
-                return vmap(lambda v: objective._batch_hvp(self._theta, v, xb, yb, self.mode))(V)
+                return vmap(lambda v: objective.batch_hvp(self._theta, v, xb, yb, self.mode))(V)
             retain = gradient is not None
             if gradient is None:  # not kept: build this batch's gradient graph for this block only
                 gradient, _ = self._gradient_with_graph(xb, yb)
             return torch.autograd.grad(gradient, self._point, grad_outputs=V, retain_graph=retain,
                                        is_grads_batched=True)[0]
 
-        return objective._batch_mean(V, batch_product)
+        return self._reduction.mean(V, batch_product)
 
 
 def forward_over_reverse(loss_sum: Callable[..., torch.Tensor], theta: torch.Tensor, v: torch.Tensor,
