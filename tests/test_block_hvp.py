@@ -59,6 +59,8 @@ def test_matmat_splits_the_block_to_fit_the_memory_budget_with_the_same_values(e
     operator = tight.hvp_operator(theta)
     assert operator.kept_batches == 5 and operator.block_size == 2
     assert whole.block_size >= 5
+    unlimited = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64, hvp_memory_mb=float("inf"))
+    assert unlimited.hvp_operator(theta).block_size >= 2**31  # an unlimited budget never splits a block
     V = _block(roomy.dim, 5)
     torch.testing.assert_close(operator.matmat(V), whole.matmat(V), rtol=1e-12, atol=1e-14)
     assert torch.equal(operator.matmat(V), operator.matmat(V))  # same inputs, same bits

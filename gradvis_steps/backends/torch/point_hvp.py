@@ -19,6 +19,8 @@ depends only on the budget and the model, so the same inputs always give the sam
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -67,7 +69,8 @@ class PointHVP:
             largest_graph = self._gradient_with_graph(*self._reduction.batches()[0])[1]
         # A block's working memory is about one batch graph per vector: as many vectors as fit what the kept graphs
         # leave of the budget (at least one, so a zero budget multiplies vector by vector).
-        self.block_size = max(1, int((budget_bytes - self.graph_bytes) // max(largest_graph, 1)))
+        room = budget_bytes - self.graph_bytes
+        self.block_size = max(1, int(room // max(largest_graph, 1))) if math.isfinite(room) else sys.maxsize
 
     def _versions(self) -> tuple[int, ...]:
         return tuple(buffer._version for buffer in self._objective.buffers.values())
