@@ -26,6 +26,8 @@ from . import cli
 
 FLUSH_SECONDS = 10.0
 POINTS_PER_CALL = 16  # grid points per batched objective call (one host sync each), between flushes
+#: on an accelerator: more points per call, so a vectorized forward pass (--grid-batching vmap) has work to batch
+ACCELERATOR_POINTS_PER_CALL = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         objective = backend_for_trajectory(traj).objective_for_trajectory(
             traj, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
             device=args.device, dtype=args.dtype, buffers_from=center_index, grid_batching=args.grid_batching)
+        per_call = POINTS_PER_CALL if objective.device_type == "cpu" else ACCELERATOR_POINTS_PER_CALL
         config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress")}
         # the same values whichever path evaluates them (to float rounding): a resume may change --grid-batching
         same_points = {key: value for key, value in config.items() if key != "grid_batching"}
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         def grid_chunk(indices: np.ndarray) -> np.ndarray:
             try:
                 evaluate_grid(objective, center, vectors, grid, indices=indices, out=values, progress=progress,
-                              batch_size=POINTS_PER_CALL, callback=lambda _, v: partial.flush(v))
+                              batch_size=per_call, callback=lambda _, v: partial.flush(v))
             finally:  # interrupted or failed: keep every point evaluated so far for the rerun
                 partial.flush(values, force=True)
             return np.stack([values.loss[indices], values.accuracy[indices]], axis=1)
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def projected_chunk(indices: np.ndarray) -> np.ndarray:
             v = evaluate_trajectory(objective, center, vectors, projection.coefficients[indices],
-                                    batch_size=POINTS_PER_CALL)
+                                    batch_size=per_call)
             return np.stack([v.loss, v.accuracy], axis=1)
 
         def checkpoint_chunk(indices: np.ndarray) -> np.ndarray:
