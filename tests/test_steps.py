@@ -724,3 +724,46 @@ def test_plot_landscape_line_on_2d_exits_2(folder, landscape_2d):
 # -------------------------------------------------------------------------------------------------- last
 def test_trajectory_file_unchanged_by_the_steps(trained, landscape_2d, landscape_1d, spectra_every5, eig_file):
     assert sha256(trained["path"]) == trained["sha256"]
+
+
+# ------------------------------------------------------------------------------------------ unreadable inputs
+def _unreadable_copies(folder: Path, source: Path, name: str) -> list[Path]:
+    """An empty file and a copy of ``source`` cut in half, named like it."""
+    empty, cut = folder / f"empty_{name}", folder / f"truncated_{name}"
+    empty.write_bytes(b"")
+    data = Path(source).read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return [empty, cut]
+
+
+def test_every_step_names_an_empty_or_truncated_input_in_one_line(folder, trajectory, pca_file, landscape_2d,
+                                                                   spectra_every5, capsys):
+    from gradvis_steps import frames, interpolate
+    from gradvis_steps import merge_spectra as merge_step
+    from gradvis_steps import train as train_step
+
+    bad = folder / "unreadable"
+    bad.mkdir()
+    out = bad / "out.h5"
+    for traj in _unreadable_copies(bad, trajectory, "trajectory.h5"):
+        for module, argv in ((landscape, ["--trajectory", traj, "--directions", pca_file, "--out", out]),
+                             (spectrum, ["--trajectory", traj, "--out", out]),
+                             (directions, ["--trajectory", traj, "--method", "pca", "--out", out]),
+                             (eigendirections, ["--trajectory", traj, "--out", out]),
+                             (interpolate, ["--trajectory-a", traj, "--trajectory-b", trajectory, "--out-line", out])):
+            assert str(traj) in fails(module, argv, capsys), (module.__name__, traj.name)
+    for directions_file in _unreadable_copies(bad, pca_file, "pca.h5"):
+        argv = ["--trajectory", trajectory, "--directions", directions_file, "--out", out]
+        assert str(directions_file) in fails(landscape, argv, capsys)
+    for landscape_file in _unreadable_copies(bad, landscape_2d, "landscape.h5"):
+        argv = ["--landscape", landscape_file, "--contour", bad / "c.png"]
+        assert str(landscape_file) in fails(plot_landscape, argv, capsys)
+        argv = ["training", "--landscape", landscape_file, "--spectra", spectra_every5, "--out-dir", bad]
+        assert str(landscape_file) in fails(frames, argv, capsys)
+    for spectra_file in _unreadable_copies(bad, spectra_every5, "spectra.h5"):
+        assert str(spectra_file) in fails(merge_step, ["--inputs", spectra_file, "--out", out], capsys)
+    # train --resume from a partial file that was cut short
+    partial = bad / "resumed.h5.partial"
+    partial.write_bytes(Path(trajectory).read_bytes()[:4096])
+    argv = ["--out", bad / "resumed.h5", "--resume", "--epochs", "1", "--no-progress"]
+    assert str(partial) in fails(train_step, argv, capsys)

@@ -29,6 +29,22 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, kind: str) -> Iterator[None]:
+    """Around the reading of an HDF5 input: a missing file, or one that is empty, truncated or not HDF5 (h5py's
+    OSError, or the KeyError of a missing part), becomes one line naming the file and what it should be."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{kind} {os.fspath(path)} does not exist")
+    try:
+        yield
+    except (OSError, KeyError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{os.fspath(path)}: not a readable {kind} (empty, truncated or another format: {detail})"
+                         ) from None
+
+
 def write_json(target: str | os.PathLike, data: object) -> None:
     """Write JSON atomically (sorted keys, indented: diff-friendly provenance)."""
     with atomic_path(target, ".json") as tmp:

@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, reading
 
 FORMAT = "gradvis-directions"
 VERSION = 1
@@ -77,9 +77,7 @@ def save_directions(directions: Directions, path: str | os.PathLike) -> None:
 
 def load_directions_file(path: str | os.PathLike) -> Directions:
     """Read a file written by :func:`save_directions`."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"directions file {path} does not exist")
-    with h5py.File(path, "r") as f:
+    with reading(path, "directions file"), h5py.File(path, "r") as f:
         if f.attrs.get("format") != FORMAT:
             raise ValueError(f"{path} is not a gradvis directions file (format attribute missing)")
         center = int(f.attrs["center_iteration"])

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from ..core.grid import LandscapeResult
-from .atomic import atomic_path
+from .atomic import atomic_path, reading
 
 __all__ = ["FORMAT", "VERSION", "save_landscape", "load_landscape", "export_vtk"]
 
@@ -92,7 +92,7 @@ def _str(v: object) -> str:
 
 def load_landscape(path: str | os.PathLike) -> LandscapeResult:
     """Read a file written by :func:`save_landscape`."""
-    with h5py.File(path, "r") as f:
+    with reading(path, "landscape file"), h5py.File(path, "r") as f:
         if _str(f.attrs.get("format", "")) != FORMAT:
             raise ValueError(f"{os.fspath(path)}: not a {FORMAT} file")
         if int(f.attrs.get("version", 0)) > VERSION:

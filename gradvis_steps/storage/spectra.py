@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, reading
 
 FORMAT = "gradvis-spectra"
 VERSION = 1
@@ -91,9 +90,7 @@ def save_spectra(spectra: Spectra, path: str | os.PathLike) -> None:
 
 
 def load_spectra(path: str | os.PathLike) -> Spectra:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"spectra file {path} does not exist")
-    with h5py.File(path, "r") as f:
+    with reading(path, "spectra file"), h5py.File(path, "r") as f:
         if f.attrs.get("format") != FORMAT:
             raise ValueError(f"{path} is not a gradvis spectra file (format attribute missing)")
         attrs = {key: _maybe_json(value) for key, value in f.attrs.items() if key not in ("format", "version")}

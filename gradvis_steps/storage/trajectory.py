@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 
 from ..core.layout import ParameterLayout
+from .atomic import reading
 
 FORMAT = "gradvis-trajectory"
 VERSION = 1
@@ -48,8 +49,9 @@ class TrajectoryWriter:
         self.layout = layout
         n_buffers = sum(int(np.prod(b["shape"], dtype=np.int64)) for b in buffer_layout)
         if resume and self.partial.exists():
-            self.file = h5py.File(self.partial, "r+")
-            stored = self.file.attrs.get("config")
+            with reading(self.partial, "partial trajectory file (--resume)"):
+                self.file = h5py.File(self.partial, "r+")
+                stored = self.file.attrs.get("config")
             if stored != json.dumps(config, sort_keys=True):
                 self.file.close()
                 raise ValueError(
@@ -130,19 +132,18 @@ class Trajectory:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"trajectory file {self.path} does not exist")
-        self.file = h5py.File(self.path, "r")
-        if self.file.attrs.get("format") != FORMAT:
-            self.file.close()
-            raise ValueError(f"{self.path} is not a gradvis trajectory (format attribute missing)")
-        self.layout = ParameterLayout.from_json(self.file.attrs["layout"])
-        self.buffer_layout = json.loads(self.file.attrs["buffer_layout"])
-        self.config = json.loads(self.file.attrs["config"])
-        self.provenance = json.loads(self.file.attrs["provenance"])
-        self.iterations = self.file["iteration"][()]
-        self.epochs = self.file["epoch"][()]
-        self.batch_loss = self.file["batch_loss"][()]
+        with reading(self.path, "trajectory file"):
+            self.file = h5py.File(self.path, "r")
+            if self.file.attrs.get("format") != FORMAT:
+                self.file.close()
+                raise ValueError(f"{self.path} is not a gradvis trajectory (format attribute missing)")
+            self.layout = ParameterLayout.from_json(self.file.attrs["layout"])
+            self.buffer_layout = json.loads(self.file.attrs["buffer_layout"])
+            self.config = json.loads(self.file.attrs["config"])
+            self.provenance = json.loads(self.file.attrs["provenance"])
+            self.iterations = self.file["iteration"][()]
+            self.epochs = self.file["epoch"][()]
+            self.batch_loss = self.file["batch_loss"][()]
 
     def __enter__(self) -> Trajectory:
         return self
@@ -163,10 +164,12 @@ class Trajectory:
 
     def params(self, index: int) -> np.ndarray:
         """Flat parameters of checkpoint ``index`` (negative indices count from the end)."""
-        return self.file["params"][self._index(index)]
+        with reading(self.path, "trajectory file"):
+            return self.file["params"][self._index(index)]
 
     def buffers(self, index: int) -> np.ndarray:
-        return self.file["buffers"][self._index(index)]
+        with reading(self.path, "trajectory file"):
+            return self.file["buffers"][self._index(index)]
 
     def index_of_iteration(self, iteration: int) -> int:
         """Row of the checkpoint taken after ``iteration`` steps; error lists what exists."""
