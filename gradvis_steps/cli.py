@@ -109,10 +109,31 @@ def keep_freed_memory() -> bool:
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a step's ``main``; bad input ends in one clear line on stderr and exit status 2."""
+    """Run a step's ``main``; bad input ends in one clear line on stderr and exit status 2.
+
+    Under MPI with several ranks, anything that escapes ``main`` on one rank (bad input, an unexpected exception
+    with its traceback, a non-zero exit) is reported with the rank and aborts every rank
+    (:func:`~gradvis_steps.core.parallel.abort_on_error`): the others would otherwise wait forever in their next
+    collective. A serial run behaves as described above."""
+    from .core.parallel import abort_on_error
+
     try:
-        return int(main(argv) or 0)
+        status = int(main(argv) or 0)
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        abort_on_error(str(message), 2)  # returns only when there is nothing to abort
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:  # argparse's usage errors; sys.exit(...) in a step
+        if exit_.code not in (None, 0):
+            code = exit_.code if isinstance(exit_.code, int) else 1
+            abort_on_error(f"exit status {exit_.code}" if isinstance(exit_.code, int) else str(exit_.code), code)
+        raise
+    except KeyboardInterrupt:  # mpiexec forwards Ctrl-C to every rank itself
+        raise
+    except BaseException as error:
+        abort_on_error(f"{type(error).__name__}: {error}", 1, error)
+        raise
+    if status:
+        abort_on_error(f"exit status {status}", status)
+    return status

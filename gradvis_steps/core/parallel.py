@@ -3,17 +3,30 @@
 A step asks :func:`world` for the communicator: when the process was started by an MPI launcher (the
 launcher's environment variables are present) and mpi4py is installed, it wraps ``MPI.COMM_WORLD``;
 otherwise a one-rank stand-in answers the same calls, so no step needs MPI to run.
+
+A rank that fails must not leave the others waiting in a collective forever (on SLURM: until the time limit).
+:func:`abort_on_error` prints the failing rank's message and calls ``MPI.COMM_WORLD.Abort``, which makes the
+launcher end every rank with a non-zero status; :func:`cli.run <gradvis_steps.cli.run>` calls it for anything that
+escapes a step's ``main``, and :func:`world` installs a ``sys.excepthook`` that does the same for code outside it.
+A rank killed by a signal needs nothing here: the launcher (MPICH's Hydra) sees it die and kills the job.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import time
+import traceback
 from collections.abc import Callable
 
 import numpy as np
 
 #: Variables set by mpiexec/mpirun of MPICH (Hydra), Open MPI, Intel MPI and SLURM's srun --mpi.
 _LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK")
+
+#: Seconds a failing rank waits after printing its message and before aborting, so that the launcher forwards the
+#: message before it kills the job.
+ABORT_GRACE_S = 0.5
 
 
 class SerialComm:
@@ -100,7 +113,8 @@ def launched_by_mpi() -> bool:
 
 
 def world() -> SerialComm | MPIComm:
-    """COMM_WORLD when running under an MPI launcher with several ranks, else the serial stand-in."""
+    """COMM_WORLD when running under an MPI launcher with several ranks, else the serial stand-in. With several
+    ranks, an exception that reaches the top level of any rank aborts them all (:func:`install_abort_hook`)."""
     if not launched_by_mpi():
         return SerialComm()
     try:
@@ -108,7 +122,71 @@ def world() -> SerialComm | MPIComm:
     except ImportError:
         raise RuntimeError("started under an MPI launcher but mpi4py is not installed (pip install mpi4py)") from None
     comm = MPI.COMM_WORLD
-    return MPIComm(comm) if comm.Get_size() > 1 else SerialComm()
+    if comm.Get_size() < 2:
+        return SerialComm()
+    install_abort_hook()
+    return MPIComm(comm)
+
+
+def _several_ranks() -> object | None:
+    """mpi4py's live COMM_WORLD when this process is one of several MPI ranks, else None; never raises (it is
+    asked while an error is being handled)."""
+    if not launched_by_mpi():
+        return None
+    try:
+        from mpi4py import MPI
+
+        if MPI.Is_finalized():
+            return None
+        comm = MPI.COMM_WORLD
+        return comm if comm.Get_size() > 1 else None
+    except Exception:  # no mpi4py, or an MPI that cannot start: nothing to abort
+        return None
+
+
+def abort_on_error(message: str, code: int = 1, error: BaseException | None = None) -> None:
+    """When this process is one of several MPI ranks: print ``error (rank r of n): message`` on stderr (after
+    ``error``'s traceback when one is given), flush, and abort every rank with ``MPI.COMM_WORLD.Abort(code)``, so
+    no rank waits forever in a collective for this one; does not return then. In a serial run it does nothing
+    and returns, leaving the caller's serial behaviour (a one-line message, a traceback) unchanged."""
+    comm = _several_ranks()
+    if comm is None:
+        return
+    code = code if isinstance(code, int) and 0 < code < 256 else 1
+    try:
+        if error is not None:
+            traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+        print(f"error (rank {comm.Get_rank()} of {comm.Get_size()}): {message}", file=sys.stderr)
+        print(f"aborting all {comm.Get_size()} MPI ranks (exit status {code})", file=sys.stderr)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed or broken stream must not stop the abort
+                pass
+        # the launcher forwards a rank's output through its proxy, which drops what it has not forwarded yet
+        # when the abort arrives (measured with MPICH's Hydra: the message cut after its first line)
+        time.sleep(ABORT_GRACE_S)
+        comm.Abort(code)
+        os._exit(code)  # MPICH's MPI_Abort may return to the caller while the launcher tears the job down
+
+
+_previous_excepthook: Callable | None = None
+
+
+def _abort_excepthook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+    (_previous_excepthook or sys.__excepthook__)(kind, value, tb)  # the usual traceback
+    if not issubclass(kind, KeyboardInterrupt):  # mpiexec forwards Ctrl-C to every rank itself
+        abort_on_error(f"{kind.__name__}: {value}", 1)
+
+
+def install_abort_hook() -> None:
+    """Make an exception that reaches the top level of this rank (outside :func:`cli.run
+    <gradvis_steps.cli.run>`) abort every rank, after the usual traceback. Idempotent."""
+    global _previous_excepthook
+    if sys.excepthook is not _abort_excepthook:
+        _previous_excepthook = sys.excepthook
+        sys.excepthook = _abort_excepthook
 
 
 def group_chunk_counts(n_items: int, n_chunks: int, group_size: int) -> tuple[np.ndarray, np.ndarray]:
