@@ -4,6 +4,7 @@ test config (real jobs, real videos, the HTML report), plus incremental sweeps."
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -143,3 +144,45 @@ def test_mpi_launcher_only_for_jobs_with_several_tasks(tmp_path):
     others = [s for s in shells if "gradvis_steps.landscape" not in s]
     assert landscape and all("srun -n 3 python -m gradvis_steps.landscape" in s for s in landscape), landscape
     assert others and not any("srun" in s or "mpiexec" in s for s in others), others
+
+
+def test_config_values_never_reach_a_shell_unquoted(tmp_path):
+    """A results folder and a dataset key with a space, a quote and shell syntax stay one argument each: the
+    planned commands split back into the intended paths, and a real job writes where it should and runs nothing
+    else."""
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    weird = "it's a folder;touch PWNED;#"
+    results = tmp_path / weird / "results"
+    config["results"] = str(results)
+    config["datasets"] = {"my digits": {"name": "digits"}}
+    config["train"]["dataset"] = ["my digits"]
+    config["train"]["seed"] = [0]
+    config["interpolation"]["enabled"] = False
+    path = tmp_path / "weird.yaml"
+    path.write_text(yaml.safe_dump(config))
+    plan = snakemake("-n", "-p", "--cores", "1", "--configfile", str(path))
+    assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+    shells = [line.strip() for line in plan.stdout.splitlines() if "python -m gradvis_steps." in line]
+    assert shells
+    for line in shells:
+        words = shlex.split(line)
+        assert "touch" not in words, line
+        paths = [word for word in words if "PWNED" in word]  # every path under the results folder, whole
+        assert paths and all(word.startswith(str(results)) for word in paths), line
+        log = words[words.index(">") + 1]
+        assert log.startswith(str(results)) and "/logs/" in log, line
+    run = "my digits-lenet_small-lr0.05-bs256-e2-m0.9-s0"
+    assert any(run in line for line in shells)
+    trained = snakemake(f"{results}/{run}/trajectory.h5", "--cores", "1", "--configfile", str(path))
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert (results / run / "trajectory.h5").is_file() and (results / run / "logs" / "train.log").is_file()
+    assert not list(ROOT.glob("PWNED")) and not list(tmp_path.rglob("PWNED"))
+
+
+def test_an_empty_results_folder_is_rejected(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    config["results"] = ""
+    path = tmp_path / "empty.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--cores", "1", "--configfile", str(path))
+    assert result.returncode != 0 and "results" in result.stdout + result.stderr

@@ -126,9 +126,9 @@ def directions_args(wildcards, input):
     args = (f"--method {wildcards.method} --seed {config['directions']['seed']} "
             f"--normalization {config['directions']['normalization']}")
     if wildcards.method == "hessian":
-        return f"{args} --eigendirections {input.eig} --pick {' '.join(map(str, HESSIAN['pick']))}"
+        return f"{args} --eigendirections {shlex.quote(input.eig)} --pick {' '.join(map(str, HESSIAN['pick']))}"
     if wildcards.method == "custom":
-        return f"{args} --custom {input.custom}"
+        return f"{args} --custom {shlex.quote(input.custom)}"
     return args
 
 

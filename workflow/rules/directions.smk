@@ -19,8 +19,8 @@ rule eigendirections:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.eigendirections --trajectory {input} {params.args} "
-        "--out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.eigendirections --trajectory {input:q} {params.args} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule directions:
@@ -39,5 +39,5 @@ rule directions:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.trajectory} {params.args} "
-        "--out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.trajectory:q} {params.args} "
+        "--out {output:q} > {log:q} 2>&1"

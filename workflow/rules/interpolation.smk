@@ -25,8 +25,8 @@ rule interpolate:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.interpolate "
-        "--trajectory-a {input.a} --trajectory-b {input.b} {params.args} --out-line {output.line} "
-        "--out-spectra {output.spectra} > {log} 2>&1"
+        "--trajectory-a {input.a:q} --trajectory-b {input.b:q} {params.args} --out-line {output.line:q} "
+        "--out-spectra {output.spectra:q} > {log:q} 2>&1"
 
 
 rule plot_interpolation_line:
@@ -39,7 +39,7 @@ rule plot_interpolation_line:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input} --line {output} > {log} 2>&1"
+        "python -m gradvis_steps.plot_landscape --landscape {input:q} --line {output:q} > {log:q} 2>&1"
 
 
 rule interpolation_plane_directions:
@@ -54,8 +54,8 @@ rule interpolation_plane_directions:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.a} --trajectory-b {input.b} "
-        "--method interpolation --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.a:q} --trajectory-b {input.b:q} "
+        "--method interpolation --out {output:q} > {log:q} 2>&1"
 
 
 rule interpolation_plane:
@@ -81,7 +81,7 @@ rule interpolation_plane:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.landscape "
-        "--trajectory {input.trajectory} --directions {input.directions} {params.args} --out {output} > {log} 2>&1"
+        "--trajectory {input.trajectory:q} --directions {input.directions:q} {params.args} --out {output:q} > {log:q} 2>&1"
 
 
 rule plot_interpolation_plane:
@@ -96,5 +96,5 @@ rule plot_interpolation_plane:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input} --contour {output.contour} --surface {output.surface} "
-        "--log-levels --mark 1 0 'minimum B' > {log} 2>&1"
+        "python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} --surface {output.surface:q} "
+        "--log-levels --mark 1 0 'minimum B' > {log:q} 2>&1"

@@ -23,8 +23,8 @@ rule landscape:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.landscape "
-        "--trajectory {input.trajectory} --directions {input.directions} --dims {wildcards.dims} {params.args} "
-        "--out {output} > {log} 2>&1"
+        "--trajectory {input.trajectory:q} --directions {input.directions:q} --dims {wildcards.dims} {params.args} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule plot_landscape_2d:
@@ -43,8 +43,8 @@ rule plot_landscape_2d:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input} --contour {output.contour} --surface {output.surface} "
-        "--vtk {output.vtk} {params.log_levels} --title '{wildcards.run}' > {log} 2>&1"
+        "python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} --surface {output.surface:q} "
+        "--vtk {output.vtk:q} {params.log_levels} --title {wildcards.run:q} > {log:q} 2>&1"
 
 
 rule plot_landscape_1d:
@@ -58,4 +58,4 @@ rule plot_landscape_1d:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input} --line {output} --title '{wildcards.run}' > {log} 2>&1"
+        "python -m gradvis_steps.plot_landscape --landscape {input:q} --line {output:q} --title {wildcards.run:q} > {log:q} 2>&1"

@@ -22,7 +22,7 @@ rule spectrum_chunk:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.spectrum "
-        "--trajectory {input} {params.args} --chunk {wildcards.i}/{wildcards.n} --out {output} > {log} 2>&1"
+        "--trajectory {input:q} {params.args} --chunk {wildcards.i}/{wildcards.n} --out {output:q} > {log:q} 2>&1"
 
 
 rule spectra_gather:
@@ -35,4 +35,4 @@ rule spectra_gather:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.merge_spectra --inputs {input} --out {output} > {log} 2>&1"
+        "python -m gradvis_steps.merge_spectra --inputs {input:q} --out {output:q} > {log:q} 2>&1"

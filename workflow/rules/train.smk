@@ -16,4 +16,4 @@ rule train:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.train {params.args} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.train {params.args} --out {output:q} > {log:q} 2>&1"

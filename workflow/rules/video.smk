@@ -14,8 +14,8 @@ rule training_frames:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.frames training --landscape {input.landscape} --spectra {input.spectra} {params.args} "
-        "--out-dir {output} > {log} 2>&1"
+        "python -m gradvis_steps.frames training --landscape {input.landscape:q} --spectra {input.spectra:q} {params.args} "
+        "--out-dir {output:q} > {log:q} 2>&1"
 
 
 rule interpolation_frames:
@@ -31,8 +31,8 @@ rule interpolation_frames:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.frames interpolation --line {input.line} --spectra {input.spectra} {params.args} "
-        "--out-dir {output} > {log} 2>&1"
+        "python -m gradvis_steps.frames interpolation --line {input.line:q} --spectra {input.spectra:q} {params.args} "
+        "--out-dir {output:q} > {log:q} 2>&1"
 
 
 rule training_video:
@@ -47,7 +47,7 @@ rule training_video:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.video --frames {input} {params.args} --out {output} > {log} 2>&1"
+        "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q} > {log:q} 2>&1"
 
 
 rule interpolation_video:
@@ -63,4 +63,4 @@ rule interpolation_video:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.video --frames {input} {params.args} --out {output} > {log} 2>&1"
+        "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q} > {log:q} 2>&1"
