@@ -48,6 +48,9 @@ def test_every_config_dry_runs(config):
         ({"spectra": {"vector": "uniform"}}, "'uniform' is not one of ['gaussian', 'rademacher']"),
         ({"train": {"model": ["vgg"]}}, "train.model names 'vgg'"),
         ({"frames": {"direction": "custom"}}, "frames.direction 'custom' is not in directions.methods"),
+        ({"train": {"seed": [-1]}}, "-1 is less than the minimum of 0"),
+        ({"spectra": {"seed": -3}}, "-3 is less than the minimum of 0"),
+        ({"directions": {"hessian": {"pick": [0, 0]}}}, "[0, 0] has non-unique elements"),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(tmp_path, override, message):
