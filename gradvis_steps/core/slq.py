@@ -177,10 +177,7 @@ def _lockstep(matvec: MatVec, vectors: list[Array], m: int,
     from .lanczos import to_numpy
     from .lanczos_lockstep import lanczos_lockstep, rows_matmat
 
-    if isinstance(vectors[0], np.ndarray):
-        block = np.stack(vectors)
-    else:
-        block = array_namespace(vectors[0]).stack(vectors)
+    block = array_namespace(vectors[0]).stack(vectors)
     matmat = getattr(matvec, "matmat", None) or rows_matmat(matvec)
     alpha, beta, _ = lanczos_lockstep(matmat, block, m, breakdown_tol)
     return to_numpy(alpha).astype(np.float64), to_numpy(beta).astype(np.float64)
