@@ -272,7 +272,6 @@ def load_models_data(
     """
     import torch
 
-    from gradvis_steps.backends.torch.models import LeNet, resnet20
     from gradvis_steps.data import load_dataset
 
     torch.manual_seed(seed)
@@ -284,10 +283,15 @@ def load_models_data(
         ds = load_dataset({"name": "synthetic", "n_train": int(resnet_samples), "n_test": 1, "seed": seed})
         x, y = ds.x_train, ds.y_train
         desc = f"synthetic CIFAR-shaped {tuple(ds.input_shape)}, {len(x)} samples"
+    return bench_model(which, ds), x, y, desc
+
+
+def bench_model(which: str, dataset: Any) -> Any:
+    """The benches' LeNet or ResNet-20 for ``dataset``'s input shape and classes (seed torch first)."""
+    from gradvis_steps.backends.torch.models import LeNet, resnet20
+
     if which == "lenet":
-        model = LeNet(ds.input_shape, ds.num_classes)
-    elif which == "resnet20":
-        model = resnet20(ds.input_shape, ds.num_classes)
-    else:
-        raise SystemExit(f"unknown model {which!r} (lenet, resnet20)")
-    return model, x, y, desc
+        return LeNet(dataset.input_shape, dataset.num_classes)
+    if which == "resnet20":
+        return resnet20(dataset.input_shape, dataset.num_classes)
+    raise SystemExit(f"unknown model {which!r} (lenet, resnet20)")

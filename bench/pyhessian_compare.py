@@ -89,18 +89,11 @@ def patch_torch_eig() -> None:
 def build(name: str, samples: int, seed: int) -> tuple[Any, Any, Any]:
     import torch
 
-    from gradvis_steps.backends.torch.models import LeNet, resnet20
     from gradvis_steps.data import load_dataset
 
     ds = load_dataset({"name": "synthetic", "n_train": samples, "n_test": 1, "seed": seed})
     torch.manual_seed(seed)
-    if name == "lenet":
-        model = LeNet(ds.input_shape, ds.num_classes)
-    elif name == "resnet20":
-        model = resnet20(ds.input_shape, ds.num_classes)
-    else:
-        raise SystemExit(f"unknown model {name!r} (lenet, resnet20)")
-    return model, ds.x_train, ds.y_train
+    return C.bench_model(name, ds), ds.x_train, ds.y_train
 
 
 def make_objective(model: Any, x: Any, y: Any, args: argparse.Namespace, mode: str) -> Any | None:

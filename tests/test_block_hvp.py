@@ -58,6 +58,9 @@ def test_matmat_splits_the_block_to_fit_the_memory_budget_with_the_same_values(e
     tight = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64, hvp_memory_mb=7.5 * graph_mb)
     operator = tight.hvp_operator(theta)
     assert operator.kept_batches == 5 and operator.block_size == 2
+    partly = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64, hvp_memory_mb=3.5 * graph_mb)
+    partial_operator = partly.hvp_operator(theta)  # graphs that do not all fit leave no room for a block
+    assert partial_operator.kept_batches == 3 and partial_operator.block_size == 1
     assert whole.block_size >= 5
     unlimited = TorchObjective(model, x, y, batch_size=7, dtype=torch.float64, hvp_memory_mb=float("inf"))
     assert unlimited.hvp_operator(theta).block_size >= 2**31  # an unlimited budget never splits a block

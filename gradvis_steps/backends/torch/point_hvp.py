@@ -134,13 +134,11 @@ class PointHVP:
             return self(V[0]).unsqueeze(0)
 
         def batch_product(index: int, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            gradient = self._gradients[index]
             if self.mode == "forward_over_reverse":
                 return vmap(lambda v: objective.batch_hvp(self._theta, v, xb, yb, self.mode))(V)
-            retain = gradient is not None
-            if gradient is None:  # not kept: build this batch's gradient graph for this block only
-                gradient, _ = self._gradient_with_graph(xb, yb)
-            return torch.autograd.grad(gradient, self._point, grad_outputs=V, retain_graph=retain,
+            # Double backprop with two or more vectors: every batch kept its graph (a batch that did not fit left
+            # less room than one graph, which makes block_size 1), so each product goes through a kept graph.
+            return torch.autograd.grad(self._gradients[index], self._point, grad_outputs=V, retain_graph=True,
                                        is_grads_batched=True)[0]
 
         return self._reduction.mean(V, batch_product)
