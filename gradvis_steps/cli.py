@@ -108,8 +108,44 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
+def take_settings_option(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` without ``--settings FILE`` (or ``--settings=FILE``), and FILE: an option every step takes."""
+    rest, path = [], None
+    items = iter(argv)
+    for item in items:
+        if item == "--settings":
+            path = next(items, None)
+            if path is None:
+                raise ValueError("--settings needs a FILE (the YAML settings of the output folder)")
+        elif item.startswith("--settings="):
+            path = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    return rest, path
+
+
+def record_settings(path: str) -> None:
+    """Load the YAML settings of the output folder (``--settings FILE``) into every provenance this process writes."""
+    from . import provenance
+    from .storage.atomic import reading
+
+    with reading(path, "settings file (--settings)"):
+        with open(path) as handle:
+            try:
+                settings = yaml.safe_load(handle)
+            except yaml.YAMLError as error:
+                raise ValueError(f"{path}: not a readable settings file ({error})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: settings must be a YAML mapping, got {type(settings).__name__}")
+    provenance.FOLDER_SETTINGS.clear()
+    provenance.FOLDER_SETTINGS.update(settings)
+
+
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a step's ``main``; bad input ends in one clear line on stderr and exit status 2.
+
+    Every step also takes ``--settings FILE`` (the YAML the workflow writes beside an output folder): it is taken
+    out of the command line here and its content recorded in the provenance of every file the step writes.
 
     Under MPI with several ranks, anything that escapes ``main`` on one rank (bad input, an unexpected exception
     with its traceback, a non-zero exit) is reported with the rank and aborts every rank
@@ -118,6 +154,9 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     from .core.parallel import abort_on_error
 
     try:
+        argv, settings = take_settings_option(sys.argv[1:] if argv is None else list(argv))
+        if settings is not None:
+            record_settings(settings)
         status = int(main(argv) or 0)
     except USER_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

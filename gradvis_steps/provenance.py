@@ -13,6 +13,9 @@ from typing import Any
 
 from . import __version__
 
+#: the settings of the output folder a step writes into (``--settings FILE``, read by :func:`gradvis_steps.cli.run`)
+FOLDER_SETTINGS: dict[str, Any] = {}
+
 _PACKAGES = ("numpy", "scipy", "torch", "tensorflow", "h5py", "mpi4py", "matplotlib", "snakemake")
 
 
@@ -39,5 +42,6 @@ def provenance(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
         "command": sys.argv,
         "host": socket.gethostname(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"settings": dict(FOLDER_SETTINGS)} if FOLDER_SETTINGS else {}),
         **extra,
     }

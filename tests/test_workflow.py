@@ -64,7 +64,7 @@ def test_bad_config_is_rejected_before_any_job(tmp_path, override, message):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """The whole DAG of config/test.yaml, written under a temporary results folder."""
+    """The whole DAG of config/test.yaml (two experiments, a sweep over spectra.m), under a temporary folder."""
     folder = tmp_path_factory.mktemp("workflow")
     config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     config["results"] = str(folder / "results")
@@ -77,6 +77,15 @@ def tiny_run(tmp_path_factory):
     return folder, path, config
 
 
+def settings_of(folder: Path) -> dict:
+    return yaml.safe_load((folder / "settings.yaml").read_text())
+
+
+def only(paths: list[Path]) -> Path:
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
 def test_whole_dag_produces_every_result(tiny_run):
     from gradvis_steps.render.video import count_frames
     from gradvis_steps.storage.landscape import load_landscape
@@ -85,33 +94,60 @@ def test_whole_dag_produces_every_result(tiny_run):
 
     folder, _, config = tiny_run
     results = folder / "results"
-    runs = sorted(p.name for p in results.iterdir())
+    runs = sorted(p.name for p in results.iterdir() if p.name != "experiments")
+    # seed 0 serves both experiments (trained once); seed 1 only the interpolation
     assert runs == ["digits-lenet_small-lr0.05-bs256-e2-m0.9-s0", "digits-lenet_small-lr0.05-bs256-e2-m0.9-s1"]
     for run in runs:
         with Trajectory(results / run / "trajectory.h5") as traj:
-            n_checkpoints = len(traj)
+            assert len(traj) == 2 * 6 + 1  # 1,500 digits / batch 256 = 6 steps per epoch, plus the initial point
             assert traj.config["train"]["seed"] == int(run[-1])
-        assert n_checkpoints == 2 * 6 + 1  # 1,500 digits / batch 256 = 6 steps per epoch, plus the initial point
-        for method in config["directions"]["methods"]:
-            land = load_landscape(results / run / "landscape" / f"{method}_2d.h5")
-            assert land.loss.shape == (5, 5) and np.isfinite(land.loss).all()
-            assert land.trajectory.shape == (n_checkpoints, 2)
-            assert land.provenance["versions"]["gradvis"] and land.config["run"]["train"]["seed"] == int(run[-1])
-            for suffix in ("contour.png", "surface.png", "surface.vtk", "line.png"):
-                assert (results / run / "plots" / f"{method}_{suffix}").stat().st_size > 0
-        spectra = load_spectra(results / run / "spectra.h5")
+    run, other = (results / name for name in runs)
+    assert not (other / "landscape").exists() and not (other / "spectra").exists()  # not asked for
+    methods = {settings_of(p)["settings"]["directions"]["method"]: p for p in (run / "landscape").iterdir()}
+    assert sorted(methods) == ["hessian", "pca", "random"]
+    for method, land_dir in methods.items():
+        land = load_landscape(land_dir / "landscape_2d.h5")
+        assert land.loss.shape == (5, 5) and np.isfinite(land.loss).all()
+        assert land.trajectory.shape == (13, 2)
+        assert land.provenance["versions"]["gradvis"] and land.config["run"]["train"]["seed"] == 0
+        assert land.provenance["settings"] == settings_of(land_dir)  # the folder's settings, in the file itself
+        for name in ("contour.png", "surface.png", "surface.vtk", "line.png", "landscape_1d.h5"):
+            assert (land_dir / name).stat().st_size > 0, name
+    # the sweep spectra.m: [6, 8] gives two spectra side by side, each with its own training video
+    spectra_dirs = {settings_of(p)["settings"]["spectra"]["m"]: p for p in (run / "spectra").iterdir()}
+    assert sorted(spectra_dirs) == [6, 8]
+    for m, spectra_dir in spectra_dirs.items():
+        spectra = load_spectra(spectra_dir / "spectra.h5")
         assert spectra.iterations.tolist() == [0, 3, 6, 9, 12]  # every 3rd checkpoint and the last
-        assert count_frames(results / run / "training.mp4") == len(spectra.iterations)
-    pair = results / runs[0] / "interpolation" / runs[1]
+        assert int(spectra.attrs["m"]) == m
+        densities = sorted(p.name for p in (spectra_dir / "densities").iterdir())
+        assert densities == [f"density_{i:06d}.png" for i in (0, 3, 6, 9, 12)]
+    videos = sorted((run / "videos").glob("*/training.mp4"))
+    assert len(videos) == 2 and all(count_frames(v) == 5 for v in videos)
+    assert {settings_of(v.parent)["settings"]["spectra"]["spectra"]["m"] for v in videos} == {6, 8}
+    compare = results / "experiments" / "training" / "compare" / run.name / "spectra.png"
+    assert compare.stat().st_size > 0
+    # the interpolation experiment: line, plane, spectra at its points, the Figure 8 video
+    pair = only(sorted((run / "interpolation" / other.name).iterdir()))
     line = load_landscape(pair / "line.h5")
     assert line.axes[0].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
     assert len(load_spectra(pair / "spectra.h5").entries) == 4
-    assert count_frames(pair / "interpolation.mp4") == 4
+    assert count_frames(only(sorted(pair.glob("videos/*/interpolation.mp4")))) == 4
     assert (pair / "plane_contour.png").stat().st_size > 0
     with h5py.File(pair / "plane.h5") as f:
         assert f["loss"].shape == (5, 5)
+    for experiment in ("training", "interpolation"):
+        page = (results / "experiments" / experiment / "summary.html").read_text()
+        assert experiment in page
     html = (folder / "report.html").read_text(errors="replace")
-    assert "training.mp4" in html and "contour.png" in html
+    assert "training.mp4" in html and "contour.png" in html and "summary.html" in html
+
+
+def planned_jobs(config_path: Path) -> dict[str, int]:
+    plan = snakemake("-n", "--cores", "1", "--configfile", str(config_path), "--quiet", "rules")
+    assert plan.returncode == 0, plan.stderr
+    return {line.split()[0]: int(line.split()[1]) for line in plan.stdout.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
 
 
 def test_complete_run_has_nothing_to_do_and_sweeps_add_only_new_jobs(tiny_run):
@@ -119,16 +155,22 @@ def test_complete_run_has_nothing_to_do_and_sweeps_add_only_new_jobs(tiny_run):
     again = snakemake("-n", "--cores", "1", "--configfile", str(path))
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
-    config["train"]["seed"] = [0, 1, 2]
-    wider = folder / "wider.yaml"
-    wider.write_text(yaml.safe_dump(config))
-    plan = snakemake("-n", "--cores", "1", "--configfile", str(wider), "--quiet", "rules")
-    assert plan.returncode == 0, plan.stderr
-    planned = {line.split()[0]: int(line.split()[1]) for line in plan.stdout.splitlines()
-               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert planned.get("train") == 1  # only the new seed's run trains
-    assert planned.get("interpolate") is None  # the pair (seeds 0, 1) is unchanged
-    assert planned.get("spectra_gather") == 1
+    wider = yaml.safe_load(path.read_text())
+    wider["experiments"]["training"]["spectra"]["m"] = [6, 8, 10]  # a third value of the sweep
+    wider_path = folder / "wider.yaml"
+    wider_path.write_text(yaml.safe_dump(wider))
+    planned = planned_jobs(wider_path)
+    # the new spectra (2 chunks, gathered, plotted) and its video; the comparison and the summary take it in
+    assert planned.pop("spectrum_chunk") == 2 and planned.pop("spectra_gather") == 1
+    assert planned.pop("training_video") == 1 and planned.pop("compare") == 1
+    assert set(planned) <= {"analysis_settings", "density_plots", "training_frames", "experiment_settings",
+                            "experiment_summary", "all"}, planned  # nothing else reruns: no training, no landscape
+    seeds = yaml.safe_load(path.read_text())
+    seeds["experiments"]["interpolation"]["train"]["seed"] = [0, 1, 2]  # a new run, not an interpolation partner
+    seeds_path = folder / "seeds.yaml"
+    seeds_path.write_text(yaml.safe_dump(seeds))
+    planned = planned_jobs(seeds_path)
+    assert planned.get("train") == 1 and "interpolate" not in planned and "landscape" not in planned, planned
 
 
 def test_mpi_launcher_only_for_jobs_with_several_tasks(tmp_path):
@@ -160,7 +202,7 @@ def test_config_values_never_reach_a_shell_unquoted(tmp_path):
     config["datasets"] = {"my digits": {"name": "digits"}}
     config["train"]["dataset"] = ["my digits"]
     config["train"]["seed"] = [0]
-    config["interpolation"]["enabled"] = False
+    config.pop("experiments")  # the shared sections alone: the single-experiment form
     path = tmp_path / "weird.yaml"
     path.write_text(yaml.safe_dump(config))
     plan = snakemake("-n", "-p", "--cores", "1", "--configfile", str(path))
@@ -173,7 +215,7 @@ def test_config_values_never_reach_a_shell_unquoted(tmp_path):
         paths = [word for word in words if "PWNED" in word]  # every path under the results folder, whole
         assert paths and all(word.startswith(str(results)) for word in paths), line
         log = words[words.index(">") + 1]
-        assert log.startswith(str(results)) and "/logs/" in log, line
+        assert log.startswith(str(results)) and log.endswith(".log"), line
     run = "my digits-lenet_small-lr0.05-bs256-e2-m0.9-s0"
     assert any(run in line for line in shells)
     trained = snakemake(f"{results}/{run}/trajectory.h5", "--cores", "1", "--configfile", str(path))

@@ -1,149 +1,191 @@
-# Config validation, run ids and the targets the config asks for. Rules call one step module each.
+# The plan (workflow/experiments.py): experiments, sweeps, content-addressed output folders; helpers the rules
+# share to turn a job's settings into step arguments and resources. Rules call one step module each.
 
-import itertools
+import json
 import re
 import shlex
+import sys
+from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+from experiments import ConfigError, build_plan, summary_settings  # noqa: E402
 
-validate(config, "../schemas/config.schema.yaml", set_default=True)
+SCHEMA_PATH = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
-R = config["results"].rstrip("/")
+try:
+    PLAN = build_plan(config, SCHEMA, lambda variant: validate(variant, str(SCHEMA_PATH), set_default=True))
+except ConfigError as error:
+    raise ValueError(f"config error: {error}") from None
+
+FIRST = next(iter(PLAN.experiments.values())).variants[0].config
+R = FIRST["results"].rstrip("/")
 ENV = "../../envs/gradvis.yaml"
-RES = config["resources"]
-EVAL = config["evaluation"]
+LAUNCHER = FIRST["mpi_launcher"]
 
 
-def fail(message):
-    raise ValueError(f"config error: {message}")
+def ids(kind):
+    """Wildcard constraint: exactly the planned ids of one kind (never matches a path of another rule)."""
+    return "|".join(re.escape(i) for i in PLAN.ids(kind)) or "NO_JOBS"
 
 
-for key, known in (("dataset", config["datasets"]), ("model", config["models"])):
-    for name in config["train"][key]:
-        if name not in known:
-            fail(f"train.{key} names {name!r}, which is not defined under {key}s: (defined: {sorted(known)})")
-if "custom" in config["directions"]["methods"] and not config["directions"]["custom_file"]:
-    fail("directions.methods includes 'custom' but directions.custom_file is not set")
-if config["frames"]["direction"] not in config["directions"]["methods"]:
-    fail(f"frames.direction {config['frames']['direction']!r} is not in directions.methods "
-         f"{config['directions']['methods']}")
-_hessian = config["directions"]["hessian"]
-if max(_hessian["pick"]) >= _hessian["count"]:
-    fail(f"directions.hessian.pick {_hessian['pick']} needs count > {max(_hessian['pick'])}, got {_hessian['count']}")
-if _hessian["count"] > _hessian["steps"]:
-    fail(f"directions.hessian.count {_hessian['count']} exceeds steps {_hessian['steps']}")
-if config["interpolation"]["enabled"]:
-    _missing = [s for s in config["interpolation"]["seeds"] if s not in config["train"]["seed"]]
-    if _missing:
-        fail(f"interpolation.seeds {_missing} are not in train.seed {config['train']['seed']}")
+wildcard_constraints:
+    run="|".join(re.escape(r) for r in PLAN.runs) or "NO_RUNS",
+    other="|".join(re.escape(r) for r in PLAN.runs) or "NO_RUNS",
+    experiment="|".join(re.escape(e) for e in PLAN.experiments),
+    sid=ids("spectra"),
+    eid=ids("eigendirections"),
+    did=ids("directions"),
+    lid=ids("landscape"),
+    vid=ids("video"),
+    mid=ids("moving"),
+    iid=ids("interpolation"),
+    ivid=ids("interpolation_video"),
+    log="|_log",
+    dims="1|2",
 
 
-def run_id(dataset, model, lr, batch_size, epochs, momentum, seed):
-    """Readable, stable id: the same settings always give the same folder, whatever else the sweep holds."""
-    return f"{dataset}-{model}-lr{lr:g}-bs{batch_size}-e{epochs}-m{momentum:g}-s{seed}"
+def job(kind, job_id):
+    return PLAN.job(kind, job_id)
 
 
-RUNS = {}
-for _combo in itertools.product(*(config["train"][k] for k in
-                                  ("dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed"))):
-    RUNS[run_id(*_combo)] = dict(zip(("dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed"), _combo))
-
-# Interpolation pairs: the run with the first seed and its twin with the second seed.
-PAIRS = {}
-if config["interpolation"]["enabled"]:
-    _seed_a, _seed_b = config["interpolation"]["seeds"]
-    for _run, _settings in RUNS.items():
-        if _settings["seed"] == _seed_a:
-            PAIRS[_run] = run_id(*(_settings[k] for k in ("dataset", "model", "lr", "batch_size", "epochs",
-                                                          "momentum")), _seed_b)
-
-METHODS = config["directions"]["methods"]
+def execution(kind, job_id):
+    """The variant config that runs a job (the first experiment that asked for it)."""
+    return job(kind, job_id).execution
 
 
-def mpi_resources(tasks):
-    """Resources of a step that can run under MPI: `mpi` (the launcher) and `tasks` (ranks). A one-task job
-    declares no `mpi` and runs as a plain process: nothing to launch, and the SLURM plugin refuses MPI jobs of
-    one task."""
-    return {"mpi": config["mpi_launcher"], "tasks": tasks} if tasks > 1 else {"tasks": 1}
+def eval_args(cfg):
+    e = cfg["evaluation"]
+    return (f"--eval-fraction {e['fraction']} --eval-seed {e['seed']} --batch-size {e['batch_size']} "
+            f"--dtype {e['dtype']} --device {shlex.quote(cfg['device'])} --no-progress")
+
+
+def hvp_args(cfg):
+    """The steps that multiply one point's Hessian by many vectors (eigendirections, spectra, interpolation)."""
+    return f"--hvp-memory-mb {cfg['evaluation']['hvp_memory_mb']} --hvp-mode {cfg['evaluation']['hvp_mode']}"
+
+
+def slq_args(cfg):
+    s = cfg["spectra"]
+    sigma = f" --sigma {s['sigma']}" if s["sigma"] is not None else ""
+    return f"--k {s['k']} --m {s['m']} --seed {s['seed']} --vector {s['vector']} --group-size {s['group_size']}{sigma}"
+
+
+def frame_args(cfg):
+    f = cfg["frames"]
+    sigma = cfg["spectra"]["sigma"]
+    return (f"--dpi {f['dpi']} " + ("--log-scale" if f["log_scale"] else "--no-log-scale")
+            + (f" --sigma {sigma}" if sigma is not None else ""))
+
+
+def from_job(kind, wildcard, pick):
+    """An input/param/resource function: ``pick(execution config)`` of the job named by ``wildcard``."""
+    return lambda w, **_: pick(execution(kind, getattr(w, wildcard)))
+
+
+def mpi_of(kind, wildcard, key):
+    """Resources `mpi` (the launcher; empty for one task: a plain process, which the SLURM plugin then does not
+    treat as MPI) and `tasks` (ranks) of a job that can run under MPI."""
+    tasks = from_job(kind, wildcard, lambda cfg: key(cfg)["mpi_tasks"])
+    return {"mpi": lambda w: LAUNCHER if tasks(w) > 1 else "", "tasks": tasks}
+
+
+def resources_of(kind, wildcard, gpu=True):
+    out = {name: from_job(kind, wildcard, lambda cfg, name=name: cfg["resources"][name])
+           for name in ("mem_mb", "runtime")}
+    if gpu:
+        out["gpu"] = from_job(kind, wildcard, lambda cfg: cfg["resources"]["gpu"])
+    return out
+
+
+def threads_of(kind, wildcard):
+    return from_job(kind, wildcard, lambda cfg: cfg["resources"]["threads"])
 
 
 def mpi_launcher(wildcards, resources):
     """Shell prefix `{resources.mpi} -n {resources.tasks}` of an MPI job; empty for a one-task job."""
     mpi = getattr(resources, "mpi", None)
     return f"{mpi} -n {resources.tasks} " if mpi else ""
-CHUNKS = config["spectra"]["chunks"]
 
 
-wildcard_constraints:
-    run="|".join(re.escape(r) for r in RUNS) or "NO_RUNS",
-    other="|".join(re.escape(r) for r in RUNS) or "NO_RUNS",
-    method="|".join(METHODS),
-    dims="1|2",
-
-
-def train_args(run):
-    s = RUNS[run]
-    args = ["--dataset", config["datasets"][s["dataset"]]["name"]]
-    args += [x for k, v in config["datasets"][s["dataset"]].items() if k != "name"
-             for x in ("--dataset-option", f"{k}={v}")]
-    args += ["--model", config["models"][s["model"]]["name"]]
-    args += [x for k, v in config["models"][s["model"]].items() if k != "name"
-             for x in ("--model-option", f"{k}={v}")]
-    args += ["--seed", s["seed"], "--lr", s["lr"], "--batch-size", s["batch_size"], "--epochs", s["epochs"],
-             "--momentum", s["momentum"], "--checkpoint-every", config["train"]["checkpoint_every"]]
-    return " ".join(shlex.quote(str(a)) for a in args)
-
-
-HESSIAN = config["directions"]["hessian"]
-LAND = config["landscape"]
-SPEC = config["spectra"]
-INTERP = config["interpolation"]
-FRAMES = config["frames"]
-PAIR_DIR = f"{R}/{{run}}/interpolation/{{other}}"
-
-EVAL_ARGS = (f"--eval-fraction {EVAL['fraction']} --eval-seed {EVAL['seed']} --batch-size {EVAL['batch_size']} "
-             f"--dtype {EVAL['dtype']} --device {config['device']} --no-progress")
-
-
-# the steps that multiply one point's Hessian by many vectors (eigendirections, spectra, interpolation)
-HVP_ARGS = f"--hvp-memory-mb {EVAL['hvp_memory_mb']} --hvp-mode {EVAL['hvp_mode']}"
-SPEC_ARGS = (f"--k {SPEC['k']} --m {SPEC['m']} --seed {SPEC['seed']} --vector {SPEC['vector']} "
-             f"--group-size {SPEC['group_size']}")
-FRAME_ARGS = f"--dpi {FRAMES['dpi']} " + ("--log-scale" if FRAMES["log_scale"] else "--no-log-scale")
-
-
-def directions_inputs(wildcards):
-    inputs = {"trajectory": f"{R}/{wildcards.run}/trajectory.h5"}
-    if wildcards.method == "hessian":
-        inputs["eig"] = f"{R}/{wildcards.run}/eigendirections.h5"
-    if wildcards.method == "custom":
-        inputs["custom"] = config["directions"]["custom_file"]
-    return inputs
-
-
-def directions_args(wildcards, input):
-    args = (f"--method {wildcards.method} --seed {config['directions']['seed']} "
-            f"--normalization {config['directions']['normalization']}")
-    if wildcards.method == "hessian":
-        return f"{args} --eigendirections {shlex.quote(input.eig)} --pick {' '.join(map(str, HESSIAN['pick']))}"
-    if wildcards.method == "custom":
-        return f"{args} --custom {shlex.quote(input.custom)}"
-    return args
+def settings_json(kind, wildcard):
+    """What defines a job's folder, written to its settings.yaml (and from there into each HDF5 provenance)."""
+    return lambda w: json.dumps({"kind": kind, "id": getattr(w, wildcard),
+                                 "settings": job(kind, getattr(w, wildcard)).settings}, sort_keys=True)
 
 
 def all_targets():
     targets = []
-    for run in RUNS:
-        targets.append(f"{R}/{run}/trajectory.h5")
-        targets.append(f"{R}/{run}/spectra.h5")
-        for method in METHODS:
-            targets += [f"{R}/{run}/plots/{method}_contour.png", f"{R}/{run}/plots/{method}_surface.png",
-                        f"{R}/{run}/plots/{method}_surface.vtk"]
-            if config["landscape"]["line"]:
-                targets.append(f"{R}/{run}/plots/{method}_line.png")
-        targets.append(f"{R}/{run}/training.mp4")
-    for run, other in PAIRS.items():
-        folder = f"{R}/{run}/interpolation/{other}"
-        targets += [f"{folder}/line.png", f"{folder}/plane_contour.png", f"{folder}/interpolation.mp4"]
-    return targets
+    for experiment in PLAN.experiments.values():
+        targets += [f"{R}/{item['path']}" for item in experiment.outputs]
+        targets += [f"{R}/{path}" for path in experiment.compare]
+        targets.append(f"{R}/experiments/{experiment.name}/summary.html")
+    return list(dict.fromkeys(targets))
+
+
+def train_args(run):
+    planned = PLAN.runs[run]
+    s, cfg = planned["settings"], planned["execution"]
+    dataset, model = cfg["datasets"][s["dataset"]], cfg["models"][s["model"]]
+    args = ["--dataset", dataset["name"]]
+    args += [x for k, v in dataset.items() if k != "name" for x in ("--dataset-option", f"{k}={v}")]
+    args += ["--model", model["name"]]
+    args += [x for k, v in model.items() if k != "name" for x in ("--model-option", f"{k}={v}")]
+    args += ["--seed", s["seed"], "--lr", s["lr"], "--batch-size", s["batch_size"], "--epochs", s["epochs"],
+             "--momentum", s["momentum"], "--checkpoint-every", planned["checkpoint_every"], "--device", cfg["device"]]
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def run_resource(name):
+    return lambda w: PLAN.runs[w.run]["execution"]["resources"][name]
+
+
+def centre_arg(option, centre):
+    return "" if centre == "last" else f"{option} {int(centre)}"
+
+
+def directions_inputs(wildcards):
+    planned = job("directions", wildcards.did)
+    inputs = {"trajectory": f"{R}/{wildcards.run}/trajectory.h5",
+              "settings": f"{R}/{wildcards.run}/directions/{wildcards.did}/settings.yaml"}
+    if "eigendirections" in planned.upstream:
+        inputs["eig"] = f"{R}/{wildcards.run}/eigendirections/{planned.upstream['eigendirections']}/eigendirections.h5"
+    if planned.settings["method"] == "custom":
+        inputs["custom"] = planned.settings["custom_file"]
+    return inputs
+
+
+def directions_args(wildcards, input):
+    how = job("directions", wildcards.did).settings
+    args = (f"--method {how['method']} --seed {how.get('seed', 0)} "
+            f"--normalization {how['normalization']} {centre_arg('--center-iteration', how['centre'])}")
+    if how["method"] == "hessian":
+        return f"{args} --eigendirections {shlex.quote(input.eig)} --pick {' '.join(map(str, how['pick']))}"
+    if how["method"] == "custom":
+        return f"{args} --custom {shlex.quote(input.custom)}"
+    return args
+
+
+def chunks(sid):
+    return execution("spectra", sid)["spectra"]["chunks"]
+
+
+def plane_args(cfg):
+    # minimum A at (0, 0), minimum B at (1, 0), A's initial point at (0, 1), plus the border
+    b = cfg["interpolation"]["plane_border"]
+    return (f"--resolution {cfg['interpolation']['resolution']} --range {-b} {1 + b} {-b} {1 + b} "
+            f"--grid-batching {cfg['landscape']['grid_batching']} {eval_args(cfg)}")
+
+
+def video_planes(wildcards):
+    upstream = job("video", wildcards.vid).upstream
+    if "moving" in upstream:
+        return f"{R}/{wildcards.run}/moving/{upstream['moving']}/landscapes"
+    return f"{R}/{wildcards.run}/landscape/{upstream['landscape']}/landscape_2d.h5"
+
+
+def comparison(w):
+    return PLAN.experiments[w.experiment].compare[f"experiments/{w.experiment}/compare/{w.run}/{w.what}.png"]

@@ -1,43 +1,44 @@
-# Directions that span the landscapes: random, PCA of the trajectory, Hessian eigenvectors, custom.
+# Directions that span the landscapes: random, PCA of the trajectory, Hessian eigenvectors, custom; all centred
+# at `landscape.centre` (an iteration number or "last").
 
 
 rule eigendirections:
     input:
-        f"{R}/{{run}}/trajectory.h5",
+        trajectory=f"{R}/{{run}}/trajectory.h5",
+        settings=f"{R}/{{run}}/eigendirections/{{eid}}/settings.yaml",
     output:
-        f"{R}/{{run}}/eigendirections.h5",
+        f"{R}/{{run}}/eigendirections/{{eid}}/eigendirections.h5",
     log:
-        f"{R}/{{run}}/logs/eigendirections.log",
+        f"{R}/{{run}}/eigendirections/{{eid}}/eigendirections.log",
     params:
-        args=(f"--which {HESSIAN['which']} --target {HESSIAN['target']} --count {HESSIAN['count']} "
-              f"--steps {HESSIAN['steps']} {EVAL_ARGS} {HVP_ARGS}"),
-    threads: RES["threads"]
+        args=from_job("eigendirections", "eid", lambda cfg: (
+            f"--which {cfg['directions']['hessian']['which']} --target {cfg['directions']['hessian']['target']} "
+            f"--count {cfg['directions']['hessian']['count']} --steps {cfg['directions']['hessian']['steps']} "
+            f"{centre_arg('--iteration', cfg['landscape']['centre'])} {eval_args(cfg)} {hvp_args(cfg)}")),
+    threads: threads_of("eigendirections", "eid")
     resources:
-        gpu=RES["gpu"],
-        mem_mb=RES["mem_mb"],
-        runtime=RES["runtime"],
+        **resources_of("eigendirections", "eid"),
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.eigendirections --trajectory {input:q} {params.args} "
-        "--out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.eigendirections --trajectory {input.trajectory:q} "
+        "{params.args} --settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule directions:
     input:
         unpack(directions_inputs),
     output:
-        f"{R}/{{run}}/directions/{{method}}.h5",
+        f"{R}/{{run}}/directions/{{did}}/directions.h5",
     log:
-        f"{R}/{{run}}/logs/directions_{{method}}.log",
+        f"{R}/{{run}}/directions/{{did}}/directions.log",
     params:
         args=directions_args,
-    threads: RES["threads"]
+    threads: threads_of("directions", "did")
     resources:
-        mem_mb=RES["mem_mb"],
-        runtime=RES["runtime"],
+        **resources_of("directions", "did", gpu=False),
     conda:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.trajectory:q} {params.args} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--settings {input.settings:q} --out {output:q} > {log:q} 2>&1"

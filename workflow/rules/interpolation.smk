@@ -1,12 +1,15 @@
-# Interpolation between two minima (paper section 3.4): the loss and the Hessian spectrum along the line
-# between the final points of two runs that differ only in their seed, and the plane through both minima
-# and the first run's initial point.
+# Interpolation between two minima (paper section 3.4): the loss and the Hessian spectrum along the line between
+# the final points of two runs that differ only in their seed, and the plane through both minima and the first
+# run's initial point.
+
+PAIR_DIR = f"{R}/{{run}}/interpolation/{{other}}/{{iid}}"
 
 
 rule interpolate:
     input:
         a=f"{R}/{{run}}/trajectory.h5",
         b=f"{R}/{{other}}/trajectory.h5",
+        settings=f"{PAIR_DIR}/settings.yaml",
     output:
         line=f"{PAIR_DIR}/line.h5",
         spectra=f"{PAIR_DIR}/spectra.h5",
@@ -14,26 +17,26 @@ rule interpolate:
         f"{PAIR_DIR}/interpolate.log",
     params:
         launch=mpi_launcher,
-        args=f"--points {INTERP['points']} {SPEC_ARGS} {EVAL_ARGS} {HVP_ARGS}",
-    threads: RES["threads"]
+        args=from_job("interpolation", "iid", lambda cfg: (
+            f"--points {cfg['interpolation']['points']} {slq_args(cfg)} {eval_args(cfg)} {hvp_args(cfg)}")),
+    threads: threads_of("interpolation", "iid")
     resources:
-        **mpi_resources(SPEC["mpi_tasks"]),
-        gpu=RES["gpu"],
-        mem_mb=RES["mem_mb"],
-        runtime=RES["runtime"],
+        **mpi_of("interpolation", "iid", lambda cfg: cfg["spectra"]),
+        **resources_of("interpolation", "iid"),
     conda:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.interpolate "
-        "--trajectory-a {input.a:q} --trajectory-b {input.b:q} {params.args} --out-line {output.line:q} "
-        "--out-spectra {output.spectra:q} > {log:q} 2>&1"
+        "--trajectory-a {input.a:q} --trajectory-b {input.b:q} {params.args} --settings {input.settings:q} "
+        "--out-line {output.line:q} --out-spectra {output.spectra:q} > {log:q} 2>&1"
 
 
 rule plot_interpolation_line:
     input:
         f"{PAIR_DIR}/line.h5",
     output:
-        report(f"{PAIR_DIR}/line.png", category="Interpolation", labels={"runs": "{run} → {other}", "figure": "line"}),
+        report(f"{PAIR_DIR}/line.png", category="Interpolation",
+               labels={"runs": "{run} → {other}", "interpolation": "{iid}", "figure": "line"}),
     log:
         f"{PAIR_DIR}/plot_line.log",
     conda:
@@ -46,42 +49,41 @@ rule interpolation_plane_directions:
     input:
         a=f"{R}/{{run}}/trajectory.h5",
         b=f"{R}/{{other}}/trajectory.h5",
+        settings=f"{PAIR_DIR}/settings.yaml",
     output:
         f"{PAIR_DIR}/plane_directions.h5",
     log:
         f"{PAIR_DIR}/plane_directions.log",
-    threads: RES["threads"]
+    threads: threads_of("interpolation", "iid")
     conda:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.a:q} --trajectory-b {input.b:q} "
-        "--method interpolation --out {output:q} > {log:q} 2>&1"
+        "--method interpolation --settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule interpolation_plane:
     input:
         trajectory=f"{R}/{{run}}/trajectory.h5",
         directions=f"{PAIR_DIR}/plane_directions.h5",
+        settings=f"{PAIR_DIR}/settings.yaml",
     output:
         f"{PAIR_DIR}/plane.h5",
     log:
         f"{PAIR_DIR}/plane.log",
     params:
         launch=mpi_launcher,
-        # minimum A at (0, 0), minimum B at (1, 0), A's initial point at (0, 1), plus the border
-        args=(f"--resolution {INTERP['resolution']} --range {-INTERP['plane_border']} {1 + INTERP['plane_border']} "
-              f"{-INTERP['plane_border']} {1 + INTERP['plane_border']} {EVAL_ARGS}"),
-    threads: RES["threads"]
+        args=from_job("interpolation", "iid", plane_args),
+    threads: threads_of("interpolation", "iid")
     resources:
-        **mpi_resources(LAND["mpi_tasks"]),
-        gpu=RES["gpu"],
-        mem_mb=RES["mem_mb"],
-        runtime=RES["runtime"],
+        **mpi_of("interpolation", "iid", lambda cfg: cfg["landscape"]),
+        **resources_of("interpolation", "iid"),
     conda:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.landscape "
-        "--trajectory {input.trajectory:q} --directions {input.directions:q} {params.args} --out {output:q} > {log:q} 2>&1"
+        "--trajectory {input.trajectory:q} --directions {input.directions:q} {params.args} "
+        "--settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule plot_interpolation_plane:
@@ -89,12 +91,12 @@ rule plot_interpolation_plane:
         f"{PAIR_DIR}/plane.h5",
     output:
         contour=report(f"{PAIR_DIR}/plane_contour.png", category="Interpolation",
-                       labels={"runs": "{run} → {other}", "figure": "plane"}),
+                       labels={"runs": "{run} → {other}", "interpolation": "{iid}", "figure": "plane"}),
         surface=f"{PAIR_DIR}/plane_surface.png",
     log:
         f"{PAIR_DIR}/plot_plane.log",
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} --surface {output.surface:q} "
-        "--log-levels --mark 1 0 'minimum B' > {log:q} 2>&1"
+        "python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} "
+        "--surface {output.surface:q} --log-levels --mark 1 0 'minimum B' > {log:q} 2>&1"

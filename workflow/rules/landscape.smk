@@ -1,61 +1,79 @@
-# Loss landscapes along each direction method (Algorithm 1; Algorithm 3 with landscape.mpi_tasks > 1).
+# Loss landscapes along each direction method (Algorithm 1; Algorithm 3 with landscape.mpi_tasks > 1), and their
+# figures (`log_levels` adds the suffix _log to the figures' names, so both kinds can sit side by side).
+
+LAND_DIR = f"{R}/{{run}}/landscape/{{lid}}"
 
 
 rule landscape:
     input:
         trajectory=f"{R}/{{run}}/trajectory.h5",
-        directions=f"{R}/{{run}}/directions/{{method}}.h5",
+        directions=lambda w: f"{R}/{w.run}/directions/{job('landscape', w.lid).upstream['directions']}/directions.h5",
+        settings=f"{LAND_DIR}/settings.yaml",
     output:
-        f"{R}/{{run}}/landscape/{{method}}_{{dims}}d.h5",
+        f"{LAND_DIR}/landscape_{{dims}}d.h5",
     log:
-        f"{R}/{{run}}/logs/landscape_{{method}}_{{dims}}d.log",
+        f"{LAND_DIR}/landscape_{{dims}}d.log",
     params:
         launch=mpi_launcher,
-        args=(f"--resolution {LAND['resolution']} --border {LAND['border']} --grid-batching {LAND['grid_batching']} "
-              f"{EVAL_ARGS}"),
-    threads: RES["threads"]
+        args=from_job("landscape", "lid", lambda cfg: (
+            f"--resolution {cfg['landscape']['resolution']} --border {cfg['landscape']['border']} "
+            f"--grid-batching {cfg['landscape']['grid_batching']} {eval_args(cfg)}")),
+    threads: threads_of("landscape", "lid")
     resources:
-        **mpi_resources(LAND["mpi_tasks"]),
-        gpu=RES["gpu"],
-        mem_mb=RES["mem_mb"],
-        runtime=RES["runtime"],
+        **mpi_of("landscape", "lid", lambda cfg: cfg["landscape"]),
+        **resources_of("landscape", "lid"),
     conda:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.landscape "
         "--trajectory {input.trajectory:q} --directions {input.directions:q} --dims {wildcards.dims} {params.args} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule plot_landscape_2d:
     input:
-        f"{R}/{{run}}/landscape/{{method}}_2d.h5",
+        f"{LAND_DIR}/landscape_2d.h5",
     output:
-        contour=report(f"{R}/{{run}}/plots/{{method}}_contour.png", category="Landscapes",
-                       subcategory="{run}", labels={"run": "{run}", "directions": "{method}", "figure": "contour"}),
-        surface=report(f"{R}/{{run}}/plots/{{method}}_surface.png", category="Landscapes",
-                       subcategory="{run}", labels={"run": "{run}", "directions": "{method}", "figure": "surface"}),
-        vtk=f"{R}/{{run}}/plots/{{method}}_surface.vtk",
+        contour=report(f"{LAND_DIR}/contour{{log}}.png", category="Landscapes", subcategory="{run}",
+                       labels={"run": "{run}", "landscape": "{lid}", "figure": "contour{log}"}),
+        surface=report(f"{LAND_DIR}/surface{{log}}.png", category="Landscapes", subcategory="{run}",
+                       labels={"run": "{run}", "landscape": "{lid}", "figure": "surface{log}"}),
     log:
-        f"{R}/{{run}}/logs/plot_{{method}}_2d.log",
+        f"{LAND_DIR}/plot_2d{{log}}.log",
     params:
-        log_levels="--log-levels" if LAND["log_levels"] else "",
+        log_levels=lambda w: "--log-levels" if w.log else "",
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} --surface {output.surface:q} "
-        "--vtk {output.vtk:q} {params.log_levels} --title {wildcards.run:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} "
+        "--surface {output.surface:q} {params.log_levels} --title {wildcards.run:q} > {log:q} 2>&1"
+
+
+rule landscape_vtk:
+    input:
+        f"{LAND_DIR}/landscape_2d.h5",
+    output:
+        f"{LAND_DIR}/surface.vtk",
+    log:
+        f"{LAND_DIR}/vtk.log",
+    conda:
+        ENV
+    shell:
+        "python -m gradvis_steps.plot_landscape --landscape {input:q} --vtk {output:q} > {log:q} 2>&1"
 
 
 rule plot_landscape_1d:
     input:
-        f"{R}/{{run}}/landscape/{{method}}_1d.h5",
+        f"{LAND_DIR}/landscape_1d.h5",
     output:
-        report(f"{R}/{{run}}/plots/{{method}}_line.png", category="Landscapes", subcategory="{run}",
-               labels={"run": "{run}", "directions": "{method}", "figure": "line"}),
+        report(f"{LAND_DIR}/line{{log}}.png", category="Landscapes", subcategory="{run}",
+               labels={"run": "{run}", "landscape": "{lid}", "figure": "line{log}"}),
     log:
-        f"{R}/{{run}}/logs/plot_{{method}}_1d.log",
+        f"{LAND_DIR}/plot_1d{{log}}.log",
+    params:
+        log_levels=lambda w: "--log-levels" if w.log else "",
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input:q} --line {output:q} --title {wildcards.run:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.plot_landscape --landscape {input:q} --line {output:q} {params.log_levels} "
+        "--title {wildcards.run:q} > {log:q} 2>&1"

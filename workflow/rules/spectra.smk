@@ -1,38 +1,58 @@
-# Hessian eigenvalue densities (SLQ, Algorithm 2) at every k-th checkpoint, scattered over
-# `spectra.chunks` jobs and gathered; each job may itself use MPI ranks over the starting vectors (Algorithm 5).
+# Hessian eigenvalue densities (SLQ, Algorithm 2) at every k-th checkpoint, scattered over `spectra.chunks` jobs
+# and gathered; each job may itself use MPI ranks over the starting vectors (Algorithm 5). Then one density plot
+# per checkpoint.
+
+SPEC_DIR = f"{R}/{{run}}/spectra/{{sid}}"
 
 
 rule spectrum_chunk:
     input:
-        f"{R}/{{run}}/trajectory.h5",
+        trajectory=f"{R}/{{run}}/trajectory.h5",
+        settings=f"{SPEC_DIR}/settings.yaml",
     output:
-        temp(f"{R}/{{run}}/spectra/chunk_{{i}}of{{n}}.h5"),
+        temp(f"{SPEC_DIR}/chunk_{{i}}of{{n}}.h5"),
     log:
-        f"{R}/{{run}}/logs/spectrum_chunk_{{i}}of{{n}}.log",
+        f"{SPEC_DIR}/logs/chunk_{{i}}of{{n}}.log",
     params:
         launch=mpi_launcher,
-        args=f"--every {SPEC['every']} {SPEC_ARGS} {EVAL_ARGS} {HVP_ARGS}",
-    threads: RES["threads"]
+        args=from_job("spectra", "sid", lambda cfg: (
+            f"--every {cfg['spectra']['every']} {slq_args(cfg)} {eval_args(cfg)} {hvp_args(cfg)}")),
+    threads: threads_of("spectra", "sid")
     resources:
-        **mpi_resources(SPEC["mpi_tasks"]),
-        gpu=RES["gpu"],
-        mem_mb=RES["mem_mb"],
-        runtime=RES["runtime"],
+        **mpi_of("spectra", "sid", lambda cfg: cfg["spectra"]),
+        **resources_of("spectra", "sid"),
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.spectrum "
-        "--trajectory {input:q} {params.args} --chunk {wildcards.i}/{wildcards.n} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.spectrum --trajectory {input.trajectory:q} "
+        "{params.args} --chunk {wildcards.i}/{wildcards.n} --settings {input.settings:q} --out {output:q} "
+        "> {log:q} 2>&1"
 
 
 rule spectra_gather:
     input:
-        lambda w: [f"{R}/{w.run}/spectra/chunk_{i}of{CHUNKS}.h5" for i in range(1, CHUNKS + 1)],
+        lambda w: [f"{R}/{w.run}/spectra/{w.sid}/chunk_{i}of{chunks(w.sid)}.h5" for i in range(1, chunks(w.sid) + 1)],
     output:
-        f"{R}/{{run}}/spectra.h5",
+        f"{SPEC_DIR}/spectra.h5",
     log:
-        f"{R}/{{run}}/logs/spectra_gather.log",
+        f"{SPEC_DIR}/logs/gather.log",
     conda:
         ENV
     shell:
         "python -m gradvis_steps.merge_spectra --inputs {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule density_plots:
+    input:
+        f"{SPEC_DIR}/spectra.h5",
+    output:
+        report(directory(f"{SPEC_DIR}/densities"), patterns=["density_{iteration}.png"], category="Spectra",
+               subcategory="{run}", labels={"run": "{run}", "spectra": "{sid}", "iteration": "{iteration}"}),
+    log:
+        f"{SPEC_DIR}/logs/densities.log",
+    params:
+        args=from_job("spectra", "sid", lambda cfg: frame_args(cfg)),
+    conda:
+        ENV
+    shell:
+        "python -m gradvis_steps.plot_spectra --spectra {input:q} {params.args} --out-dir {output:q} > {log:q} 2>&1"

@@ -1,4 +1,6 @@
-# Training with a checkpoint every `train.checkpoint_every` iterations (paper section 3.3).
+# Training with a checkpoint every `train.checkpoint_every` iterations (paper section 3.3). The step keeps its
+# progress in <out>.partial and `--resume` continues from there, so a killed job (a SLURM time limit) loses at most
+# the iterations since the last checkpoint.
 
 
 rule train:
@@ -7,13 +9,14 @@ rule train:
     log:
         f"{R}/{{run}}/logs/train.log",
     params:
-        args=lambda w: f"{train_args(w.run)} --device {config['device']} --no-progress",
-    threads: RES["threads"]
+        args=lambda w: train_args(w.run),
+    threads: run_resource("threads")
     resources:
-        gpu=RES["gpu"],
-        mem_mb=RES["mem_mb"],
-        runtime=RES["runtime"],
+        gpu=run_resource("gpu"),
+        mem_mb=run_resource("mem_mb"),
+        runtime=run_resource("runtime"),
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.train {params.args} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.train {params.args} --resume --no-progress --out {output:q} "
+        "> {log:q} 2>&1"

@@ -1,65 +1,98 @@
-# Frames in the paper's layout (landscape + trajectory | eigenvalue density) and mp4 videos.
+# Frames in the paper's layout and mp4 videos: training (Figure 1: surface | contour with the trajectory |
+# eigenvalue density, per checkpoint) and interpolation (Figure 8: the plane of the two minima with the current
+# point | the loss along the line | the density, per point of the line).
+
+VIDEO_DIR = f"{R}/{{run}}/videos/{{vid}}"
+IVIDEO_DIR = f"{PAIR_DIR}/videos/{{ivid}}"
+
+
+rule moving_frame:
+    input:
+        trajectory=f"{R}/{{run}}/trajectory.h5",
+        settings=f"{R}/{{run}}/moving/{{mid}}/settings.yaml",
+    output:
+        directory(f"{R}/{{run}}/moving/{{mid}}/landscapes"),
+    log:
+        f"{R}/{{run}}/moving/{{mid}}/moving_frame.log",
+    params:
+        args=from_job("moving", "mid", lambda cfg: (
+            f"--every {cfg['frames']['moving_every']} --which {cfg['directions']['hessian']['which']} "
+            f"--count {cfg['directions']['hessian']['count']} --steps {cfg['directions']['hessian']['steps']} "
+            f"--pick {' '.join(map(str, cfg['directions']['hessian']['pick']))} "
+            f"--resolution {cfg['landscape']['resolution']} --border {cfg['landscape']['border']} "
+            f"{eval_args(cfg)} {hvp_args(cfg)}")),
+    threads: threads_of("moving", "mid")
+    resources:
+        **resources_of("moving", "mid"),
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.moving_frame --trajectory {input.trajectory:q} "
+        "{params.args} --settings {input.settings:q} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule training_frames:
     input:
-        landscape=f"{R}/{{run}}/landscape/{FRAMES['direction']}_2d.h5",
-        spectra=f"{R}/{{run}}/spectra.h5",
+        planes=video_planes,
+        spectra=lambda w: f"{R}/{w.run}/spectra/{job('video', w.vid).upstream['spectra']}/spectra.h5",
+        settings=f"{VIDEO_DIR}/settings.yaml",
     output:
-        directory(f"{R}/{{run}}/frames/training"),
+        directory(f"{VIDEO_DIR}/frames"),
     log:
-        f"{R}/{{run}}/logs/training_frames.log",
+        f"{VIDEO_DIR}/frames.log",
     params:
-        args=FRAME_ARGS,
+        args=from_job("video", "vid", frame_args),
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.frames training --landscape {input.landscape:q} --spectra {input.spectra:q} {params.args} "
-        "--out-dir {output:q} > {log:q} 2>&1"
-
-
-rule interpolation_frames:
-    input:
-        line=f"{PAIR_DIR}/line.h5",
-        spectra=f"{PAIR_DIR}/spectra.h5",
-    output:
-        directory(f"{PAIR_DIR}/frames"),
-    log:
-        f"{PAIR_DIR}/frames.log",
-    params:
-        args=FRAME_ARGS,
-    conda:
-        ENV
-    shell:
-        "python -m gradvis_steps.frames interpolation --line {input.line:q} --spectra {input.spectra:q} {params.args} "
-        "--out-dir {output:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.frames training --landscape {input.planes:q} --spectra {input.spectra:q} "
+        "{params.args} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule training_video:
     input:
-        f"{R}/{{run}}/frames/training",
+        f"{VIDEO_DIR}/frames",
     output:
-        report(f"{R}/{{run}}/training.mp4", category="Videos", labels={"run": "{run}", "video": "training"}),
+        report(f"{VIDEO_DIR}/training.mp4", category="Videos",
+               labels={"run": "{run}", "video": "training", "id": "{vid}"}),
     log:
-        f"{R}/{{run}}/logs/training_video.log",
+        f"{VIDEO_DIR}/video.log",
     params:
-        args=f"--fps {FRAMES['fps']}",
+        args=from_job("video", "vid", lambda cfg: f"--fps {cfg['frames']['fps']}"),
     conda:
         ENV
     shell:
         "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q} > {log:q} 2>&1"
 
 
+rule interpolation_frames:
+    input:
+        line=f"{PAIR_DIR}/line.h5",
+        spectra=f"{PAIR_DIR}/spectra.h5",
+        plane=f"{PAIR_DIR}/plane.h5",
+    output:
+        directory(f"{IVIDEO_DIR}/frames"),
+    log:
+        f"{IVIDEO_DIR}/frames.log",
+    params:
+        args=from_job("interpolation_video", "ivid", frame_args),
+    conda:
+        ENV
+    shell:
+        "python -m gradvis_steps.frames interpolation --line {input.line:q} --plane {input.plane:q} "
+        "--spectra {input.spectra:q} {params.args} --out-dir {output:q} > {log:q} 2>&1"
+
+
 rule interpolation_video:
     input:
-        f"{PAIR_DIR}/frames",
+        f"{IVIDEO_DIR}/frames",
     output:
-        report(f"{PAIR_DIR}/interpolation.mp4", category="Videos",
-               labels={"run": "{run} → {other}", "video": "interpolation"}),
+        report(f"{IVIDEO_DIR}/interpolation.mp4", category="Videos",
+               labels={"run": "{run} → {other}", "video": "interpolation", "id": "{ivid}"}),
     log:
-        f"{PAIR_DIR}/video.log",
+        f"{IVIDEO_DIR}/video.log",
     params:
-        args=f"--fps {FRAMES['fps']}",
+        args=from_job("interpolation_video", "ivid", lambda cfg: f"--fps {cfg['frames']['fps']}"),
     conda:
         ENV
     shell:

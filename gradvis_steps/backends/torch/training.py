@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,8 @@ def train(model: nn.Module, dataset: ArrayDataset, settings: TrainSettings, writ
         torch.set_rng_state(torch.as_tensor(state["torch_rng"], dtype=torch.uint8))
         iteration, start_epoch = int(state["iteration"]), int(state["next_epoch"])
         writer.truncate(int(state["n_checkpoints"]))
+        print(f"resuming at iteration {iteration} (epoch {start_epoch + 1} of {settings.epochs}) from "
+              f"{int(state['n_checkpoints'])} checkpoints", file=sys.stderr)
     elif len(writer):
         writer.truncate(0)
 

@@ -1,0 +1,45 @@
+"""Step: write the settings that define an output folder as YAML (the workflow puts one beside every analysis).
+
+    python -m gradvis_steps.settings_file --json '{"kind": "spectra", "settings": {...}}' --out settings.yaml
+
+The steps that compute into that folder get ``--settings settings.yaml`` and record its content in the
+provenance of every file they write, so an HDF5 file names the settings it was computed from without its folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from . import cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.settings_file",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", required=True, help="the settings as a JSON object")
+    parser.add_argument("--out", required=True, help="YAML file to write")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .storage.atomic import atomic_path
+
+    try:
+        settings = json.loads(args.json)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--json is not valid JSON ({error}): {args.json[:200]!r}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--json must be a JSON object, got {type(settings).__name__}")
+    with atomic_path(args.out, ".yaml") as tmp:
+        with open(tmp, "w") as handle:
+            yaml.safe_dump(settings, handle, sort_keys=True, default_flow_style=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,432 @@
+"""The workflow's plan: experiments, analysis sweeps and content-addressed output folders.
+
+A config holds shared defaults (the top-level sections) and, optionally, named ``experiments`` that override them.
+Within an experiment the lists under ``train`` are training sweeps (one run per combination) and a list given for
+any analysis value is an analysis sweep (one variant per combination). Every analysis output lives in a folder
+named after the settings it depends on (a short readable name plus a hash), so adding a value adds folders and
+jobs beside the existing ones and never overwrites them, and two experiments asking for the same analysis of the
+same run share one job. Execution settings (device, MPI ranks, chunks, lockstep groups, HVP mode and memory, grid
+batching, resources) change how a result is computed, not what it is (to float rounding), and are not in the ids.
+
+Pure Python (no Snakemake objects), so the tests can check a plan without running Snakemake.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+#: sections every experiment has; the first is the training grid, the rest hold analysis settings
+TRAIN = "train"
+ANALYSIS_SECTIONS = ("evaluation", "directions", "landscape", "spectra", "interpolation", "frames")
+SECTIONS = (TRAIN, *ANALYSIS_SECTIONS, "resources")
+GLOBAL_KEYS = ("results", "device", "mpi_launcher", "datasets", "models")
+EXPERIMENT_KEYS = ("description", *SECTIONS)
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+TRAIN_AXES = ("dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed")
+DEFAULT_EXPERIMENT = "main"
+
+# the settings that say what an output is (in its folder's id); the rest of a section says how it is computed
+EVALUATION_WHAT = ("fraction", "seed", "batch_size", "dtype")
+SPECTRA_WHAT = ("every", "k", "m", "vector", "seed", "sigma")
+SLQ_WHAT = ("k", "m", "vector", "seed", "sigma")
+HESSIAN_WHAT = ("which", "target", "count", "steps")
+LANDSCAPE_WHAT = ("resolution", "border", "line")
+INTERPOLATION_WHAT = ("points", "resolution", "plane_border")
+FRAMES_WHAT = ("log_scale", "fps", "dpi")
+
+
+class ConfigError(ValueError):
+    """A config the workflow cannot run, with the key and the value named."""
+
+
+def digest(settings: Any, length: int = 8) -> str:
+    """Short SHA-256 of the canonical JSON of ``settings``: the same settings give the same id on every machine."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def folder_id(readable: str, settings: dict[str, Any]) -> str:
+    """``<readable>-<hash>``: a name a person can scan plus a hash of everything that defines the output."""
+    return f"{readable}-{digest(settings)}"
+
+
+def number(value: float) -> str:
+    return f"{value:g}"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` written over it; nested mappings merge, anything else is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def run_id(settings: dict[str, Any], checkpoint_every: int) -> str:
+    """Readable, stable id of a training run: the same settings always give the same folder."""
+    base = (f"{settings['dataset']}-{settings['model']}-lr{settings['lr']:g}-bs{settings['batch_size']}-"
+            f"e{settings['epochs']}-m{settings['momentum']:g}-s{settings['seed']}")
+    return base if checkpoint_every == 1 else f"{base}-ce{checkpoint_every}"
+
+
+# --- analysis sweeps ------------------------------------------------------------------------------------------------
+
+
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    if not ref:
+        return node
+    target = schema
+    for part in ref.lstrip("#/").split("/"):
+        target = target[part]
+    return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+
+
+def _is_list_valued(node: dict[str, Any]) -> bool:
+    kinds = node.get("type")
+    return kinds == "array" or (isinstance(kinds, list) and "array" in kinds)
+
+
+def sweep_axes(section: dict[str, Any], node: dict[str, Any], schema: dict[str, Any], prefix: str
+               ) -> list[tuple[str, list[Any]]]:
+    """The swept keys of one analysis section: ``(dotted key, values)``. A list for a scalar key is a sweep; for a
+    key whose value is itself a list (``directions.methods``, ``hessian.pick``), a list of lists is."""
+    axes = []
+    properties = _resolve(schema, node).get("properties", {})
+    for key, value in section.items():
+        if key not in properties:
+            continue  # the schema names unknown keys when the variant is validated
+        child = _resolve(schema, properties[key])
+        dotted = f"{prefix}.{key}"
+        if isinstance(value, dict) and child.get("type") == "object":
+            axes += sweep_axes(value, child, schema, dotted)
+        elif isinstance(value, list):
+            if _is_list_valued(child) and not (value and all(isinstance(v, list) for v in value)):
+                continue  # a plain value of a list-valued key
+            if not value:
+                raise ConfigError(f"{dotted}: an empty list sweeps over nothing; give one or more values")
+            axes.append((dotted, value))
+    return axes
+
+
+def _set(config: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        config = config[part]
+    config[last] = value
+
+
+def expand_sweeps(config: dict[str, Any], schema: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every combination of the swept analysis values: ``(config with one value each, {dotted key: value})``."""
+    axes = []
+    for section in ANALYSIS_SECTIONS:
+        if isinstance(config.get(section), dict) and section in schema["properties"]:
+            axes += sweep_axes(config[section], schema["properties"][section], schema, section)
+    for values in itertools.product(*(values for _, values in axes)):
+        variant = copy.deepcopy(config)
+        chosen = {}
+        for (dotted, _), value in zip(axes, values, strict=True):
+            _set(variant, dotted, value)
+            chosen[dotted] = value
+        yield variant, chosen
+
+
+# --- the plan -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One content-addressed output folder: what defines it (``settings``, hashed into ``id``) and how the first
+    experiment that asked for it computes it (``execution``: a whole variant config)."""
+
+    kind: str
+    id: str
+    settings: dict[str, Any]
+    execution: dict[str, Any]
+    upstream: dict[str, str] = field(default_factory=dict)  # kind -> id of the jobs whose outputs it reads
+
+
+@dataclass
+class Variant:
+    """One combination of an experiment's swept analysis values, with its complete, validated config."""
+
+    config: dict[str, Any]
+    swept: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in self.swept.items()) or "default"
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    runs: list[str]
+    variants: list[Variant]
+    outputs: list[dict[str, str]] = field(default_factory=list)  # {path (under results), kind, run, label}
+    compare: dict[str, dict[str, Any]] = field(default_factory=dict)  # figure path -> {kind, inputs, labels}
+
+
+class Plan:
+    """Everything the rules need: runs, the jobs of each kind by id, each experiment's targets."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}  # run id -> {settings, checkpoint_every, execution}
+        self.jobs: dict[str, dict[str, Job]] = {kind: {} for kind in (
+            "eigendirections", "directions", "landscape", "spectra", "video", "moving", "interpolation",
+            "interpolation_video")}
+        self.pairs: dict[tuple[str, str], None] = {}  # (run, other) interpolation pairs
+        self.experiments: dict[str, Experiment] = {}
+
+    def add_job(self, kind: str, readable: str, settings: dict[str, Any], execution: dict[str, Any],
+                **upstream: str) -> str:
+        """Register a job; ``settings`` holds the whole definition (upstream jobs' settings inlined), so its
+        settings.yaml reads alone and its id changes with anything it depends on."""
+        job = Job(kind, folder_id(readable, settings), settings, execution, upstream)
+        self.jobs[kind].setdefault(job.id, job)  # the first experiment asking for it decides how it runs
+        return job.id
+
+    def settings(self, kind: str, job_id: str) -> dict[str, Any]:
+        return self.jobs[kind][job_id].settings
+
+    def ids(self, kind: str) -> list[str]:
+        return sorted(self.jobs[kind])
+
+    def job(self, kind: str, job_id: str) -> Job:
+        return self.jobs[kind][job_id]
+
+
+def _experiments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    experiments = config.get("experiments")
+    if experiments is None:
+        return {DEFAULT_EXPERIMENT: {}}
+    if not isinstance(experiments, dict) or not experiments:
+        raise ConfigError(f"experiments must map names to settings, got {experiments!r}")
+    for name, body in experiments.items():
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ConfigError(f"experiments: name {name!r} must be letters, digits, '_', '.' or '-' (it names a "
+                              "folder), starting with a letter or digit")
+        if body is None:
+            experiments[name] = body = {}
+        if not isinstance(body, dict):
+            raise ConfigError(f"experiments.{name} must be a mapping of sections, got {body!r}")
+        unknown = sorted(set(body) - set(EXPERIMENT_KEYS))
+        if unknown:
+            raise ConfigError(f"experiments.{name}: unknown key(s) {unknown} (allowed: {list(EXPERIMENT_KEYS)}; "
+                              f"{', '.join(GLOBAL_KEYS)} are set once at the top level)")
+    return experiments
+
+
+def _check_variant(where: str, config: dict[str, Any]) -> None:
+    """The cross-key rules the schema cannot say."""
+    for key, known in (("dataset", config["datasets"]), ("model", config["models"])):
+        for name in config[TRAIN][key]:
+            if name not in known:
+                raise ConfigError(f"{where}train.{key} names {name!r}, which is not defined under {key}s: "
+                                  f"(defined: {sorted(known)})")
+    directions, frames = config["directions"], config["frames"]
+    if "custom" in directions["methods"] and not directions["custom_file"]:
+        raise ConfigError(f"{where}directions.methods includes 'custom' but directions.custom_file is not set")
+    wants_video = frames["training"] and config["spectra"]["enabled"] and directions["methods"]
+    if wants_video and frames["direction"] not in directions["methods"]:
+        raise ConfigError(f"{where}frames.direction {frames['direction']!r} is not in directions.methods "
+                          f"{directions['methods']}")
+    if frames["moving_every"] and frames["direction"] != "hessian":
+        raise ConfigError(f"{where}frames.moving_every {frames['moving_every']} recomputes Hessian eigenvector "
+                          f"planes; it needs frames.direction: hessian, got {frames['direction']!r}")
+    hessian = directions["hessian"]
+    if max(hessian["pick"]) >= hessian["count"]:
+        raise ConfigError(f"{where}directions.hessian.pick {hessian['pick']} needs count > {max(hessian['pick'])}, "
+                          f"got {hessian['count']}")
+    if hessian["count"] > hessian["steps"]:
+        raise ConfigError(f"{where}directions.hessian.count {hessian['count']} exceeds steps {hessian['steps']}")
+    interpolation = config["interpolation"]
+    if interpolation["enabled"]:
+        missing = [s for s in interpolation["seeds"] if s not in config[TRAIN]["seed"]]
+        if missing:
+            raise ConfigError(f"{where}interpolation.seeds {missing} are not in train.seed {config[TRAIN]['seed']}")
+
+
+def _pick(section: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: section[key] for key in keys}
+
+
+def _centre(value: Any) -> str:
+    return "last" if value == "last" else str(int(value))
+
+
+def build_plan(config: dict[str, Any], schema: dict[str, Any],
+               validate: Callable[[dict[str, Any]], None]) -> Plan:
+    """The plan of a config: ``validate`` checks one complete variant against ``schema`` and fills defaults."""
+    unknown = sorted(set(config) - {*GLOBAL_KEYS, *SECTIONS, "experiments", "description"})
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}: '{unknown[0]}' was unexpected (allowed: "
+                          f"{sorted({*GLOBAL_KEYS, *SECTIONS, 'experiments', 'description'})})")
+    plan = Plan()
+    shared = {key: value for key, value in config.items() if key not in ("experiments", "description")}
+    for name, body in _experiments(config).items():
+        where = "" if config.get("experiments") is None else f"experiments.{name}: "
+        merged = deep_merge(shared, {k: v for k, v in body.items() if k != "description"})
+        variants = []
+        for variant_config, swept in expand_sweeps(merged, schema):
+            try:
+                validate(variant_config)
+            except Exception as error:  # noqa: BLE001 - snakemake's WorkflowError wraps jsonschema's message
+                chosen = f" (sweep values {swept})" if swept else ""
+                raise ConfigError(f"{where}{error}{chosen}") from error
+            _check_variant(where, variant_config)
+            variants.append(Variant(variant_config, swept))
+        description = body.get("description", config.get("description", "")) or ""
+        experiment = Experiment(name, str(description), [], variants)
+        plan.experiments[name] = experiment
+        for variant in variants:
+            _plan_variant(plan, experiment, variant)
+        experiment.runs = list(dict.fromkeys(experiment.runs))
+        _plan_comparisons(plan, experiment)
+    return plan
+
+
+def _runs_of(plan: Plan, variant: Variant) -> dict[str, dict[str, Any]]:
+    train = variant.config[TRAIN]
+    runs = {}
+    for combo in itertools.product(*(train[key] for key in TRAIN_AXES)):
+        settings = dict(zip(TRAIN_AXES, combo, strict=True))
+        rid = run_id(settings, train["checkpoint_every"])
+        runs[rid] = settings
+        plan.runs.setdefault(rid, {"settings": settings, "checkpoint_every": train["checkpoint_every"],
+                                   "execution": variant.config})
+    return runs
+
+
+def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
+    config = variant.config
+    evaluation = _pick(config["evaluation"], EVALUATION_WHAT)
+    directions, landscape, spectra = config["directions"], config["landscape"], config["spectra"]
+    frames, interpolation = config["frames"], config["interpolation"]
+    centre = _centre(landscape["centre"])
+    hessian = {**_pick(directions["hessian"], HESSIAN_WHAT), "evaluation": evaluation}
+    runs = _runs_of(plan, variant)
+    label = variant.label
+
+    def output(path: str, kind: str, run: str) -> None:
+        experiment.outputs.append({"path": path, "kind": kind, "run": run, "label": label})
+
+    spectra_id = None
+    if spectra["enabled"]:
+        spectra_settings = {"evaluation": evaluation, "spectra": _pick(spectra, SPECTRA_WHAT)}
+        spectra_id = plan.add_job("spectra", f"k{spectra['k']}-m{spectra['m']}-every{spectra['every']}",
+                                  spectra_settings, config)
+    eig_id = plan.add_job("eigendirections", f"{hessian['which']}{hessian['count']}-at{centre}",
+                          {**hessian, "centre": centre}, config)
+    landscape_ids = {}
+    for method in directions["methods"]:
+        how = {"method": method, "centre": centre, "normalization": directions["normalization"]}
+        if method == "random":
+            how["seed"] = directions["seed"]
+        elif method == "custom":
+            how["custom_file"] = directions["custom_file"]
+        elif method == "hessian":
+            how["eigendirections"] = plan.settings("eigendirections", eig_id)
+            how["pick"] = directions["hessian"]["pick"]
+        upstream = {"eigendirections": eig_id} if method == "hessian" else {}
+        direction_id = plan.add_job("directions", f"{method}-at{centre}", how, config, **upstream)
+        settings = {"directions": how, "evaluation": evaluation, "landscape": _pick(landscape, LANDSCAPE_WHAT)}
+        landscape_ids[method] = plan.add_job("landscape", f"{method}-r{landscape['resolution']}-at{centre}",
+                                             settings, config, directions=direction_id)
+    moving_id = None
+    if frames["moving_every"]:
+        moving_id = plan.add_job(
+            "moving", f"every{frames['moving_every']}-r{landscape['resolution']}",
+            {"every": frames["moving_every"], "hessian": hessian, "pick": directions["hessian"]["pick"],
+             "landscape": _pick(landscape, ("resolution", "border")), "evaluation": evaluation}, config)
+    video_id = None
+    if frames["training"] and spectra_id and frames["direction"] in landscape_ids:
+        planes = {"moving": moving_id} if moving_id else {"landscape": landscape_ids[frames["direction"]]}
+        (kind,) = planes
+        video_settings = {kind: plan.settings(kind, planes[kind]), "spectra": plan.settings("spectra", spectra_id),
+                          "frames": _pick(frames, FRAMES_WHAT)}
+        video_id = plan.add_job("video", f"{frames['direction']}{'-moving' if moving_id else ''}", video_settings,
+                                config, spectra=spectra_id, **planes)
+    interpolation_id = interpolation_video_id = None
+    if interpolation["enabled"]:
+        interpolation_id = plan.add_job(
+            "interpolation", f"p{interpolation['points']}-r{interpolation['resolution']}",
+            {"evaluation": evaluation, "interpolation": _pick(interpolation, INTERPOLATION_WHAT),
+             "spectra": _pick(spectra, SLQ_WHAT)}, config)
+        if frames["interpolation"]:
+            interpolation_video_id = plan.add_job(
+                "interpolation_video", "plane", {"interpolation": plan.settings("interpolation", interpolation_id),
+                                                 "frames": _pick(frames, FRAMES_WHAT)},
+                config, interpolation=interpolation_id)
+    log = "_log" if landscape["log_levels"] else ""
+    for run, settings in runs.items():
+        experiment.runs.append(run)
+        output(f"{run}/trajectory.h5", "trajectory", run)
+        if spectra_id:
+            output(f"{run}/spectra/{spectra_id}/spectra.h5", "spectra", run)
+            output(f"{run}/spectra/{spectra_id}/densities", "densities", run)
+        for method, lid in landscape_ids.items():
+            folder = f"{run}/landscape/{lid}"
+            output(f"{folder}/contour{log}.png", f"{method} contour", run)
+            output(f"{folder}/surface{log}.png", f"{method} surface", run)
+            output(f"{folder}/surface.vtk", f"{method} surface (VTK)", run)
+            if landscape["line"]:
+                output(f"{folder}/line{log}.png", f"{method} line", run)
+        if video_id:
+            output(f"{run}/videos/{video_id}/training.mp4", "training video", run)
+        if interpolation_id and settings["seed"] == interpolation["seeds"][0]:
+            twin = run_id({**settings, "seed": interpolation["seeds"][1]}, config[TRAIN]["checkpoint_every"])
+            plan.pairs[(run, twin)] = None
+            folder = f"{run}/interpolation/{twin}/{interpolation_id}"
+            output(f"{folder}/line.png", "interpolation line", run)
+            output(f"{folder}/plane_contour.png", "interpolation plane", run)
+            if interpolation_video_id:
+                output(f"{folder}/videos/{interpolation_video_id}/interpolation.mp4", "interpolation video", run)
+
+
+def _plan_comparisons(plan: Plan, experiment: Experiment) -> None:
+    """A figure per run and output kind whose folder differs between the sweep's variants (side by side)."""
+    if len(experiment.variants) < 2:
+        return
+    groups: dict[tuple[str, str], dict[str, str]] = {}
+    for item in experiment.outputs:
+        path, kind = item["path"], item["kind"]
+        if path.endswith("/spectra.h5"):
+            key = "spectra"
+        elif kind.endswith(" contour"):
+            key = f"landscape_{kind.split()[0]}"
+            path = path.rsplit("/", 1)[0] + "/landscape_2d.h5"
+        else:
+            continue
+        groups.setdefault((item["run"], key), {}).setdefault(path, item["label"])
+    for (run, key), inputs in groups.items():
+        if len(inputs) > 1:
+            experiment.compare[f"experiments/{experiment.name}/compare/{run}/{key}.png"] = {
+                "kind": "spectra" if key == "spectra" else "landscapes", "inputs": list(inputs),
+                "labels": list(inputs.values()), "run": run}
+
+
+def summary_settings(plan: Plan, experiment: Experiment) -> dict[str, Any]:
+    """What the experiment's report page shows (paths relative to the results folder: the same on every machine)."""
+    outputs = experiment.outputs + [{"path": path, "kind": f"comparison of {item['kind']}", "run": item["run"],
+                                     "label": ", ".join(item["labels"])}
+                                    for path, item in experiment.compare.items()]
+    return {
+        "name": experiment.name,
+        "description": experiment.description,
+        "runs": {run: {**plan.runs[run]["settings"], "checkpoint_every": plan.runs[run]["checkpoint_every"]}
+                 for run in experiment.runs},
+        "variants": [{"swept": variant.swept, **{section: variant.config[section] for section in ANALYSIS_SECTIONS}}
+                     for variant in experiment.variants],
+        "outputs": outputs,
+    }

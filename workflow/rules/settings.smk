@@ -1,0 +1,52 @@
+# settings.yaml beside every analysis output: everything that defines the folder (its id is a hash of it). The
+# steps record it in each HDF5 file's provenance (--settings).
+
+FOLDER_KINDS = {"spectra": "spectra", "eigendirections": "eigendirections", "directions": "directions",
+                "landscape": "landscape", "videos": "video", "moving": "moving"}
+
+
+rule analysis_settings:
+    output:
+        f"{R}/{{run}}/{{folder}}/{{aid}}/settings.yaml",
+    log:
+        f"{R}/{{run}}/{{folder}}/{{aid}}/logs/settings.log",
+    wildcard_constraints:
+        folder="|".join(FOLDER_KINDS),
+        aid="|".join(re.escape(i) for kind in FOLDER_KINDS.values() for i in PLAN.ids(kind)) or "NO_JOBS",
+    params:
+        json=lambda w: json.dumps({"run": w.run, "kind": FOLDER_KINDS[w.folder], "id": w.aid,
+                                   "settings": job(FOLDER_KINDS[w.folder], w.aid).settings}, sort_keys=True),
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule interpolation_settings:
+    output:
+        f"{R}/{{run}}/interpolation/{{other}}/{{iid}}/settings.yaml",
+    log:
+        f"{R}/{{run}}/interpolation/{{other}}/{{iid}}/logs/settings.log",
+    params:
+        json=lambda w: json.dumps({"run": w.run, "other": w.other, "kind": "interpolation", "id": w.iid,
+                                   "settings": job("interpolation", w.iid).settings}, sort_keys=True),
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule experiment_settings:
+    output:
+        f"{R}/experiments/{{experiment}}/settings.yaml",
+    log:
+        f"{R}/experiments/{{experiment}}/logs/settings.log",
+    params:
+        json=lambda w: json.dumps(summary_settings(PLAN, PLAN.experiments[w.experiment]), sort_keys=True),
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q} > {log:q} 2>&1"
