@@ -14,6 +14,10 @@ the centre) and the landscape step, and writes::
     OUT/directions/centre_<iteration:06d>.h5   the two eigenvectors spanning it, with their eigenvalues
     OUT/.moving_frame.json                     the settings, which a later run checks before reusing files
 
+An eigenvector's sign is arbitrary, so each plane's axes are flipped where needed to point the way of the
+previous centre's (non-negative dot products; an eigenvector stays one), and consecutive frames do not
+mirror each other.
+
 The folder is built as the hidden sibling ``.OUT.partial`` and renamed to OUT at the end, so it appears
 whole. A killed run resumes there: finished centres are skipped (and a landscape resumes its own grid
 points); a run on an OUT that is complete but lacks some files (removed by hand) recomputes only those.
@@ -118,6 +122,25 @@ def prepare_staging(out: Path, staging: Path, wanted: dict[str, Any]) -> None:
     write_json(staging / MANIFEST, wanted)
 
 
+def align_signs(plane: Path, previous: Path) -> list[bool]:
+    """Flip the directions in ``plane`` whose dot product with the same row of ``previous`` is negative, so
+    the axes of consecutive planes point alike; returns which were flipped (recorded in the file's config)."""
+    import dataclasses
+
+    import numpy as np
+
+    from .storage.directions import load_directions_file, save_directions
+
+    current, before = load_directions_file(plane), load_directions_file(previous)
+    dots = np.einsum("ij,ij->i", current.vectors.astype(np.float64), before.vectors.astype(np.float64))
+    flipped = [bool(d < 0) for d in dots]
+    if any(flipped):
+        signs = np.where(dots < 0, -1.0, 1.0).astype(current.vectors.dtype)[:, None]
+        config = {**current.config, "signs_aligned_to": before.center_iteration, "flipped": flipped}
+        save_directions(dataclasses.replace(current, vectors=current.vectors * signs, config=config), plane)
+    return flipped
+
+
 def centre_name(iteration: int) -> str:
     """File name of one centre's landscape (and of its directions, in ``directions/``)."""
     return f"centre_{iteration:06d}.h5"
@@ -147,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                   *(["--no-progress"] if args.no_progress else [])]
     trajectory = ["--trajectory", os.fspath(args.trajectory)]
     computed = 0
+    previous: Path | None = None  # the previous centre's directions file
     for number, iteration in enumerate(iterations, 1):
         target = staging / centre_name(iteration)
         plane = staging / "directions" / centre_name(iteration)
         if target.is_file() and plane.is_file():
             print(f"centre {number}/{len(iterations)} (iteration {iteration}): done already", file=sys.stderr)
+            previous = plane
             continue
         print(f"centre {number}/{len(iterations)} (iteration {iteration})", file=sys.stderr)
         if not plane.is_file():
@@ -168,12 +193,15 @@ def main(argv: list[str] | None = None) -> int:
             _step(directions, [
                 *trajectory, "--method", "hessian", "--eigendirections", os.fspath(eig),
                 "--pick", *map(str, args.pick), "--center-iteration", str(iteration), "--out", os.fspath(plane)])
+            if previous is not None and previous.is_file():
+                align_signs(plane, previous)
         extent = ["--range", *map(repr, args.range)] if args.range else []
         _step(landscape, [
             *trajectory, "--directions", os.fspath(plane), "--out", os.fspath(target), "--dims", "2",
             "--resolution", str(args.resolution), "--border", repr(args.border), "--min-extent", repr(args.min_extent),
             *extent, "--grid-batching", args.grid_batching, *evaluation])
         computed += 1
+        previous = plane
     shutil.rmtree(work, ignore_errors=True)
     if out.exists():
         shutil.rmtree(out)

@@ -137,6 +137,11 @@ def test_centres_are_planes_of_their_own_eigenvectors(frame_dir, trajectory):
                 hv = objective.to_numpy(objective.hvp(point, objective.from_numpy(v)))
                 assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-6)
                 assert np.linalg.norm(hv - value * v) <= 1e-4 * abs(value), (iteration, value)
+        # consecutive planes' axes point alike (signs aligned), so frames do not mirror each other
+        planes = [load_directions_file(frame_dir / "directions" / f"centre_{i:06d}.h5").vectors.astype(np.float64)
+                  for i in CENTRES]
+        for before, after in zip(planes, planes[1:], strict=False):
+            assert np.all(np.einsum("ij,ij->i", before, after) >= 0)
         # the planes move: the top eigenvector at the first centre is not the one at the last
         first, last = (load_directions_file(frame_dir / "directions" / f"centre_{i:06d}.h5").vectors[0]
                        for i in (CENTRES[0], CENTRES[-1]))
@@ -209,3 +214,21 @@ def test_bad_arguments_exit_2(folder, trajectory, capsys):
     assert cli.run(moving_frame.main, argv(folder / "missing.h5", out)) == 2
     assert "missing.h5 does not exist" in capsys.readouterr().err
     assert not out.exists() and not (folder / ".never.partial").exists()
+
+
+def test_align_signs(tmp_path):
+    from gradvis_steps.storage.directions import Directions, save_directions
+
+    rng = np.random.default_rng(0)
+    before = rng.standard_normal((2, 50)).astype(np.float32)
+    current = np.stack([-before[0] + 0.1, before[1] + 0.1]).astype(np.float32)  # row 0 points the other way
+    save_directions(Directions(before, "eigenvector", center_iteration=0), tmp_path / "a.h5")
+    save_directions(Directions(current, "eigenvector", center_iteration=5, eigenvalues=np.array([2.0, 1.0])),
+                    tmp_path / "b.h5")
+    assert moving_frame.align_signs(tmp_path / "b.h5", tmp_path / "a.h5") == [True, False]
+    aligned = load_directions_file(tmp_path / "b.h5")
+    np.testing.assert_array_equal(aligned.vectors, np.stack([-current[0], current[1]]))
+    np.testing.assert_array_equal(aligned.eigenvalues, [2.0, 1.0])
+    assert aligned.center_iteration == 5
+    assert aligned.config["flipped"] == [True, False] and aligned.config["signs_aligned_to"] == 0
+    assert moving_frame.align_signs(tmp_path / "b.h5", tmp_path / "a.h5") == [False, False]  # nothing left to flip
