@@ -189,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
                     "--target", repr(args.target), "--count", str(args.count), "--steps", str(args.steps),
                     "--seed", str(args.seed), "--hvp-memory-mb", repr(args.hvp_memory_mb),
                     "--hvp-mode", args.hvp_mode, *evaluation])
-            plane.parent.mkdir(exist_ok=True)
+            unaligned = work / f"directions_{iteration:06d}.h5"
             _step(directions, [
                 *trajectory, "--method", "hessian", "--eigendirections", os.fspath(eig),
-                "--pick", *map(str, args.pick), "--center-iteration", str(iteration), "--out", os.fspath(plane)])
+                "--pick", *map(str, args.pick), "--center-iteration", str(iteration), "--out", os.fspath(unaligned)])
             if previous is not None and previous.is_file():
-                align_signs(plane, previous)
+                align_signs(unaligned, previous)
+            plane.parent.mkdir(exist_ok=True)
+            os.replace(unaligned, plane)  # in place only once aligned: a resume never takes an unaligned plane
         extent = ["--range", *map(repr, args.range)] if args.range else []
         _step(landscape, [
             *trajectory, "--directions", os.fspath(plane), "--out", os.fspath(target), "--dims", "2",

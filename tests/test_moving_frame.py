@@ -165,7 +165,7 @@ def test_removed_file_is_the_only_one_recomputed(frame_dir, trajectory, monkeypa
     (frame_dir / "directions" / "centre_000010.h5").unlink()
     calls = Calls(monkeypatch)
     assert moving_frame.main(argv(trajectory, frame_dir)) == 0
-    assert calls.log == {"eigendirections": ["eigendirections_000010.h5"], "directions": ["centre_000010.h5"],
+    assert calls.log == {"eigendirections": ["eigendirections_000010.h5"], "directions": ["directions_000010.h5"],
                          "landscape": ["centre_000010.h5"]}
 
 
@@ -181,7 +181,7 @@ def test_killed_run_resumes(folder, frame_dir, trajectory, monkeypatch):
     calls = Calls(monkeypatch)
     assert moving_frame.main(argv(trajectory, out)) == 0
     # centre 5's eigenvectors were computed before the kill; only its landscape and all of centre 10 remain
-    assert calls.log == {"eigendirections": ["eigendirections_000010.h5"], "directions": ["centre_000010.h5"],
+    assert calls.log == {"eigendirections": ["eigendirections_000010.h5"], "directions": ["directions_000010.h5"],
                          "landscape": ["centre_000005.h5", "centre_000010.h5"]}
     assert not staging.exists()
     for iteration in CENTRES:
