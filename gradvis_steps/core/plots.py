@@ -106,10 +106,13 @@ def plot_contour(
     colorbar: bool = True,
     title: str | None = None,
     marks: Sequence[tuple[float, float, str]] = (),
+    levels: Sequence[float] | np.ndarray | None = None,
 ) -> Figure:
     """2D filled contour + contour lines of the loss with the trajectory overlaid (start: circle, end:
     star), colorbar "loss", axes labelled by direction (paper Fig. 4-7). ``marks``: extra labelled points
-    ``(x, y, label)`` in plane coordinates, e.g. the second minimum of an interpolation plane."""
+    ``(x, y, label)`` in plane coordinates, e.g. the second minimum of an interpolation plane. ``levels``:
+    increasing contour levels to use instead of ones spanning this landscape (positive ones with
+    ``log_levels``), so that several landscapes share one colour scale."""
     if result.ndim != 2:
         raise ValueError(f"plot_contour needs a 2D landscape, got {result.ndim}D")
     ax = _new_ax(ax)
@@ -117,7 +120,14 @@ def plot_contour(
     x, y = result.axes
     X, Y = np.meshgrid(x, y, indexing="ij")
     Z = _masked(result.loss)
-    levels = contour_levels(Z.filled(np.nan), n_levels, log_levels)
+    if levels is None:
+        levels = contour_levels(Z.filled(np.nan), n_levels, log_levels)
+    else:
+        levels = np.asarray(levels, dtype=np.float64)
+        if levels.ndim != 1 or levels.size < 2 or not np.all(np.diff(levels) > 0) or not np.isfinite(levels).all():
+            raise ValueError(f"levels must be at least 2 finite, increasing numbers, got {levels.tolist()}")
+        if log_levels and levels[0] <= 0:
+            raise ValueError(f"log-spaced levels must be positive, got {levels[0]} as the lowest")
     xl, yl = direction_labels(result)
     ax.set_xlabel(xl)
     ax.set_ylabel(yl)

@@ -1,0 +1,223 @@
+"""Step: the results of an analysis sweep side by side in one figure: eigenvalue densities or landscapes.
+
+    python -m gradvis_steps.compare --spectra m20/spectra.h5 m30/spectra.h5 --labels "m=20" "m=30" \\
+        --out compare_spectra.png
+    python -m gradvis_steps.compare --landscapes a/pca.h5 b/pca.h5 --labels "seed 0" "seed 1" \\
+        --out compare_landscapes.png
+
+Spectra: the densities of one checkpoint (``--iteration``, default the last one every file holds) are
+smoothed with one Gaussian width and evaluated on one grid, so the curves are comparable, and drawn on
+one axes beside a table of lambda_max, lambda_min and the negative mass of each. Landscapes: 2D ones as
+contours side by side on one set of colour levels (the same loss has the same colour in every panel),
+1D ones as curves on one axes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import cli
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .core.grid import LandscapeResult
+    from .storage.spectra import Spectra
+
+#: The figures of each spectrum in the table: (summary key, column heading).
+TABLE_COLUMNS = (("lambda_max", "λmax"), ("lambda_min", "λmin"), ("negative_mass", "negative mass"))
+DENSITY_POINTS = 2000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.compare", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--spectra", nargs="+", metavar="FILE", help="spectra files (.h5) from the spectrum step")
+    inputs.add_argument("--landscapes", nargs="+", metavar="FILE",
+                        help="landscape files (.h5) from the landscape step, all 1D or all 2D")
+    parser.add_argument("--labels", nargs="+", metavar="LABEL",
+                        help="one legend label per file, in the same order (default: the file names)")
+    parser.add_argument("--out", required=True, help="figure to write (.png/.pdf/.svg)")
+    parser.add_argument("--iteration", type=int, default=None,
+                        help="checkpoint whose spectra are compared (default: the last one common to all files)")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="Gaussian width of the densities (default: range of all files' nodes / 500)")
+    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=None,
+                        help="log-scale density axis (spectra; default on), log-spaced contour levels or log loss "
+                             "axis (landscapes; default off)")
+    parser.add_argument("--title", default=None, help="figure title")
+    parser.add_argument("--dpi", type=cli.positive_int, default=120)
+    return parser
+
+
+# -------------------------------------------------------------------------------------------------- spectra
+@dataclass(frozen=True)
+class SpectraComparison:
+    """The densities of several spectra at one checkpoint on a common grid, and their table rows."""
+
+    iteration: int
+    sigma: float
+    grid: np.ndarray
+    densities: np.ndarray  # (files, points)
+    labels: tuple[str, ...]
+    rows: tuple[tuple[float, ...], ...]  # one per file: the TABLE_COLUMNS figures
+
+
+def common_iteration(spectra: Sequence[Spectra], paths: Sequence[str], wanted: int | None) -> int:
+    """``wanted`` if every file holds it, else the last iteration all files hold; errors name the files."""
+    held = [{int(i) for i in s.iterations} for s in spectra]
+    for path, iterations in zip(paths, held, strict=True):
+        if not iterations:
+            raise ValueError(f"{path} holds no spectra")
+    if wanted is not None:
+        lacking = [f"{path} ({_span(iterations)})" for path, iterations in zip(paths, held, strict=True)
+                   if wanted not in iterations]
+        if lacking:
+            raise ValueError(f"--iteration {wanted} is missing from {', '.join(lacking)}")
+        return wanted
+    common = set.intersection(*held)
+    if not common:
+        listing = ", ".join(f"{path} ({_span(iterations)})" for path, iterations in zip(paths, held, strict=True))
+        raise ValueError(f"no checkpoint iteration is common to all spectra files: {listing}; give files of the "
+                         "same checkpoints or --iteration")
+    return max(common)
+
+
+def _span(iterations: set[int]) -> str:
+    ordered = sorted(iterations)
+    shown = ", ".join(map(str, ordered[:4])) + (", ..." if len(ordered) > 4 else "")
+    return f"iterations {shown}"
+
+
+def compare_spectra(spectra: Sequence[Spectra], paths: Sequence[str], labels: Sequence[str],
+                    iteration: int | None = None, sigma: float | None = None) -> SpectraComparison:
+    """Densities of every file's checkpoint ``iteration`` with one sigma on one grid (comparable curves)."""
+    from .core.slq import default_density_grid, default_sigma, gaussian_density
+
+    if sigma is not None and not sigma > 0:
+        raise ValueError(f"--sigma must be > 0, got {sigma}")
+    it = common_iteration(spectra, paths, iteration)
+    entries = [s.entries[it] for s in spectra]
+    all_nodes = np.concatenate([np.ravel(e.nodes) for e in entries])
+    width = default_sigma(all_nodes) if sigma is None else float(sigma)
+    grid = default_density_grid(all_nodes, n_points=DENSITY_POINTS, sigma=width)
+    densities = np.stack([gaussian_density(e.nodes, e.weights, grid, width) for e in entries])
+    rows = tuple(tuple(float(e.summary.get(key, np.nan)) for key, _ in TABLE_COLUMNS) for e in entries)
+    return SpectraComparison(it, width, grid, densities, tuple(labels), rows)
+
+
+def spectra_figure(comparison: SpectraComparison, *, log_scale: bool = True, title: str | None = None) -> Figure:
+    """The densities overlaid with a legend (left) beside a table of their extreme eigenvalues (right)."""
+    from matplotlib.figure import Figure
+
+    from .render.spectrum_plots import LOG_FLOOR
+
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=(2.2, 1))
+    for label, density in zip(comparison.labels, comparison.densities, strict=True):
+        if log_scale:
+            left.semilogy(comparison.grid, np.maximum(density, LOG_FLOOR), lw=1.2, label=label)
+        else:
+            left.plot(comparison.grid, density, lw=1.2, label=label)
+    left.axvline(0.0, color="0.5", lw=0.6, ls="--")
+    left.set_xlabel("eigenvalue")
+    left.set_ylabel("density (log scale)" if log_scale else "density")
+    left.set_title(f"iteration {comparison.iteration}, σ = {comparison.sigma:.3g}")
+    left.legend(loc="best", fontsize="small")
+    right.axis("off")
+    cells = [[f"{value:.4g}" for value in row] for row in comparison.rows]
+    table = right.table(cellText=cells, rowLabels=list(comparison.labels),
+                        colLabels=[heading for _, heading in TABLE_COLUMNS], loc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    table.scale(1.0, 1.4)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- landscapes
+def shared_levels(results: Sequence[LandscapeResult], log_levels: bool, n_levels: int = 30) -> np.ndarray | None:
+    """Contour levels spanning the finite losses of all landscapes (one colour scale for every panel)."""
+    from .core.plots import contour_levels
+
+    return contour_levels(np.concatenate([np.ravel(r.loss) for r in results]), n_levels, log_levels)
+
+
+def landscapes_figure(results: Sequence[LandscapeResult], paths: Sequence[str], labels: Sequence[str], *,
+                      log_scale: bool = False, title: str | None = None) -> Figure:
+    """2D landscapes as contours side by side on shared levels, or 1D ones as curves on one axes."""
+    from matplotlib.figure import Figure
+
+    from .core.plots import direction_labels, plot_contour
+
+    dims = {r.ndim for r in results}
+    if len(dims) != 1 or dims - {1, 2}:
+        listing = ", ".join(f"{path} ({r.ndim}D)" for path, r in zip(paths, results, strict=True))
+        raise ValueError(f"the landscapes must be all 1D or all 2D: {listing}")
+    if dims == {2}:
+        n = len(results)
+        fig = Figure(figsize=(4.6 * n + 1.2, 4.3), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, n, sharex=False, sharey=False))
+        levels = shared_levels(results, log_scale)
+        for k, (ax, result, label) in enumerate(zip(axes, results, labels, strict=True)):
+            plot_contour(result, ax, log_levels=log_scale, levels=levels, colorbar=k == n - 1, title=label)
+    else:
+        fig = Figure(figsize=(7, 4.5), layout="constrained")
+        ax = fig.add_subplot()
+        for result, label in zip(results, labels, strict=True):
+            loss = np.ma.masked_invalid(np.asarray(result.loss, dtype=np.float64))
+            if log_scale:
+                loss = np.ma.masked_where(loss.filled(np.nan) <= 0, loss.filled(np.nan))
+            ax.plot(result.axes[0], loss, lw=1.4, label=label)
+        if log_scale:
+            ax.set_yscale("log")
+        xlabels = {direction_labels(r)[0] for r in results}
+        ax.set_xlabel(xlabels.pop() if len(xlabels) == 1 else "coefficient along each landscape's direction")
+        ax.set_ylabel("loss")
+        ax.legend(loc="best", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    paths = args.spectra or args.landscapes
+    labels = args.labels if args.labels is not None else [Path(p).stem for p in paths]
+    if len(labels) != len(paths):
+        raise ValueError(f"--labels gives {len(labels)} label(s) for {len(paths)} file(s): "
+                         f"{labels} for {paths}")
+    if args.landscapes and (args.iteration is not None or args.sigma is not None):
+        raise ValueError("--iteration and --sigma apply to --spectra only")
+    from .core.plots import save_figure
+
+    if args.spectra:
+        from .storage.spectra import load_spectra
+
+        comparison = compare_spectra([load_spectra(p) for p in paths], paths, labels, args.iteration, args.sigma)
+        log_scale = True if args.log_scale is None else args.log_scale
+        fig = spectra_figure(comparison, log_scale=log_scale, title=args.title)
+        what = f"{len(paths)} spectra at iteration {comparison.iteration}"
+    else:
+        from .storage.landscape import load_landscape
+
+        fig = landscapes_figure([load_landscape(p) for p in paths], paths, labels, log_scale=bool(args.log_scale),
+                                title=args.title)
+        what = f"{len(paths)} landscapes"
+    save_figure(fig, args.out, dpi=args.dpi)
+    print(f"wrote {what} side by side to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

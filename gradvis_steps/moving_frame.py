@@ -1,0 +1,223 @@
+"""Step: a "moving frame" for the training video: at every k-th checkpoint, the 2D landscape centred there
+along two of that checkpoint's own top Hessian eigenvectors.
+
+    python -m gradvis_steps.moving_frame --trajectory results/run/trajectory.h5 --every 5 \\
+        --out-dir results/run/moving_frame --which largest --count 2 --steps 40 --pick 0 1 \\
+        --resolution 25 --border 0.4
+
+The centres are the checkpoints the spectrum step takes with the same ``--every``: rows 0, k, 2k, ... of
+the trajectory and the last one. For each centre this runs, in this process, the eigendirections step
+(``--iteration`` the centre), the directions step (``--method hessian --pick i j --center-iteration``
+the centre) and the landscape step, and writes::
+
+    OUT/centre_<iteration:06d>.h5              the landscape centred at that checkpoint (the video's frames)
+    OUT/directions/centre_<iteration:06d>.h5   the two eigenvectors spanning it, with their eigenvalues
+    OUT/.moving_frame.json                     the settings, which a later run checks before reusing files
+
+An eigenvector's sign is arbitrary, so each plane's axes are flipped where needed to point the way of the
+previous centre's (non-negative dot products; an eigenvector stays one), and consecutive frames do not
+mirror each other.
+
+The folder is built as the hidden sibling ``.OUT.partial`` and renamed to OUT at the end, so it appears
+whole. A killed run resumes there: finished centres are skipped (and a landscape resumes its own grid
+points); a run on an OUT that is complete but lacks some files (removed by hand) recomputes only those.
+Files made with other settings are never reused. Serial: not for ``mpiexec``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import cli
+
+FORMAT = "gradvis-moving-frame"
+MANIFEST = ".moving_frame.json"
+WORK = ".work"  # the eigendirections files, inside the staging folder only
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.moving_frame", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
+    parser.add_argument("--every", type=cli.positive_int, default=1,
+                        help="every k-th checkpoint (the last one always), as the spectrum step's --every")
+    parser.add_argument("--out-dir", required=True, help="folder for centre_<iteration>.h5, ...")
+    parser.add_argument("--which", choices=("largest", "smallest", "nearest"), default="largest",
+                        help="largest eigenvalues, most negative ones, or nearest --target")
+    parser.add_argument("--target", type=float, default=0.0, help="value for --which nearest")
+    parser.add_argument("--count", type=cli.positive_int, default=2, help="eigenvectors computed per centre")
+    parser.add_argument("--steps", type=cli.positive_int, default=40, help="Lanczos steps per centre")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starting vector")
+    parser.add_argument("--pick", type=int, nargs=2, default=[0, 1], metavar=("I", "J"),
+                        help="the two eigenvectors (0-based, of --count) that span each plane")
+    parser.add_argument("--resolution", type=cli.positive_int, default=25, help="grid points per axis")
+    parser.add_argument("--border", type=float, default=0.4,
+                        help="extend the projected trajectory's bounding box by this fraction of its extent per side")
+    parser.add_argument("--range", type=float, nargs=4, metavar=("XMIN", "XMAX", "YMIN", "YMAX"),
+                        help="one explicit plane extent for every centre instead (frames of one scale)")
+    parser.add_argument("--min-extent", type=float, default=1.0,
+                        help="smallest extent of an axis when the trajectory barely moves along it")
+    parser.add_argument("--grid-batching", default="auto", choices=("auto", "vmap", "per_point"),
+                        help="as the landscape step's --grid-batching")
+    cli.add_evaluation_arguments(parser, hessian=True)
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Reject bad settings before any work, naming the value and what is accepted."""
+    if args.count > args.steps:
+        raise ValueError(f"--count {args.count} exceeds --steps {args.steps}: Lanczos gives at most one Ritz pair "
+                         "per step")
+    i, j = args.pick
+    if i == j:
+        raise ValueError(f"--pick needs two different eigenvectors, got {i} {j}")
+    bad = [p for p in args.pick if not 0 <= p < args.count]
+    if bad:
+        raise ValueError(f"--pick {i} {j}: {bad} out of range; with --count {args.count} the eigenvectors are "
+                         f"0..{args.count - 1}")
+    if not 0 <= args.border <= 10:
+        raise ValueError(f"--border must be in [0, 10], got {args.border}")
+
+
+def centres(iterations: Any, every: int) -> list[int]:
+    """Iterations of the centres: the checkpoints the spectrum step takes with the same ``--every``."""
+    from .checkpoints import select_rows
+
+    return [int(iterations[row]) for row in select_rows(iterations, every=every)]
+
+
+def manifest(args: argparse.Namespace, trajectory: Any, iterations: list[int]) -> dict[str, Any]:
+    """What the folder's files depend on (the settings and the run), as JSON would read it back."""
+    settings = {key: value for key, value in vars(args).items() if key not in ("out_dir", "no_progress")}
+    settings["trajectory"] = os.path.abspath(args.trajectory)
+    record = {"format": FORMAT, "settings": settings, "run": trajectory.config,
+              "trajectory_iterations": [int(i) for i in trajectory.iterations], "centres": iterations}
+    return json.loads(json.dumps(record, sort_keys=True, default=str))
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest, or None if missing or unreadable."""
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def prepare_staging(out: Path, staging: Path, wanted: dict[str, Any]) -> None:
+    """Reuse a staging folder (or a finished OUT) made with the same settings; start afresh otherwise."""
+    from .storage.atomic import write_json
+
+    if staging.exists() and read_manifest(staging) != wanted:
+        print(f"{staging} was made with other settings: starting over", file=sys.stderr)
+        shutil.rmtree(staging)
+    if not staging.exists() and out.is_dir() and read_manifest(out) == wanted:
+        out.rename(staging)  # complete it: only the centres whose files are missing are computed
+    staging.mkdir(parents=True, exist_ok=True)
+    write_json(staging / MANIFEST, wanted)
+
+
+def align_signs(plane: Path, previous: Path) -> list[bool]:
+    """Flip the directions in ``plane`` whose dot product with the same row of ``previous`` is negative, so
+    the axes of consecutive planes point alike; returns which were flipped (recorded in the file's config)."""
+    import dataclasses
+
+    import numpy as np
+
+    from .storage.directions import load_directions_file, save_directions
+
+    current, before = load_directions_file(plane), load_directions_file(previous)
+    dots = np.einsum("ij,ij->i", current.vectors.astype(np.float64), before.vectors.astype(np.float64))
+    flipped = [bool(d < 0) for d in dots]
+    if any(flipped):
+        signs = np.where(dots < 0, -1.0, 1.0).astype(current.vectors.dtype)[:, None]
+        config = {**current.config, "signs_aligned_to": before.center_iteration, "flipped": flipped}
+        save_directions(dataclasses.replace(current, vectors=current.vectors * signs, config=config), plane)
+    return flipped
+
+
+def centre_name(iteration: int) -> str:
+    """File name of one centre's landscape (and of its directions, in ``directions/``)."""
+    return f"centre_{iteration:06d}.h5"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_arguments(args)
+    from . import directions, eigendirections, landscape
+    from .core.parallel import world
+    from .storage.trajectory import Trajectory
+
+    if world().size > 1:
+        raise ValueError("moving_frame runs serially: start it without mpiexec/srun")
+    with Trajectory(args.trajectory) as traj:
+        iterations = centres(traj.iterations, args.every)
+        wanted = manifest(args, traj, iterations)
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {out} exists and is not a folder")
+    staging = out.with_name(f".{out.name}.partial")
+    prepare_staging(out, staging, wanted)
+    work = staging / WORK
+
+    evaluation = ["--eval-fraction", repr(args.eval_fraction), "--eval-seed", str(args.eval_seed),
+                  "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype,
+                  *(["--no-progress"] if args.no_progress else [])]
+    trajectory = ["--trajectory", os.fspath(args.trajectory)]
+    computed = 0
+    previous: Path | None = None  # the previous centre's directions file
+    for number, iteration in enumerate(iterations, 1):
+        target = staging / centre_name(iteration)
+        plane = staging / "directions" / centre_name(iteration)
+        if target.is_file() and plane.is_file():
+            print(f"centre {number}/{len(iterations)} (iteration {iteration}): done already", file=sys.stderr)
+            previous = plane
+            continue
+        print(f"centre {number}/{len(iterations)} (iteration {iteration})", file=sys.stderr)
+        if not plane.is_file():
+            target.unlink(missing_ok=True)  # a landscape belongs to its directions file: recompute both
+            eig = work / f"eigendirections_{iteration:06d}.h5"
+            if not eig.is_file():
+                work.mkdir(exist_ok=True)
+                _step(eigendirections, [
+                    *trajectory, "--out", os.fspath(eig), "--iteration", str(iteration), "--which", args.which,
+                    "--target", repr(args.target), "--count", str(args.count), "--steps", str(args.steps),
+                    "--seed", str(args.seed), "--hvp-memory-mb", repr(args.hvp_memory_mb),
+                    "--hvp-mode", args.hvp_mode, *evaluation])
+            unaligned = work / f"directions_{iteration:06d}.h5"
+            _step(directions, [
+                *trajectory, "--method", "hessian", "--eigendirections", os.fspath(eig),
+                "--pick", *map(str, args.pick), "--center-iteration", str(iteration), "--out", os.fspath(unaligned)])
+            if previous is not None and previous.is_file():
+                align_signs(unaligned, previous)
+            plane.parent.mkdir(exist_ok=True)
+            os.replace(unaligned, plane)  # in place only once aligned: a resume never takes an unaligned plane
+        extent = ["--range", *map(repr, args.range)] if args.range else []
+        _step(landscape, [
+            *trajectory, "--directions", os.fspath(plane), "--out", os.fspath(target), "--dims", "2",
+            "--resolution", str(args.resolution), "--border", repr(args.border), "--min-extent", repr(args.min_extent),
+            *extent, "--grid-batching", args.grid_batching, *evaluation])
+        computed += 1
+        previous = plane
+    shutil.rmtree(work, ignore_errors=True)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    print(f"wrote {len(iterations)} moving-frame landscapes ({computed} computed now) to {out}", file=sys.stderr)
+    return 0
+
+
+def _step(module: Any, argv: list[str]) -> None:
+    """Run another step's ``main`` in this process; a non-zero status is an error naming the step."""
+    status = module.main(argv)
+    if status:
+        raise RuntimeError(f"{module.__name__} {' '.join(argv)} ended with status {status}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
