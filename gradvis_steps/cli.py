@@ -109,15 +109,16 @@ def keep_freed_memory() -> bool:
 
 
 def take_settings_option(argv: list[str]) -> tuple[list[str], str | None]:
-    """``argv`` without ``--settings FILE`` (or ``--settings=FILE``), and FILE: an option every step takes."""
+    """``argv`` without ``--folder-settings FILE`` (or ``--folder-settings=FILE``), and FILE: an option every step
+    takes."""
     rest, path = [], None
     items = iter(argv)
     for item in items:
-        if item == "--settings":
+        if item == "--folder-settings":
             path = next(items, None)
             if path is None:
-                raise ValueError("--settings needs a FILE (the YAML settings of the output folder)")
-        elif item.startswith("--settings="):
+                raise ValueError("--folder-settings needs a FILE (the YAML settings of the output folder)")
+        elif item.startswith("--folder-settings="):
             path = item.split("=", 1)[1]
         else:
             rest.append(item)
@@ -125,11 +126,12 @@ def take_settings_option(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def record_settings(path: str) -> None:
-    """Load the YAML settings of the output folder (``--settings FILE``) into every provenance this process writes."""
+    """Load the YAML settings of the output folder (``--folder-settings FILE``) into every provenance this process
+    writes."""
     from . import provenance
     from .storage.atomic import reading
 
-    with reading(path, "settings file (--settings)"):
+    with reading(path, "settings file (--folder-settings)"):
         with open(path) as handle:
             try:
                 settings = yaml.safe_load(handle)
@@ -144,7 +146,7 @@ def record_settings(path: str) -> None:
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a step's ``main``; bad input ends in one clear line on stderr and exit status 2.
 
-    Every step also takes ``--settings FILE`` (the YAML the workflow writes beside an output folder): it is taken
+    Every step also takes ``--folder-settings FILE`` (the YAML the workflow writes beside an output folder): it is taken
     out of the command line here and its content recorded in the provenance of every file the step writes.
 
     Under MPI with several ranks, anything that escapes ``main`` on one rank (bad input, an unexpected exception

@@ -11,18 +11,21 @@ The settings file (written by the workflow) holds::
     variants:                           # one per combination of the swept analysis settings
       - {swept: [spectrum.m], spectrum: {m: 20, k: 10}, ...}
     outputs:
-      - {path: results/lr_sweep/a/landscape.png, kind: figure, run: a, label: "PCA landscape"}
+      - {path: ../../a/landscape.png, kind: figure, run: a, label: "PCA landscape"}
 
-Output paths are absolute or relative to the working directory (the workflow's), and linked relative to
-the page's folder. Nested settings appear as dotted columns (``spectrum.m``). Settings that differ between
-runs and the swept keys of the variants are highlighted. Every text from the settings file is HTML-escaped
-and every link is a percent-encoded path relative to the page, so a name such as ``<script>`` comes out as
-text and a path cannot become a ``javascript:`` link. Plain HTML with inline CSS: the page stands alone.
+Output paths are absolute or relative to the settings file's folder (so the file reads the same wherever the
+results folder is), and linked relative to the page's folder; PNG figures and mp4 videos are also embedded
+(``--embed-mb``), so the page reads alone inside ``snakemake --report``. Nested settings appear as dotted columns
+(``spectrum.m``). Settings that differ between runs and the swept keys of the variants are highlighted. Every
+text from the settings file is HTML-escaped and every link is a percent-encoded path relative to the page, so a
+name such as ``<script>`` comes out as text and a path cannot become a ``javascript:`` link. Plain HTML with
+inline CSS: the page stands alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import os
 import sys
@@ -55,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", required=True, help="experiment name (the page title)")
     parser.add_argument("--settings", required=True, help="settings file (.yaml) written by the workflow")
     parser.add_argument("--out", required=True, help="HTML page to write")
+    parser.add_argument("--embed-mb", type=float, default=50.0,
+                        help="embed the PNG figures and mp4 videos among the outputs into the page (so it reads alone, "
+                             "e.g. inside snakemake --report) up to this many MB in all; 0: links only")
     return parser
 
 
@@ -170,8 +176,27 @@ def variants_table(variants: list[Mapping[str, Any]]) -> str:
     return f'<table class="variants"><tr><th>#</th>{head}</tr>\n' + "\n".join(body) + "\n</table>"
 
 
-def outputs_list(outputs: list[Mapping[str, Any]], runs: Iterable[str], page_folder: Path) -> str:
-    """The outputs grouped by run (runs in the order of the runs table, then others, then shared ones)."""
+EMBEDDED_TYPES = {".png": ("img", "image/png"), ".mp4": ("video", "video/mp4")}
+
+
+def embedded(path: str, budget: list[float]) -> str:
+    """The figure or video at ``path`` inline (a data URI), while ``budget[0]`` bytes last; else nothing."""
+    kind = EMBEDDED_TYPES.get(Path(path).suffix.lower())
+    if kind is None or not Path(path).is_file() or Path(path).stat().st_size > budget[0]:
+        return ""
+    data = Path(path).read_bytes()
+    budget[0] -= len(data)
+    uri = f"data:{kind[1]};base64,{base64.b64encode(data).decode()}"
+    if kind[0] == "img":
+        return f'<br><img src="{uri}" alt="{html.escape(Path(path).name)}" style="max-width: 48em">'
+    return f'<br><video controls src="{uri}" style="max-width: 48em"></video>'
+
+
+def outputs_list(outputs: list[Mapping[str, Any]], runs: Iterable[str], page_folder: Path,
+                 embed_bytes: float = 0.0) -> str:
+    """The outputs grouped by run (runs in the order of the runs table, then others, then shared ones); PNG
+    figures and mp4 videos inline while ``embed_bytes`` last."""
+    budget = [embed_bytes]
     if not outputs:
         return "<p>No outputs.</p>"
     groups: dict[str, list[Mapping[str, Any]]] = {run: [] for run in runs}
@@ -189,12 +214,13 @@ def outputs_list(outputs: list[Mapping[str, Any]], runs: Iterable[str], page_fol
             path = str(output["path"])
             label = output.get("label") or Path(path).name
             kind = f' <span class="kind">({html.escape(str(output["kind"]))})</span>' if output.get("kind") else ""
-            entries.append(f'<li><a href="{link(path, page_folder)}">{html.escape(str(label))}</a>{kind}</li>')
+            inline = embedded(path, budget)
+            entries.append(f'<li><a href="{link(path, page_folder)}">{html.escape(str(label))}</a>{kind}{inline}</li>')
         parts.append(f'<h3>{html.escape(run)}</h3>\n<ul class="outputs">\n' + "\n".join(entries) + "\n</ul>")
     return "\n".join(parts)
 
 
-def render_page(settings: Mapping[str, Any], page_folder: Path) -> str:
+def render_page(settings: Mapping[str, Any], page_folder: Path, embed_bytes: float = 0.0) -> str:
     """The whole page: title, description, runs, analysis variants, outputs by run."""
     title = html.escape(settings["name"])
     description = (f'<p class="description">{html.escape(settings["description"])}</p>'
@@ -211,7 +237,7 @@ def render_page(settings: Mapping[str, Any], page_folder: Path) -> str:
         f"<h2>Analysis variants ({len(settings['variants'])})</h2>",
         variants_table(settings["variants"]),
         "<h2>Outputs</h2>",
-        outputs_list(settings["outputs"], settings["runs"], page_folder),
+        outputs_list(settings["outputs"], settings["runs"], page_folder, embed_bytes),
         "</body></html>",
         "",
     ])
@@ -222,8 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     from .storage.atomic import atomic_path
 
     settings = load_settings(args.settings, args.name)
+    base = Path(args.settings).parent
+    for output in settings["outputs"]:
+        output["path"] = os.fspath(base / output["path"])  # an absolute path stays as it is
     out = Path(args.out)
-    page = render_page(settings, out.parent)
+    if not args.embed_mb >= 0:
+        raise ValueError(f"--embed-mb must be >= 0, got {args.embed_mb}")
+    page = render_page(settings, out.parent, args.embed_mb * 1e6)
     with atomic_path(out, ".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
     print(f"wrote the summary of experiment {args.name!r} ({len(settings['runs'])} run(s), "

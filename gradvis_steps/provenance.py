@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__
 
-#: the settings of the output folder a step writes into (``--settings FILE``, read by :func:`gradvis_steps.cli.run`)
+#: the settings of the output folder a step writes into (``--folder-settings FILE``, read by ``cli.run``)
 FOLDER_SETTINGS: dict[str, Any] = {}
 
 _PACKAGES = ("numpy", "scipy", "torch", "tensorflow", "h5py", "mpi4py", "matplotlib", "snakemake")

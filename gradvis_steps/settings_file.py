@@ -2,7 +2,7 @@
 
     python -m gradvis_steps.settings_file --json '{"kind": "spectra", "settings": {...}}' --out settings.yaml
 
-The steps that compute into that folder get ``--settings settings.yaml`` and record its content in the
+The steps that compute into that folder get ``--folder-settings settings.yaml`` and record its content in the
 provenance of every file they write, so an HDF5 file names the settings it was computed from without its folder.
 """
 

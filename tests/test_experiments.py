@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "workflow"))
 
-snakemake_utils = pytest.importorskip("snakemake.utils", reason="snakemake is not installed (pip install -e .[workflow])")
+snakemake_utils = pytest.importorskip("snakemake.utils",
+                                      reason="snakemake is not installed (pip install -e .[workflow])")
 
 from experiments import ConfigError, build_plan, digest  # noqa: E402
 

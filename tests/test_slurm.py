@@ -283,7 +283,9 @@ def test_whole_tiny_workflow_on_slurm_matches_a_local_run(slurm, tmp_path):
     rule_of = {job_id: Path(path).relative_to(slurm_logs).parts[0].removeprefix("rule_")
                for job_id, path in submitted.items()}
     per_rule = {rule: sum(1 for r in rule_of.values() if r == rule) for rule in set(rule_of.values())}
-    assert per_rule == expected_jobs, (per_rule, expected_jobs)
+    # the rules that only write a settings.yaml run on the submitting host (localrule), the rest through sbatch
+    local_rules = {"analysis_settings", "interpolation_settings", "experiment_settings"}
+    assert per_rule == {r: n for r, n in expected_jobs.items() if r not in local_rules}, (per_rule, expected_jobs)
     problems, job_seconds = [], 0
     for job_id, rule in sorted(rule_of.items(), key=lambda item: int(item[0])):
         job_log = Path(submitted[job_id])
@@ -312,8 +314,7 @@ def test_whole_tiny_workflow_on_slurm_matches_a_local_run(slurm, tmp_path):
     assert files_a == files_b, (set(files_a) ^ set(files_b))
     h5_files = [p for p in files_a if p.suffix == ".h5"]
     expected_h5 = {"trajectory.h5", "eigendirections.h5", "spectra.h5", "line.h5", "plane.h5", "plane_directions.h5",
-                   *(f"{m}.h5" for m in config["directions"]["methods"]),
-                   *(f"{m}_{d}d.h5" for m in config["directions"]["methods"] for d in (1, 2))}
+                   "directions.h5", "landscape_1d.h5", "landscape_2d.h5"}
     assert {p.name for p in h5_files} == expected_h5, sorted(h5_files)
     compared, diffs = [], []
     for rel in h5_files:

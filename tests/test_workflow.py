@@ -105,7 +105,7 @@ def test_whole_dag_produces_every_result(tiny_run):
     assert not (other / "landscape").exists() and not (other / "spectra").exists()  # not asked for
     methods = {settings_of(p)["settings"]["directions"]["method"]: p for p in (run / "landscape").iterdir()}
     assert sorted(methods) == ["hessian", "pca", "random"]
-    for method, land_dir in methods.items():
+    for land_dir in methods.values():
         land = load_landscape(land_dir / "landscape_2d.h5")
         assert land.loss.shape == (5, 5) and np.isfinite(land.loss).all()
         assert land.trajectory.shape == (13, 2)

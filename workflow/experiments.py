@@ -417,16 +417,19 @@ def _plan_comparisons(plan: Plan, experiment: Experiment) -> None:
 
 
 def summary_settings(plan: Plan, experiment: Experiment) -> dict[str, Any]:
-    """What the experiment's report page shows (paths relative to the results folder: the same on every machine)."""
+    """What the experiment's report page shows. Paths are relative to the page's folder
+    (``<results>/experiments/<name>/``), so the file is the same wherever the results folder is."""
     outputs = experiment.outputs + [{"path": path, "kind": f"comparison of {item['kind']}", "run": item["run"],
                                      "label": ", ".join(item["labels"])}
                                     for path, item in experiment.compare.items()]
+    outputs = [{**item, "path": f"../../{item['path']}"} for item in outputs]
     return {
         "name": experiment.name,
         "description": experiment.description,
         "runs": {run: {**plan.runs[run]["settings"], "checkpoint_every": plan.runs[run]["checkpoint_every"]}
                  for run in experiment.runs},
-        "variants": [{"swept": variant.swept, **{section: variant.config[section] for section in ANALYSIS_SECTIONS}}
+        "variants": [{"swept": list(variant.swept), **{section: variant.config[section]
+                                                        for section in ANALYSIS_SECTIONS}}
                      for variant in experiment.variants],
         "outputs": outputs,
     }

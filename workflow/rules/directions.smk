@@ -22,7 +22,7 @@ rule eigendirections:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} python -m gradvis_steps.eigendirections --trajectory {input.trajectory:q} "
-        "{params.args} --settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "{params.args} --folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule directions:
@@ -41,4 +41,4 @@ rule directions:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.trajectory:q} {params.args} "
-        "--settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "--folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"

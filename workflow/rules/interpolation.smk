@@ -27,7 +27,7 @@ rule interpolate:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.interpolate "
-        "--trajectory-a {input.a:q} --trajectory-b {input.b:q} {params.args} --settings {input.settings:q} "
+        "--trajectory-a {input.a:q} --trajectory-b {input.b:q} {params.args} --folder-settings {input.settings:q} "
         "--out-line {output.line:q} --out-spectra {output.spectra:q} > {log:q} 2>&1"
 
 
@@ -59,7 +59,7 @@ rule interpolation_plane_directions:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.a:q} --trajectory-b {input.b:q} "
-        "--method interpolation --settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "--method interpolation --folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule interpolation_plane:
@@ -83,7 +83,7 @@ rule interpolation_plane:
     shell:
         "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.landscape "
         "--trajectory {input.trajectory:q} --directions {input.directions:q} {params.args} "
-        "--settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "--folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule plot_interpolation_plane:

@@ -1,5 +1,5 @@
 # settings.yaml beside every analysis output: everything that defines the folder (its id is a hash of it). The
-# steps record it in each HDF5 file's provenance (--settings).
+# steps record it in each HDF5 file's provenance (--folder-settings).
 
 FOLDER_KINDS = {"spectra": "spectra", "eigendirections": "eigendirections", "directions": "directions",
                 "landscape": "landscape", "videos": "video", "moving": "moving"}

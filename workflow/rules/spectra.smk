@@ -25,7 +25,7 @@ rule spectrum_chunk:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.spectrum --trajectory {input.trajectory:q} "
-        "{params.args} --chunk {wildcards.i}/{wildcards.n} --settings {input.settings:q} --out {output:q} "
+        "{params.args} --chunk {wildcards.i}/{wildcards.n} --folder-settings {input.settings:q} --out {output:q} "
         "> {log:q} 2>&1"
 
 

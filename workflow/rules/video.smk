@@ -28,7 +28,7 @@ rule moving_frame:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} python -m gradvis_steps.moving_frame --trajectory {input.trajectory:q} "
-        "{params.args} --settings {input.settings:q} --out-dir {output:q} > {log:q} 2>&1"
+        "{params.args} --folder-settings {input.settings:q} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule training_frames:
