@@ -65,14 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "training":
         frames = TrainingFrames(landscapes, spectra, sigma=args.sigma, log_scale=args.log_scale,
                                 log_levels=args.log_levels, dpi=args.dpi)
-        inputs = {"landscapes": list(args.landscape)}
+        extra = {}
     else:
         frames = InterpolationFrames(line, spectra, plane=plane, sigma=args.sigma, log_scale=args.log_scale,
                                      log_levels=args.log_levels, dpi=args.dpi)
-        inputs = {"line": args.line, "plane": args.plane}
+        extra = {"plane": args.plane is not None}
     out = Path(args.out_dir)
     with atomic_folder(out) as staging:  # the folder appears whole or not at all
-        written = write_frames(frames, staging, extra={**inputs, "spectra": args.spectra})
+        # no input paths in the record: the same results rendered in another folder give the same bytes
+        written = write_frames(frames, staging, extra=extra)
     print(f"wrote {len(written.paths)} frames to {out} (density sigma {frames.density.sigma:.3g}, "
           f"{frames.density.rule})", file=sys.stderr)
     return 0
