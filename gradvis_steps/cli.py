@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -77,13 +78,26 @@ def add_slq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--m", type=positive_int, default=80, help="Lanczos steps per vector (paper: 80)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the starting vectors")
     parser.add_argument("--vector", choices=("gaussian", "rademacher"), default="gaussian")
-    parser.add_argument("--sigma", type=float, default=None,
-                        help="Gaussian width of the density (default: spectral range / 500)")
+    add_sigma_argument(parser)
     parser.add_argument("--group-size", type=group_size, default="auto",
                         help="starting vectors whose Lanczos chains advance in lockstep, one block Hessian product "
                              "per step (vector i is in group i // size; results depend on the size to float "
                              "tolerance only); auto: 1 on a CPU, on a GPU the k vectors split evenly over the MPI "
                              "ranks")
+
+
+def add_sigma_argument(parser: argparse.ArgumentParser) -> None:
+    """``--sigma``: the density width of every step that smooths eigenvalue nodes (spectrum, interpolate, frames,
+    plot_spectra), one meaning everywhere."""
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="Gaussian width of the eigenvalue density, absolute (default: the range of the "
+                             "nodes shown together / 500, see gradvis_steps.core.slq.SIGMA_REL)")
+
+
+def check_sigma(sigma: float | None) -> None:
+    """Reject a ``--sigma`` that is not a finite number > 0 before any work starts."""
+    if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"--sigma must be > 0, got {sigma}")
 
 
 def spec(name: str, options: list[tuple[str, Any]] | None) -> dict[str, Any]:

@@ -1,14 +1,19 @@
-"""Step: video frames: landscape + trajectory beside the eigenvalue density, one per checkpoint (or one
-per point of an interpolation line).
+"""Step: video frames in the paper's layouts, one per checkpoint (or one per point of an interpolation line).
 
-    python -m gradvis_steps.frames training --landscape L.h5 --spectra S.h5 --out-dir frames/
-    python -m gradvis_steps.frames interpolation --line line.h5 --spectra S.h5 --out-dir frames/
+    python -m gradvis_steps.frames training --landscape L.h5 [L2.h5 ...] --spectra S.h5 --out-dir frames/
+    python -m gradvis_steps.frames interpolation --line line.h5 [--plane plane.h5] --spectra S.h5 --out-dir frames/
+
+Training (Figure 1): 3D surface | contour, each with the trajectory so far and the current point | the eigenvalue
+density. Several ``--landscape`` files centred at different checkpoints make a moving frame: iteration t is drawn
+on the landscape whose centre is the largest <= t (the first one if none). Interpolation (Figure 8): [the plane
+through both minima and A's initial point with the current point | ] the loss along the line | the density. All
+densities of a sequence share one grid and one Gaussian width (``--sigma``, else range/500 over all the points);
+the folder (``frame_000000.png``, ..., ``frames.json`` recording sigma and its rule) appears whole.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,10 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.frames", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("kind", choices=("training", "interpolation"))
-    parser.add_argument("--landscape", help="2D landscape (.h5) with the trajectory (kind training)")
+    parser.add_argument("--landscape", nargs="+", help="2D landscape(s) (.h5) with the trajectory (kind training); "
+                        "several, centred at different checkpoints, for a moving frame")
     parser.add_argument("--line", help="1D interpolation line (.h5) (kind interpolation)")
+    parser.add_argument("--plane", help="2D landscape of the interpolation plane (.h5) (kind interpolation, optional)")
     parser.add_argument("--spectra", required=True, help="spectra file (.h5) of the same checkpoints / points")
     parser.add_argument("--out-dir", required=True, help="folder for frame_000000.png, ...")
+    cli.add_sigma_argument(parser)
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
                         help="log-scale density axis")
     parser.add_argument("--log-levels", action="store_true", help="log-spaced contour levels")
@@ -32,29 +40,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .render.frames import interpolation_frames, training_frames, write_frames
+    cli.check_sigma(args.sigma)
+    from .render.frames import InterpolationFrames, TrainingFrames, write_frames
+    from .storage.atomic import atomic_folder
     from .storage.landscape import load_landscape
     from .storage.spectra import load_spectra
 
+    if args.kind == "training":
+        if not args.landscape:
+            raise ValueError("kind training needs --landscape FILE [FILE ...]")
+        if args.line or args.plane:
+            raise ValueError("--line and --plane belong to kind interpolation, not training")
+        landscapes = [load_landscape(path) for path in args.landscape]
+    else:
+        if not args.line:
+            raise ValueError("kind interpolation needs --line FILE")
+        if args.landscape:
+            raise ValueError("--landscape belongs to kind training; kind interpolation takes --plane FILE")
+        line = load_landscape(args.line)
+        plane = load_landscape(args.plane) if args.plane else None
     spectra = load_spectra(args.spectra)
     if not spectra.entries:
         raise ValueError(f"{args.spectra} holds no spectra")
     if args.kind == "training":
-        if not args.landscape:
-            raise ValueError("kind training needs --landscape FILE")
-        frames = training_frames(load_landscape(args.landscape), spectra, log_scale=args.log_scale,
-                                 log_levels=args.log_levels)
+        frames = TrainingFrames(landscapes, spectra, sigma=args.sigma, log_scale=args.log_scale,
+                                log_levels=args.log_levels, dpi=args.dpi)
+        extra = {}
     else:
-        if not args.line:
-            raise ValueError("kind interpolation needs --line FILE")
-        frames = interpolation_frames(load_landscape(args.line), spectra, log_scale=args.log_scale)
+        frames = InterpolationFrames(line, spectra, plane=plane, sigma=args.sigma, log_scale=args.log_scale,
+                                     log_levels=args.log_levels, dpi=args.dpi)
+        extra = {"plane": args.plane is not None}
     out = Path(args.out_dir)
-    staging = out.with_name(f".{out.name}.partial")  # the folder appears whole or not at all
-    shutil.rmtree(staging, ignore_errors=True)
-    paths = write_frames(frames, staging, dpi=args.dpi)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    print(f"wrote {len(paths)} frames to {out}", file=sys.stderr)
+    with atomic_folder(out) as staging:  # the folder appears whole or not at all
+        # no input paths in the record: the same results rendered in another folder give the same bytes
+        written = write_frames(frames, staging, extra=extra)
+    print(f"wrote {len(written.paths)} frames to {out} (density sigma {frames.density.sigma:.3g}, "
+          f"{frames.density.rule})", file=sys.stderr)
     return 0
 
 

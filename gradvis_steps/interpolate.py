@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--margin must be in [0, 5], got {args.margin}")
     if args.points < 2:
         raise ValueError(f"--points must be >= 2 to draw a line, got {args.points}")
+    cli.check_sigma(args.sigma)
 
     from tqdm.auto import tqdm
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from .core.grid import LandscapeResult
     from .core.parallel import world
     from .provenance import provenance
-    from .spectrum import point_spectrum, resolve_group_size, settle_hvp_mode
+    from .spectrum import point_spectrum, resolve_group_size, settle_hvp_mode, stored_sigma_rule
     from .storage.landscape import save_landscape
     from .storage.spectra import Spectra, save_spectra
     from .storage.trajectory import Trajectory
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                  "no_progress")}
         spectra = Spectra({}, {"dim": traj_a.dim, "k": args.k, "m": min(args.m, traj_a.dim), "seed": args.seed,
                                "vector_kind": args.vector, "t": ts.tolist(), "group_size": group_size,
+                               "sigma_rule": stored_sigma_rule(args.sigma),
                                "config": {**config, "run_a": traj_a.config, "run_b": traj_b.config},
                                "provenance": provenance(config, ranks=comm.size)})
         losses, accuracies = np.empty(len(ts)), np.empty(len(ts))

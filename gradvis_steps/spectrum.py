@@ -55,8 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
-    if args.sigma is not None and not args.sigma > 0:
-        raise ValueError(f"--sigma must be > 0, got {args.sigma}")
+    cli.check_sigma(args.sigma)
 
     from .backends import backend_for_trajectory
     from .checkpoints import select_rows
@@ -77,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         m = min(args.m, traj.dim)
         group_size = resolve_group_size(args.group_size, args.k, objective.device_type, comm.size)
         attrs = {"dim": traj.dim, "k": args.k, "m": m, "seed": args.seed, "vector_kind": args.vector,
+                 "sigma_rule": stored_sigma_rule(args.sigma),
                  "group_size": group_size, "config": {**config, "run": traj.config},
                  "provenance": provenance(config, ranks=comm.size)}
         done = Spectra({}, attrs)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             done.entries[iteration] = entry
             save_spectra(done, partial)
             if args.plot_dir:
-                write_plot(done.entries[iteration], Path(args.plot_dir), args.log_scale)
+                write_plot(done.entries[iteration], Path(args.plot_dir), args.log_scale, attrs["sigma_rule"])
         if comm.rank == 0:
             save_spectra(done, out)
             partial.unlink(missing_ok=True)
@@ -140,7 +140,7 @@ def point_spectrum(comm: SerialComm | MPIComm, objective: Objective, theta: Arra
     in lockstep; under MPI the groups are split over the ranks and the raw quadratures gathered on rank 0
     (Algorithm 5). Rank 0 gets a CheckpointSpectrum stored under ``key``, the other ranks None."""
     from .core.parallel import distributed_values
-    from .core.slq import SLQResult, slq, spectral_density, spectrum_summary
+    from .core.slq import SLQResult, resolve_sigma, slq, spectral_density, spectrum_summary
     from .storage.spectra import CheckpointSpectrum
 
     def quadrature(indices: np.ndarray) -> np.ndarray:
@@ -155,21 +155,33 @@ def point_spectrum(comm: SerialComm | MPIComm, objective: Objective, theta: Arra
         return None
     result = SLQResult(nodes=rows[:, :m], weights=rows[:, m:2 * m], alpha1=rows[:, 2 * m], dim=objective.dim,
                        seed=seed, indices=np.arange(k), kind=kind)
-    grid, density = spectral_density(result, sigma=sigma)
+    width, _ = resolve_sigma(result.nodes, sigma)  # the stored density shows this point alone
+    grid, density = spectral_density(result, sigma=width)
     return CheckpointSpectrum(key, result.nodes, result.weights, result.alpha1, grid, density,
-                              {**spectrum_summary(result, NEGATIVE_TOL), "negative_tol": NEGATIVE_TOL}, seconds)
+                              {**spectrum_summary(result, NEGATIVE_TOL), "negative_tol": NEGATIVE_TOL}, seconds,
+                              sigma=width)
 
 
-def write_plot(entry: CheckpointSpectrum, folder: Path, log_scale: bool) -> None:
-    """One density figure per checkpoint, named by iteration."""
+def stored_sigma_rule(sigma: float | None) -> str:
+    """How the stored densities of a spectra file got their width (the file's ``sigma_rule``; each checkpoint's
+    value is its ``sigma`` attribute): each stored density shows one point, so the automatic rule is over that
+    point's nodes; frames and plot_spectra smooth the raw nodes again over all the points they show together."""
+    from .core.slq import SIGMA_REL
+
+    if sigma is not None:
+        return f"explicit --sigma {sigma!r}"
+    return f"range/{round(1 / SIGMA_REL)} of each point's own nodes"
+
+
+def write_plot(entry: CheckpointSpectrum, folder: Path, log_scale: bool, sigma_rule: str) -> None:
+    """One density figure per checkpoint (its stored density), named by iteration."""
     from .core.plots import save_figure
-    from .render.spectrum_plots import plot_density
+    from .render.spectrum_plots import density_title, plot_density, sigma_record
 
-    s = entry.summary
-    title = (f"iteration {entry.iteration}: λmax={s['lambda_max']:.3g}, λmin={s['lambda_min']:.3g}, "
-             f"tr≈{s['trace_estimate']:.3g}")
-    save_figure(plot_density(entry.grid, entry.density, log_scale=log_scale, title=title),
-                folder / f"iter_{entry.iteration:06d}.png", dpi=100)
+    fig = plot_density(entry.grid, entry.density, log_scale=log_scale, title=density_title(entry),
+                       sigma=entry.sigma)
+    save_figure(fig, folder / f"iter_{entry.iteration:06d}.png", dpi=100,
+                metadata=sigma_record(entry.sigma, sigma_rule))
 
 
 if __name__ == "__main__":

@@ -329,6 +329,7 @@ class LandscapeResult:
     checkpoint_loss: np.ndarray | None = None  # (n,) true loss at the checkpoints themselves
     checkpoint_accuracy: np.ndarray | None = None
     iterations: np.ndarray | None = None  # (n,) training iteration of each checkpoint
+    center_iteration: int | None = None  # training iteration of the checkpoint at the origin; None: the last one
     method: str = "custom"
     labels: tuple[str, ...] = ()
     normalization: str = "filter"
@@ -350,6 +351,8 @@ class LandscapeResult:
         filled = ~np.isnan(loss) if self.filled is None else np.asarray(self.filled, dtype=bool).reshape(shape)
         set_(self, "filled", filled)
         set_(self, "labels", tuple(str(s) for s in self.labels))
+        if self.center_iteration is not None:
+            set_(self, "center_iteration", int(self.center_iteration))
         if self.trajectory is not None:
             traj = np.asarray(self.trajectory, dtype=np.float64)
             traj = traj[:, None] if traj.ndim == 1 else traj

@@ -273,12 +273,14 @@ def plot_line(
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150, close: bool = True) -> None:
-    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150, close: bool = True,
+                metadata: dict[str, str] | None = None) -> None:
+    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``); ``metadata``:
+    text chunks stored in the file (PNG tEXt), e.g. how a density was smoothed."""
     ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
     try:
         with atomic_path(path, "." + ext) as tmp:
-            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight", metadata=metadata)
     finally:
         if close and fig.canvas.manager is not None:  # a pyplot figure: drop it from pyplot's registry
             import matplotlib.pyplot as plt

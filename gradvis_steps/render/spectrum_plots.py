@@ -3,18 +3,66 @@ log scale, which shows the few large outliers next to the bulk near zero."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from ..core.slq import default_density_grid, gaussian_density, resolve_sigma
+from ..storage.spectra import CheckpointSpectrum, Spectra
 
 #: Densities below this are drawn as this value on a log axis (the Gaussian tails underflow to 0).
 LOG_FLOOR = 1e-7
 
 
+@dataclass(frozen=True, eq=False)
+class DensitySet:
+    """Densities of points shown together: one grid, one Gaussian width (and the rule that chose it)."""
+
+    grid: np.ndarray
+    densities: dict[int, np.ndarray]
+    sigma: float
+    rule: str
+
+    @property
+    def top(self) -> float:
+        """Largest density value of the set (a common y limit)."""
+        return max(float(d.max()) for d in self.densities.values())
+
+
+def common_density(spectra: Spectra, sigma: float | None = None, n_points: int = 2000) -> DensitySet:
+    """All densities of ``spectra`` on one grid with one width (core.slq.resolve_sigma over all their nodes), so
+    the points of a sequence stay comparable."""
+    if not spectra.entries:
+        raise ValueError("no spectra to draw densities from")
+    nodes = [entry.nodes for entry in spectra.entries.values()]
+    width, rule = resolve_sigma(nodes, sigma)
+    if rule != "explicit":
+        rule = f"{rule} over the {len(nodes)} point(s) shown together"
+    grid = default_density_grid(np.concatenate([n.ravel() for n in nodes]), n_points=n_points, sigma=width)
+    densities = {key: gaussian_density(e.nodes, e.weights, grid, width) for key, e in spectra.entries.items()}
+    return DensitySet(grid, densities, width, rule)
+
+
+def sigma_record(sigma: float, rule: str) -> dict[str, str]:
+    """PNG text metadata recording the density's Gaussian width and how it was chosen."""
+    return {"Description": f"eigenvalue density smoothed with sigma={sigma!r} ({rule})",
+            "gradvis:sigma": repr(float(sigma)), "gradvis:sigma_rule": rule}
+
+
+def density_title(entry: CheckpointSpectrum, label: str = "iteration") -> str:
+    """One-line title of a point's density: extremes and the Hutchinson trace."""
+    s = entry.summary
+    return (f"{label} {entry.iteration}: λmax={s['lambda_max']:.3g}, λmin={s['lambda_min']:.3g}, "
+            f"tr≈{s['trace_estimate']:.3g}")
+
+
 def plot_density(grid: np.ndarray, density: np.ndarray, ax: Axes | None = None, *, log_scale: bool = True,
                  title: str | None = None, xlim: tuple[float, float] | None = None,
-                 ylim: tuple[float, float] | None = None) -> Figure:
-    """Density of the Hessian's eigenvalues against the eigenvalue; returns the figure."""
+                 ylim: tuple[float, float] | None = None, sigma: float | None = None) -> Figure:
+    """Density of the Hessian's eigenvalues against the eigenvalue (``sigma`` shown in the x label); returns the
+    figure."""
     if ax is None:
         fig = Figure(figsize=(5, 4))
         ax = fig.add_subplot()
@@ -26,12 +74,22 @@ def plot_density(grid: np.ndarray, density: np.ndarray, ax: Axes | None = None, 
         ax.plot(grid, density, color="tab:blue", lw=1.2)
         ax.fill_between(grid, density, alpha=0.25, color="tab:blue")
     ax.axvline(0.0, color="0.5", lw=0.6, ls="--")
-    ax.set_xlabel("eigenvalue")
+    ax.set_xlabel(density_xlabel(sigma))
     ax.set_ylabel("density (log scale)" if log_scale else "density")
     if xlim is not None:
         ax.set_xlim(*xlim)
     if ylim is not None:
         ax.set_ylim(*ylim)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize="small")
     return ax.figure
+
+
+def density_xlabel(sigma: float | None) -> str:
+    """The density's x label, with its Gaussian width when known."""
+    return "eigenvalue" if sigma is None or not np.isfinite(sigma) else f"eigenvalue   (σ = {sigma:.3g})"
+
+
+def density_ylim(top: float, log_scale: bool) -> tuple[float, float]:
+    """Y limits that fit densities up to ``top`` (log: from the floor)."""
+    return (LOG_FLOOR, top * 2) if log_scale else (0.0, top * 1.05)

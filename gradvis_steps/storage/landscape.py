@@ -13,7 +13,8 @@ HDF5 layout (format ``gradvis-landscape``, version 1); grid arrays have shape ``
     /trajectory/iterations       (n,) training iteration of each checkpoint
     /directions                  attrs method, labels (JSON), normalization; datasets explained_variance,
                                  explained_variance_ratio (PCA) or eigenvalues (Hessian eigenvectors)
-    attrs: format, version, indexing, config (JSON), provenance (JSON)
+    attrs: format, version, indexing, config (JSON), provenance (JSON), center_iteration (training iteration
+           of the checkpoint at the origin; absent when unknown, as in older files: read as None, "the last")
 
 Files are written atomically: a temporary file in the same folder, then ``os.replace``.
 """
@@ -64,6 +65,8 @@ def save_landscape(result: LandscapeResult, path: str | os.PathLike) -> None:
             f.attrs["indexing"] = "ij"
             f.attrs["config"] = json.dumps(result.config, default=str)
             f.attrs["provenance"] = json.dumps(result.provenance, default=str)
+            if result.center_iteration is not None:
+                f.attrs["center_iteration"] = int(result.center_iteration)
             for name, ax in zip(_AXES, result.axes, strict=False):
                 f.create_dataset(name, data=ax)
             f.create_dataset("loss", data=result.loss)
@@ -102,6 +105,8 @@ def load_landscape(path: str | os.PathLike) -> LandscapeResult:
         for h5name, attr in _TRAJ.items():
             if h5name in f["trajectory"]:
                 kw[attr] = f["trajectory"][h5name][()]
+        if "center_iteration" in f.attrs:
+            kw["center_iteration"] = int(f.attrs["center_iteration"])
         d = f["directions"]
         for name in _DIRS:
             if name in d:

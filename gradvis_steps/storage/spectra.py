@@ -8,7 +8,10 @@ Layout (format ``gradvis-spectra``), one group per checkpoint, plus time series 
     /checkpoints/<iteration>/weights   (k, m)  squared first eigenvector components (eq. 7)
     /checkpoints/<iteration>/alpha1    (k,)    v_i^T H v_i (Hutchinson)
     /checkpoints/<iteration>/grid, density    the Gaussian-smoothed density (eq. 4-8) and its grid
-    attrs: format, version, dim, k, m, seed, vector_kind, sigma_rule, config, provenance
+    /checkpoints/<iteration> attrs: iteration, summary (JSON), seconds, sigma (the density's Gaussian width;
+                                       absent in older files, read as NaN)
+    attrs: format, version, dim, k, m, seed, vector_kind, sigma_rule (how the widths were chosen), config,
+           provenance
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class CheckpointSpectrum:
     density: np.ndarray
     summary: dict[str, float]
     seconds: float = float("nan")
+    sigma: float = float("nan")  # Gaussian width of ``density`` (NaN: not recorded, a file from before)
 
 
 @dataclass(eq=False)
@@ -63,6 +67,7 @@ def _write_entry(group: h5py.Group, entry: CheckpointSpectrum) -> None:
     group.attrs["iteration"] = int(entry.iteration)
     group.attrs["summary"] = json.dumps(entry.summary)
     group.attrs["seconds"] = float(entry.seconds)
+    group.attrs["sigma"] = float(entry.sigma)
 
 
 def _read_entry(group: h5py.Group) -> CheckpointSpectrum:
@@ -70,6 +75,7 @@ def _read_entry(group: h5py.Group) -> CheckpointSpectrum:
         iteration=int(group.attrs["iteration"]),
         summary=json.loads(group.attrs["summary"]),
         seconds=float(group.attrs.get("seconds", np.nan)),
+        sigma=float(group.attrs.get("sigma", np.nan)),
         **{name: group[name][()] for name in ("nodes", "weights", "alpha1", "grid", "density")},
     )
 
