@@ -20,12 +20,27 @@ from pathlib import Path
 from . import cli
 
 
+def landscape_files(paths: list[str]) -> list[str]:
+    """The landscape files named, a folder standing for its ``centre_*.h5`` (the moving_frame step's output)."""
+    files = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = sorted(str(p) for p in Path(path).glob("centre_*.h5"))
+            if not found:
+                raise ValueError(f"--landscape {path} is a folder without centre_*.h5 landscapes (moving_frame's "
+                                 "output is expected)")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.frames", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("kind", choices=("training", "interpolation"))
     parser.add_argument("--landscape", nargs="+", help="2D landscape(s) (.h5) with the trajectory (kind training); "
-                        "several, centred at different checkpoints, for a moving frame")
+                        "several, centred at different checkpoints, for a moving frame (a folder: its centre_*.h5)")
     parser.add_argument("--line", help="1D interpolation line (.h5) (kind interpolation)")
     parser.add_argument("--plane", help="2D landscape of the interpolation plane (.h5) (kind interpolation, optional)")
     parser.add_argument("--spectra", required=True, help="spectra file (.h5) of the same checkpoints / points")
@@ -51,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("kind training needs --landscape FILE [FILE ...]")
         if args.line or args.plane:
             raise ValueError("--line and --plane belong to kind interpolation, not training")
-        landscapes = [load_landscape(path) for path in args.landscape]
+        landscapes = [load_landscape(path) for path in landscape_files(args.landscape)]
     else:
         if not args.line:
             raise ValueError("kind interpolation needs --line FILE")

@@ -120,11 +120,18 @@ def test_whole_dag_produces_every_result(tiny_run):
         spectra = load_spectra(spectra_dir / "spectra.h5")
         assert spectra.iterations.tolist() == [0, 3, 6, 9, 12]  # every 3rd checkpoint and the last
         assert int(spectra.attrs["m"]) == m
-        densities = sorted(p.name for p in (spectra_dir / "densities").iterdir())
+        densities = sorted(p.name for p in (spectra_dir / "densities").glob("*.png"))
         assert densities == [f"density_{i:06d}.png" for i in (0, 3, 6, 9, 12)]
-    videos = sorted((run / "videos").glob("*/training.mp4"))
-    assert len(videos) == 2 and all(count_frames(v) == 5 for v in videos)
-    assert {settings_of(v.parent)["settings"]["spectra"]["spectra"]["m"] for v in videos} == {6, 8}
+    videos = {settings_of(v.parent)["settings"]["spectra"]["spectra"]["m"]: v
+              for v in (run / "videos").glob("*/training.mp4") if "landscape" in settings_of(v.parent)["settings"]}
+    assert sorted(videos) == [6, 8] and all(count_frames(v) == 5 for v in videos.values())
+    # the moving frame: planes of the top Hessian eigenvectors at checkpoints 0, 6 and 12, one video over them
+    (moving,) = [v for v in (run / "videos").glob("*/training.mp4") if "moving" in settings_of(v.parent)["settings"]]
+    assert count_frames(moving) == 5
+    centres = sorted(p.name for p in (run / "moving").glob("*/landscapes/centre_*.h5"))
+    assert centres == ["centre_000000.h5", "centre_000006.h5", "centre_000012.h5"]
+    assert [load_landscape(c).center_iteration for c in sorted((run / "moving").glob("*/landscapes/centre_*.h5"))] \
+        == [0, 6, 12]
     compare = results / "experiments" / "training" / "compare" / run.name / "spectra.png"
     assert compare.stat().st_size > 0
     # the interpolation experiment: line, plane, spectra at its points, the Figure 8 video
@@ -136,7 +143,7 @@ def test_whole_dag_produces_every_result(tiny_run):
     assert (pair / "plane_contour.png").stat().st_size > 0
     with h5py.File(pair / "plane.h5") as f:
         assert f["loss"].shape == (5, 5)
-    for experiment in ("training", "interpolation"):
+    for experiment in ("training", "interpolation", "moving"):
         page = (results / "experiments" / experiment / "summary.html").read_text()
         assert experiment in page
     html = (folder / "report.html").read_text(errors="replace")
@@ -164,7 +171,7 @@ def test_complete_run_has_nothing_to_do_and_sweeps_add_only_new_jobs(tiny_run):
     assert planned.pop("spectrum_chunk") == 2 and planned.pop("spectra_gather") == 1
     assert planned.pop("training_video") == 1 and planned.pop("compare") == 1
     assert set(planned) <= {"analysis_settings", "density_plots", "training_frames", "experiment_settings",
-                            "experiment_summary", "all"}, planned  # nothing else reruns: no training, no landscape
+                            "experiment_summary", "all", "total"}, planned  # nothing else reruns: no training, no landscape
     seeds = yaml.safe_load(path.read_text())
     seeds["experiments"]["interpolation"]["train"]["seed"] = [0, 1, 2]  # a new run, not an interpolation partner
     seeds_path = folder / "seeds.yaml"
