@@ -110,12 +110,14 @@ def launch(args: argparse.Namespace, scheme: str, ranks: int, work: Path, env: d
            "--resolution", str(resolution or args.resolution), "--repeats", str(repeats or args.repeats),
            "--k", str(args.k), "--m", str(args.m), "--iteration", str(args.iteration),
            "--eval-fraction", str(args.eval_fraction), "--batch-size", str(args.batch_size), "--device", args.device]
+    load_before = os.getloadavg()[0]
     done = subprocess.run(cmd, env=env, cwd=C.ROOT, capture_output=True, text=True, timeout=args.timeout)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    record = json.loads(result.read_text())
-    print(f"  {scheme:9s} p={ranks:2d} D={ranks_per_group:2d}: "
-          f"{statistics.mean(record['times']):.3f} s (sd {stdev(record['times']):.3f})", file=sys.stderr)
+    # the 1-minute load average around the job: more than the cores in use means other work shared them
+    record = {**json.loads(result.read_text()), "load_before": load_before, "load_after": os.getloadavg()[0]}
+    print(f"  {scheme:9s} p={ranks:2d} D={ranks_per_group:2d}: {statistics.mean(record['times']):.3f} s "
+          f"(sd {stdev(record['times']):.3f}; load {load_before:.1f} -> {record['load_after']:.1f})", file=sys.stderr)
     return record
 
 

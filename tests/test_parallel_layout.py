@@ -87,3 +87,21 @@ def test_local_rank_from_launcher(monkeypatch):
     monkeypatch.setenv("SLURM_LOCALID", "5")
     monkeypatch.setenv("MPI_LOCALRANKID", "3")  # Hydra's, inside a SLURM allocation: the launcher's wins
     assert local_rank() == 3
+
+
+def test_one_gpu_per_rank_binding(monkeypatch):
+    """``auto``/``cuda`` bind ``cuda:(local rank % visible GPUs)``; an explicit index is kept (no GPU needed: CUDA's
+    presence and device count are stubbed)."""
+    import torch
+
+    from gradvis_steps.backends.torch import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("MPI_LOCALRANKID", "3")
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    monkeypatch.setenv("MPI_LOCALRANKID", "4")
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cpu") == torch.device("cpu")
