@@ -219,6 +219,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.plot(p, p, "k:", label="ideal")
     for scheme, entry in summary.items():
         rows = entry["rows"]
+        if not rows:  # e.g. the hybrid without a rank count that has a proper group size
+            continue
         f, sd = entry["parallel_fraction"], entry["parallel_fraction_sd"]
         label = scheme + ("" if f is None else f" (f = {100 * f:.1f} ± {100 * sd:.1f} %)")
         bars = ax.errorbar([r["ranks"] for r in rows], [r["speedup"] for r in rows],
