@@ -21,6 +21,12 @@ parallel fraction f with its standard error. Table 1: serial landscape runs for 
 grid evaluation (the step's own ``grid_seconds``) and the fixed overhead alpha (the rest of the step: reading,
 normalization, the trajectory's projection, writing). Results: a markdown table on stdout, ``--json``, and a plot
 like Figures 2-3 (``--plot``).
+
+Next to the fit, the "parallel share of the one-rank run": the time the one-rank run spends in the part a scheme
+divides over its ranks (the grid evaluation; the SLQ of the point; for data parallel only the size-weighted batch
+sums of the gradient and Hessian products, the Lanczos vector work being repeated on every rank) over the step's
+whole time: Amdahl's f as a profile predicts it, free of the contention that a shared machine adds to runs of
+several ranks.
 """
 
 from __future__ import annotations
@@ -52,10 +58,22 @@ def worker(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     from gradvis_steps import landscape, spectrum
+    from gradvis_steps.backends.torch.reduction import BatchReduction
     from gradvis_steps.core.parallel import world
 
     comm = world()
     work = Path(args.workdir)
+    # time inside the size-weighted batch sums: the only work Algorithm 4 divides over the ranks
+    batch_time, plain_mean = [0.0], BatchReduction.mean
+
+    def timed_mean(self: BatchReduction, like: object, per_batch: object) -> object:
+        start = time.perf_counter()
+        try:
+            return plain_mean(self, like, per_batch)
+        finally:
+            batch_time[0] += time.perf_counter() - start
+
+    BatchReduction.mean = timed_mean
     common = ["--eval-fraction", str(args.eval_fraction), "--batch-size", str(args.batch_size), "--device",
               args.device, "--no-progress"]
     times, extra = [], {}
@@ -74,15 +92,24 @@ def worker(args: argparse.Namespace) -> int:
                     str(args.k), "--m", str(args.m), "--group-size", "1", "--hvp-mode", "double_backprop", *how,
                     "--out", str(out), *common]
         comm.barrier()
+        batch_time[0] = 0.0
         start = time.perf_counter()
         assert module.main(argv) == 0
         comm.barrier()
         if run > 0:  # run 0 warms caches, the allocator and lazy imports
             times.append(time.perf_counter() - start)
-        if comm.rank == 0 and args.worker == "grid" and run > 0:
-            from gradvis_steps.storage.landscape import load_landscape
+        if comm.rank == 0 and run > 0:
+            # the parallel parts a one-rank run implies: the grid (Algorithm 3), the SLQ of the point (Algorithm 5),
+            # the batch sums inside it (Algorithm 4)
+            if args.worker == "grid":
+                from gradvis_steps.storage.landscape import load_landscape
 
-            extra.setdefault("grid_seconds", []).append(load_landscape(out).provenance["grid_seconds"])
+                extra.setdefault("grid_seconds", []).append(load_landscape(out).provenance["grid_seconds"])
+            else:
+                from gradvis_steps.storage.spectra import load_spectra
+
+                extra.setdefault("slq_seconds", []).append(load_spectra(out).entries[args.iteration].seconds)
+                extra.setdefault("batch_seconds", []).append(batch_time[0])
         if comm.rank == 0:
             out.unlink(missing_ok=True)
     if comm.rank == 0:
@@ -176,8 +203,12 @@ def analyse(runs: dict[str, dict[int, dict]]) -> dict[str, Any]:
                             "speedup": 1.0, "speedup_sd": speedup(t1, t1)[1]})
         fit = fit_fraction([r["ranks"] for r in rows], [r["speedup"] for r in rows],
                            [r["speedup_sd"] for r in rows]) if scheme != "hybrid" else None
+        one = runs[base][1]
+        part = {"grid": "grid_seconds", "iteration": "slq_seconds", "data": "batch_seconds"}.get(scheme)
+        implied = statistics.mean(one[part]) / statistics.mean(t1) if part and part in one else None
         summary[scheme] = {"rows": rows, "parallel_fraction": None if fit is None else fit[0],
-                           "parallel_fraction_sd": None if fit is None else fit[1]}
+                           "parallel_fraction_sd": None if fit is None else fit[1],
+                           "one_rank_profile_fraction": implied}
     return summary
 
 
@@ -189,14 +220,16 @@ def markdown(summary: dict[str, Any], table1: list[dict]) -> str:
         for r in entry["rows"]:
             lines.append(f"| {scheme} | {r['ranks']} | {r['ranks_per_group']} | {r['mean_s']:.3f} | {r['sd_s']:.3f} "
                          f"| {r['speedup']:.3f} | {r['speedup_sd']:.3f} |")
-    lines += ["", "| scheme | parallel fraction f (eq. 11) |", "|---|---:|"]
+    lines += ["", "| scheme | parallel fraction f (eq. 11 fit) | parallel share of the one-rank run |",
+              "|---|---:|---:|"]
     for scheme, entry in summary.items():
         f, sd = entry["parallel_fraction"], entry["parallel_fraction_sd"]
         if scheme == "hybrid":
             text = "n/a (compared with the pure schemes per rank count)"
         else:
             text = "n/a (one rank count)" if f is None else f"{100 * f:.1f} +- {100 * sd:.1f} %"
-        lines.append(f"| {scheme} | {text} |")
+        implied = entry.get("one_rank_profile_fraction")
+        lines.append(f"| {scheme} | {text} | " + ("" if implied is None else f"{100 * implied:.1f} %") + " |")
     if table1:
         lines += ["", "Table 1 (serial landscape, seconds, mean of the repeats):", "",
                   "| | " + " | ".join(f"N={row['n']}" for row in table1) + " |",
