@@ -24,6 +24,11 @@
 # (bench/slq_overhead.py --device cuda, also LeNet with --hvp-memory-mb 0), steps (bench/gpu_steps.py).
 # cudatests (in the default STEPS, 60 s): tests/test_cuda.py and the CUDA tests of tests/test_batched_grid.py, the
 # block products, lockstep SLQ and vmapped grids on the device against the CPU.
+# scaling (not in the default STEPS; STEPS=scaling, SCALING_S default 420 s): bench/scaling.py, the MPI strong
+#              scaling study (paper eqs. 9-11, Table 1, Figures 2-3): CPU ranks 1 2 4 8 16 (one thread each; grid,
+#              iteration, data, hybrid SLQ), then GPU ranks 1 2 4 sharing the one GPU (SLQ schemes), each with its own
+#              share of the budget. Needs mpi4py and an mpiexec: the mpi4py and mpich wheels in .whl/ give both
+#              (mpiexec lands in /tmp/site/bin)   -> $OUT/scaling_cpu.json, scaling_cpu.png, scaling_cuda.json, scaling_cuda.png
 # STEPS (default "imports cudatests pyhessian paper grid") picks which run, e.g. STEPS="imports pytest slq grid steps".
 # SPECTRUM_EXTRA: extra options of the spectrum step in the paper run (default: "--hvp-memory-mb 4096", plus
 # "--group-size 10 --hvp-mode auto" when the step's --help lists both; SPECTRUM_EXTRA=none for none). The
@@ -150,6 +155,18 @@ GRID_HELP=$("$PY" "$GRID_BENCH" --help 2>/dev/null)
 grep -q -- --threads <<<"$GRID_HELP" && GRID_ARGS+=(--threads "$THREADS")
 [ "$GRID_BENCH" = bench/grid_point_cost.py ] && GRID_ARGS+=(--resnet-samples 512 --rounds 8)
 run grid_cuda "$(cap "$GRID_S")" "$PY" "$GRID_BENCH" "${GRID_ARGS[@]}"
+
+# scaling: the MPI strong-scaling study, CPU ranks up to 16 then ranks sharing the GPU (bench/README.md)
+case " $STEPS " in
+    *" scaling "*)
+        [ -x /tmp/site/bin/mpiexec ] && export PATH=/tmp/site/bin:$PATH
+        SCALING_S=$(cap "${SCALING_S:-420}")
+        run scaling_cpu $(( SCALING_S * 2 / 3 )) "$PY" bench/scaling.py --ranks 1 2 4 8 16 --repeats 3 --k 16 --m 20 \
+            --resolution 40 --table-n 2 10 50 100 --json "$OUT/scaling_cpu.json" --plot "$OUT/scaling_cpu.png"
+        run scaling_cuda "$(cap $(( SCALING_S / 3 )))" "$PY" bench/scaling.py --device cuda --ranks 1 2 4 --repeats 3 \
+            --schemes iteration data hybrid --k 16 --m 20 --table-n --json "$OUT/scaling_cuda.json" \
+            --plot "$OUT/scaling_cuda.png" ;;
+esac
 
 # earlier steps, selectable by name (not in the default STEPS)
 run pytest 100 "$PY" -m pytest tests/test_cuda.py tests/test_lanczos_graphs.py tests/test_lanczos.py \

@@ -100,6 +100,19 @@ def check_sigma(sigma: float | None) -> None:
         raise ValueError(f"--sigma must be > 0, got {sigma}")
 
 
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the spectrum and interpolation steps spread each point's SLQ over MPI ranks (paper section 2.3)."""
+    parser.add_argument("--parallel", choices=("iteration", "data", "hybrid"), default="iteration",
+                        help="under mpiexec: iteration = whole lockstep groups of starting vectors per rank "
+                             "(Algorithm 5, results bitwise equal to serial); data = every rank runs all chains over "
+                             "a shard of the evaluation batches, one Allreduce per Hessian product (Algorithm 4); "
+                             "hybrid = groups of --ranks-per-group ranks, iteration parallel over groups, data "
+                             "parallel inside (data and hybrid equal serial to float tolerance)")
+    parser.add_argument("--ranks-per-group", type=positive_int, default=None,
+                        help="ranks per data-parallel group of --parallel hybrid (1: iteration, all ranks: data); "
+                             "should divide the number of ranks, else the last group is smaller and finishes last")
+
+
 def spec(name: str, options: list[tuple[str, Any]] | None) -> dict[str, Any]:
     """A ``{"name": ..., **options}`` spec (datasets, models) from ``--x NAME --x-option k=v``."""
     return {"name": name, **dict(options or [])}

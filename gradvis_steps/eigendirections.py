@@ -6,7 +6,9 @@
 Lanczos with full reorthogonalization on exact Hessian-vector products over the evaluation subset; the
 Ritz pairs asked for (the largest eigenvalues, the most negative ones, or those nearest a value such
 as 0) are written with their eigenvalues and true residuals ||H v - lambda v|| to a directions file
-that ``gradvis_steps.directions --method hessian`` reads.
+that ``gradvis_steps.directions --method hessian`` reads. Under ``mpiexec -n R`` the Hessian products
+are data parallel over all R ranks (paper Algorithm 4: each rank a shard of the evaluation batches, one
+Allreduce per product; every rank runs the same Lanczos); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -45,21 +47,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from .backends import backend_for_trajectory
     from .core.lanczos import ritz_pairs
-    from .core.parallel import SerialComm
+    from .core.parallel import parallel_layout, world
     from .core.slq import starting_vector
     from .provenance import provenance
     from .spectrum import settle_hvp_mode
     from .storage.directions import Directions, save_directions
     from .storage.trajectory import Trajectory
 
+    comm = world()
+    layout = parallel_layout(comm, "data")
     with Trajectory(args.trajectory) as traj:
         row = -1 if args.iteration is None else traj.index_of_iteration(args.iteration)
         objective = backend_for_trajectory(traj).objective_for_trajectory(
             traj, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
             device=args.device, dtype=args.dtype, buffers_from=row, hvp_memory_mb=args.hvp_memory_mb,
-            hvp_mode=args.hvp_mode)
+            hvp_mode=args.hvp_mode, data_comm=layout.data)
         theta = objective.from_numpy(traj.params(row))
-        hvp = settle_hvp_mode(SerialComm(), objective, theta, 1)
+        hvp = settle_hvp_mode(comm, objective, theta, 1, everyone=True)
         v0 = starting_vector(traj.dim, args.seed, 0, like=theta)
         pairs = ritz_pairs(objective.hvp_operator(theta), v0, min(args.steps, traj.dim), args.count,
                            which=args.which, target=args.target)
@@ -69,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         result = Directions(
             vectors=objective.to_numpy(pairs.vectors).astype(np.float32), method="eigenvector", labels=tuple(labels),
             normalization="none", center_iteration=iteration, eigenvalues=pairs.values, residuals=pairs.residuals,
-            config={**config, "run": traj.config}, provenance=provenance(config, hvp=hvp),
+            config={**config, "run": traj.config},
+            provenance=provenance(config, hvp=hvp, ranks=comm.size, **layout.record()),
         )
+    comm.barrier()
+    if comm.rank != 0:
+        return 0
     save_directions(result, args.out)
     for value, residual in zip(pairs.values, pairs.residuals, strict=True):
         flag = "" if residual <= 1e-2 * max(abs(value), 1e-12) else "  (not converged: raise --steps)"

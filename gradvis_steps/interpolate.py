@@ -6,7 +6,9 @@
 The final points of two runs (e.g. two seeds) are joined by the straight line
 theta(t) = (1 - t) theta_A + t theta_B; at each of ``--points`` values of t (plus an optional margin
 beyond both ends) the loss and accuracy on the evaluation subset and the Hessian's SLQ spectrum are
-computed. Batch-norm statistics are interpolated the same way. The line is written as a 1D landscape
+computed. Batch-norm statistics are interpolated the same way. Under ``mpiexec`` the spectra run
+iteration-, data- or hybrid-parallel (``--parallel``, as in the spectrum step; data and hybrid also
+shard the line's loss evaluations); rank 0 writes. The line is written as a 1D landscape
 (plot it with ``plot_landscape --line``), the spectra as a spectra file keyed by point index.
 """
 
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--points", type=cli.positive_int, default=20, help="points on the line (paper: 20)")
     parser.add_argument("--margin", type=float, default=0.0, help="extend the line by this fraction beyond each end")
     cli.add_slq_arguments(parser)
+    cli.add_parallel_arguments(parser)
     cli.add_evaluation_arguments(parser, hessian=True)
     return parser
 
@@ -47,22 +50,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from .backends import backend_for_trajectory
     from .core.grid import LandscapeResult
-    from .core.parallel import world
+    from .core.parallel import parallel_layout, world
     from .provenance import provenance
-    from .spectrum import point_spectrum, resolve_group_size, settle_hvp_mode, stored_sigma_rule
+    from .spectrum import point_spectrum, resolve_group_size, settle_hvp_mode, stored_sigma_rule, warn_uneven_groups
     from .storage.landscape import save_landscape
     from .storage.spectra import Spectra, save_spectra
     from .storage.trajectory import Trajectory
 
     comm = world()
+    layout = parallel_layout(comm, args.parallel, args.ranks_per_group)
+    warn_uneven_groups(layout)
     with Trajectory(args.trajectory_a) as traj_a, Trajectory(args.trajectory_b) as traj_b:
         if traj_a.layout != traj_b.layout:
             raise ValueError(f"{args.trajectory_a} and {args.trajectory_b} hold different models "
                              f"({traj_a.dim} vs {traj_b.dim} parameters or other tensor shapes)")
         objective = backend_for_trajectory(traj_a).objective_for_trajectory(
             traj_a, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
-            device=args.device, dtype=args.dtype, hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode)
-        group_size = resolve_group_size(args.group_size, args.k, objective.device_type, comm.size)
+            device=args.device, dtype=args.dtype, hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode,
+            data_comm=layout.data)
+        group_size = resolve_group_size(args.group_size, args.k, objective.device_type, layout.n_groups)
         theta_a, theta_b = traj_a.params(-1).astype(np.float64), traj_b.params(-1).astype(np.float64)
         buffers_a, buffers_b = traj_a.buffers(-1), traj_b.buffers(-1)
         ts = np.linspace(-args.margin, 1 + args.margin, args.points)
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                                "vector_kind": args.vector, "t": ts.tolist(), "group_size": group_size,
                                "sigma_rule": stored_sigma_rule(args.sigma),
                                "config": {**config, "run_a": traj_a.config, "run_b": traj_b.config},
-                               "provenance": provenance(config, ranks=comm.size)})
+                               "provenance": provenance(config, ranks=comm.size, **layout.record())})
         losses, accuracies = np.empty(len(ts)), np.empty(len(ts))
         for index, t in enumerate(tqdm(ts, desc="interpolation", unit="pt",
                                        disable=args.no_progress or comm.rank != 0)):
@@ -83,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             losses[index], accuracies[index] = evaluation.loss, evaluation.accuracy
             if args.out_spectra:
                 if index == 0:
-                    spectra.attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size)
+                    spectra.attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size,
+                                                                         everyone=layout.ranks_per_group > 1)
                 entry = point_spectrum(comm, objective, theta, index, k=args.k, m=min(args.m, traj_a.dim),
-                                       seed=args.seed, kind=args.vector, sigma=args.sigma, group_size=group_size)
+                                       seed=args.seed, kind=args.vector, sigma=args.sigma, group_size=group_size,
+                                       ranks_per_group=layout.ranks_per_group)
                 if entry is not None:
                     spectra.entries[index] = entry
         if comm.rank == 0:
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             line = LandscapeResult(axes=(ts,), loss=losses, accuracy=accuracies, method="interpolation",
                                    labels=(f"t: (1-t) θ_A + t θ_B   (|θ_B - θ_A| = {distance:.3g})",),
                                    normalization="none", config={**config, "distance": distance},
-                                   provenance=provenance(config, ranks=comm.size))
+                                   provenance=provenance(config, ranks=comm.size, **layout.record()))
             save_landscape(line, args.out_line)
             if args.out_spectra:
                 save_spectra(spectra, args.out_spectra)

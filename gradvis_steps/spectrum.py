@@ -7,9 +7,10 @@ For each selected checkpoint: k normalized random starting vectors (stream depen
 vector index), m Lanczos steps each with full reorthogonalization on exact Hessian-vector products
 over the evaluation subset; the raw nodes and weights, the smoothed density (eq. 4-8) and derived
 figures (Hutchinson trace, extreme eigenvalues, negative mass) are stored. Under ``mpiexec -n R`` the k
-starting vectors of each checkpoint are split over the ranks (Algorithm 5) and gathered on rank 0;
-the result equals the serial one. Finished checkpoints are kept in ``<out>.partial`` so an interrupted
-run resumes.
+starting vectors of each checkpoint are split over the ranks (``--parallel iteration``, Algorithm 5; the
+result equals the serial one bitwise), or every rank runs all chains over a shard of the evaluation
+batches (``--parallel data``, Algorithm 4), or both (``--parallel hybrid --ranks-per-group D``); rank 0
+gathers and writes. Finished checkpoints are kept in ``<out>.partial`` so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import cli
 
 if TYPE_CHECKING:
     from .core.objective import Array, Objective
-    from .core.parallel import MPIComm, SerialComm
+    from .core.parallel import MPIComm, ParallelLayout, SerialComm
     from .storage.spectra import CheckpointSpectrum
 
 #: Eigenvalues below ``-NEGATIVE_TOL * max|lambda|`` count as negative mass. A few Lanczos steps in float32
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, nargs="+", help="exactly these iterations instead")
     parser.add_argument("--chunk", help="only part i of n of the selected checkpoints, as i/n (scatter jobs)")
     cli.add_slq_arguments(parser)
+    cli.add_parallel_arguments(parser)
     parser.add_argument("--plot-dir", help="also write one density plot per checkpoint here")
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
                         help="log-scale density axis in plots")
@@ -59,12 +61,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from .backends import backend_for_trajectory
     from .checkpoints import select_rows
-    from .core.parallel import world
+    from .core.parallel import parallel_layout, world
     from .provenance import provenance
     from .storage.spectra import Spectra, load_spectra, save_spectra
     from .storage.trajectory import Trajectory
 
     comm = world()
+    layout = parallel_layout(comm, args.parallel, args.ranks_per_group)
+    warn_uneven_groups(layout)
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
     config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress", "plot_dir")}
@@ -72,13 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = select_rows(traj.iterations, every=args.every, wanted=args.iterations, chunk=args.chunk)
         objective = backend_for_trajectory(traj).objective_for_trajectory(
             traj, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
-            device=args.device, dtype=args.dtype, hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode)
+            device=args.device, dtype=args.dtype, hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode,
+            data_comm=layout.data)
         m = min(args.m, traj.dim)
-        group_size = resolve_group_size(args.group_size, args.k, objective.device_type, comm.size)
+        group_size = resolve_group_size(args.group_size, args.k, objective.device_type, layout.n_groups)
         attrs = {"dim": traj.dim, "k": args.k, "m": m, "seed": args.seed, "vector_kind": args.vector,
                  "sigma_rule": stored_sigma_rule(args.sigma),
                  "group_size": group_size, "config": {**config, "run": traj.config},
-                 "provenance": provenance(config, ranks=comm.size)}
+                 "provenance": provenance(config, ranks=comm.size, **layout.record())}
         done = Spectra({}, attrs)
         if comm.rank == 0 and partial.exists():
             try:
@@ -99,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                 objective.set_buffers(traj.buffers(int(row)), traj.buffer_layout)
             theta = objective.from_numpy(traj.params(int(row)))
             if "hvp" not in attrs["provenance"]:  # the first point computed: resolve hvp_mode "auto" there
-                attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size)
+                attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size,
+                                                             everyone=layout.ranks_per_group > 1)
             entry = point_spectrum(comm, objective, theta, iteration, k=args.k, m=m, seed=args.seed,
-                                   kind=args.vector, sigma=args.sigma, group_size=group_size)
+                                   kind=args.vector, sigma=args.sigma, group_size=group_size,
+                                   ranks_per_group=layout.ranks_per_group)
             if comm.rank != 0:
                 continue
             done.entries[iteration] = entry
@@ -116,29 +123,41 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def warn_uneven_groups(layout: ParallelLayout) -> None:
+    """Say on rank 0 when ``--ranks-per-group`` does not divide the ranks (the last, smaller group is the slowest)."""
+    size, d = layout.world.size, layout.ranks_per_group
+    if size % d and layout.world.rank == 0:
+        print(f"warning: --ranks-per-group {d} does not divide the {size} MPI ranks: the last group has {size % d} "
+              "rank(s) and the same share of starting vectors, so it finishes last", file=sys.stderr)
+
+
 def resolve_group_size(value: int | str, k: int, device_type: str, ranks: int) -> int:
     """``--group-size``: a number as given (at most k), or for ``auto`` 1 on a CPU (a block product costs a CPU
     as much as its vectors one by one, and the one-chain loop reorthogonalizes less) and elsewhere the k vectors
-    split evenly over the ranks, one group each."""
+    split evenly over the ``ranks`` iteration-parallel rank groups, one lockstep group each."""
     if value != "auto":
         return min(int(value), k)
     return 1 if device_type == "cpu" else -(-k // ranks)
 
 
-def settle_hvp_mode(comm: SerialComm | MPIComm, objective: Objective, theta: Array, block: int) -> dict:
+def settle_hvp_mode(comm: SerialComm | MPIComm, objective: Objective, theta: Array, block: int, *,
+                    everyone: bool = False) -> dict:
     """Resolve the objective's ``hvp_mode="auto"`` at ``theta`` for blocks of ``block`` vectors (rank 0 times it,
-    every rank takes its choice, so the ranks' products agree); returns the record for the output's provenance."""
-    record = objective.calibrate_hvp(theta, block) if comm.rank == 0 else None
+    every rank takes its choice, so the ranks' products agree); returns the record for the output's provenance.
+    ``everyone``: every rank times it too (data parallel: a timed product is a collective of its group)."""
+    record = objective.calibrate_hvp(theta, block) if comm.rank == 0 or everyone else None
     record = comm.bcast(record)
     objective.hvp_mode = record["mode"]
     return {**record, "block": block}
 
 
 def point_spectrum(comm: SerialComm | MPIComm, objective: Objective, theta: Array, key: int, *, k: int, m: int,
-                   seed: int, kind: str, sigma: float | None, group_size: int = 1) -> CheckpointSpectrum | None:
+                   seed: int, kind: str, sigma: float | None, group_size: int = 1,
+                   ranks_per_group: int = 1) -> CheckpointSpectrum | None:
     """SLQ (Algorithm 2) of the Hessian at ``theta``, the chains of each group of ``group_size`` starting vectors
-    in lockstep; under MPI the groups are split over the ranks and the raw quadratures gathered on rank 0
-    (Algorithm 5). Rank 0 gets a CheckpointSpectrum stored under ``key``, the other ranks None."""
+    in lockstep; under MPI the groups are split over the rank groups of ``ranks_per_group`` ranks (Algorithm 5;
+    inside a rank group the objective is data parallel, Algorithm 4) and the raw quadratures gathered on rank 0.
+    Rank 0 gets a CheckpointSpectrum stored under ``key``, the other ranks None."""
     from .core.parallel import distributed_values
     from .core.slq import SLQResult, resolve_sigma, slq, spectral_density, spectrum_summary
     from .storage.spectra import CheckpointSpectrum
@@ -149,7 +168,7 @@ def point_spectrum(comm: SerialComm | MPIComm, objective: Objective, theta: Arra
         return np.concatenate([part.nodes, part.weights, part.alpha1[:, None]], axis=1)
 
     start = time.perf_counter()
-    rows = distributed_values(comm, k, 2 * m + 1, quadrature, group_size=group_size)
+    rows = distributed_values(comm, k, 2 * m + 1, quadrature, group_size=group_size, ranks_per_group=ranks_per_group)
     seconds = time.perf_counter() - start
     if rows is None:
         return None

@@ -185,3 +185,15 @@ def test_unexpected_error_in_landscape_on_one_rank_aborts_the_job(tiny):
     assert_aborted(result, elapsed, "Traceback",
                    "error (rank 1 of 2): RuntimeError: bad thing in call 30 of _evaluate_point")
     assert not (folder / "landscape.h5").exists()
+
+
+def test_error_in_data_parallel_spectrum_aborts_the_job(tiny):
+    """Algorithm 4: rank 1 fails in a Hessian product while rank 0 waits in that product's Allreduce."""
+    mpiexec()
+    folder, trajectory, _ = tiny
+    out = folder / "spectra_data.h5"
+    result, elapsed = launch(["-c", STEP_DRIVER, "spectrum", "runtime", "--trajectory", str(trajectory), "--k", "4",
+                              "--m", "8", "--eval-fraction", "0.05", "--batch-size", "32", "--parallel", "data",
+                              "--no-progress", "--out", str(out)])
+    assert_aborted(result, elapsed, "Traceback", "error (rank 1 of 2): RuntimeError: bad thing in call 30 of __call__")
+    assert not out.exists()

@@ -101,6 +101,42 @@ def test_snakemake_jobs_run_through_slurm(slurm, tmp_path):
         assert slurm_logs, sorted(p.relative_to(workdir) for p in (workdir / ".snakemake").rglob("*.log"))
 
 
+#: An MPI rule as the workflow's multi-rank GPU rules should declare it: `mpi` (the launcher prefix the profile's
+#: mpi_launcher gives), `tasks` ranks, `gpu` GPUs with `tasks_per_gpu` ranks on each. The test node has one (fake) GPU,
+#: so the two ranks share it here (tasks_per_gpu=2); one GPU per rank is gpu=N, tasks_per_gpu=1.
+MPI_RULE = textwrap.dedent(
+    """
+    import yaml
+    LAUNCHER = yaml.safe_load(open(PROFILE))["config"][0].split("=", 1)[1]
+
+    rule ranks:
+        output: "ranks.txt"
+        resources: mpi=LAUNCHER, tasks=2, gpu=1, tasks_per_gpu=2, cpus_per_task=1, slurm_partition="gpu"
+        shell: "PYTHONPATH={REPO:q} {resources.mpi} -n {resources.tasks} python -c {PROBE:q} > {output}"
+    """
+)
+
+#: each rank prints what the steps see of it: its rank in the world gradvis_steps makes, that world's size, its
+#: local rank (the GPU binding's input) and the GPUs visible to it
+MPI_PROBE = (
+    "import os; from gradvis_steps.core.parallel import local_rank, world; c = world(); "
+    "print(c.rank, c.size, local_rank(), os.environ.get('CUDA_VISIBLE_DEVICES', 'none'), flush=True)"
+)
+
+
+def test_multi_rank_gpu_job_through_the_profile_launcher(slurm, tmp_path):
+    """A 2-rank GPU job submitted by the plugin (sbatch --gpus=1 --ntasks-per-gpu=2 --ntasks=2) and started with the
+    profile's mpi_launcher inside it: one MPI world of 2 ranks (not two one-rank worlds, as a bare `srun` gives the
+    mpich wheel on a cluster with MpiDefault=none), local ranks 0 and 1, the GPU visible to both."""
+    workdir = tmp_path / "mpi"
+    workdir.mkdir()
+    (workdir / "Snakefile").write_text(f"PROFILE = {str(REPO / 'profiles' / 'slurm' / 'config.yaml')!r}\n"
+                                       f"REPO = {str(REPO)!r}\nPROBE = {MPI_PROBE!r}\n" + MPI_RULE)
+    run_snakemake(slurm, workdir, "ranks.txt", jobs=1)
+    lines = sorted(tuple(line.split()) for line in (workdir / "ranks.txt").read_text().splitlines())
+    assert lines == [("0", "2", "0", "0"), ("1", "2", "1", "0")], lines
+
+
 def test_slurm_profile_sends_model_rules_to_the_gpu_partition(tmp_path):
     """profiles/slurm on its own (dry run, no cluster needed): GPU rules get gpu=1 on the gpu partition, others not."""
     (tmp_path / "Snakefile").write_text(

@@ -571,6 +571,129 @@ def test_mpi_runs_equal_serial_bitwise(folder, trajectory, pca_file):
     assert not list(outputs["mpi"].glob(".*partial*"))
 
 
+#: Algorithm 4 and the hybrid: the step modules (spectrum one vector and blocks of 2, interpolate, eigendirections)
+#: and the objective's reductions (loss, accuracy, gradient, HVP, kept-graph matvec and matmat) under the modes given,
+#: on the 75 evaluation samples in batches of 32 (32 + 32 + 11: uneven shards over 2 and 3 ranks)
+DATA_DRIVER = """
+import sys
+import numpy as np
+import torch
+from gradvis_steps import eigendirections, interpolate, spectrum
+from gradvis_steps.backends.torch import objective_for_trajectory
+from gradvis_steps.core.parallel import parallel_layout, world
+from gradvis_steps.storage.trajectory import Trajectory
+
+trajectory, out, modes = sys.argv[1], sys.argv[2], sys.argv[3:]
+common = ["--eval-fraction", "0.05", "--batch-size", "32", "--dtype", "float64", "--hvp-mode", "double_backprop",
+          "--no-progress"]
+slq = ["--k", "3", "--m", "8", *common]
+for mode in modes:  # iteration | data | hybrid:D
+    name, _, d = mode.partition(":")
+    how = ["--parallel", name, *(["--ranks-per-group", d] if d else [])]
+    for group in ("1", "2"):
+        assert spectrum.main(["--trajectory", trajectory, "--iterations", "24", *slq, "--group-size", group, *how,
+                              "--out", f"{out}/spectra_{name}_g{group}.h5"]) == 0
+    assert interpolate.main(["--trajectory-a", trajectory, "--trajectory-b", trajectory, "--points", "2",
+                             "--margin", "0.5", *slq, *how, "--out-line", f"{out}/line_{name}.h5",
+                             "--out-spectra", f"{out}/line_spectra_{name}.h5"]) == 0
+assert eigendirections.main(["--trajectory", trajectory, "--count", "2", "--steps", "20", *common,
+                             "--out", f"{out}/eig.h5"]) == 0
+comm = world()
+with Trajectory(trajectory) as traj:
+    objective = objective_for_trajectory(traj, fraction=0.05, batch_size=32, device="cpu", dtype="float64",
+                                         data_comm=parallel_layout(comm, "data").data)
+    theta = objective.from_numpy(traj.params(13))
+V = torch.randn(2, objective.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+operator, evaluation = objective.hvp_operator(theta), objective.evaluate(theta)
+arrays = {"grad": objective.grad(theta), "hvp": objective.hvp(theta, V[0]), "matvec": operator(V[0]),
+          "matmat": operator.matmat(V), "loss": evaluation.loss, "accuracy": evaluation.accuracy,
+          "n_samples": objective.n_samples, "shard": len(objective.y), "block_size": min(operator.block_size, 99)}
+np.savez(f"{out}/functions_{comm.rank}.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+"""
+
+
+def _run_driver(driver: str, ranks: int | None, *args: object) -> subprocess.CompletedProcess:
+    """``python -c driver args`` under ``mpiexec -n ranks`` (None: serial) in a clean environment; must succeed."""
+    launcher = []
+    if ranks is not None:
+        mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+        if mpiexec is None:
+            print("skipping: mpiexec not found next to the interpreter or on PATH")
+            pytest.skip("mpiexec not found")
+        pytest.importorskip("mpi4py")
+        launcher = [mpiexec, "-n", str(ranks)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for name in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK"):
+        env.pop(name, None)
+    result = subprocess.run([*launcher, sys.executable, "-c", driver, *map(str, args)], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def data_serial(folder, trajectory) -> Path:
+    """The data-parallel driver run serially: the independent truth of the MPI runs."""
+    out = folder / "data_serial"
+    out.mkdir()
+    _run_driver(DATA_DRIVER, None, trajectory, out, "iteration")
+    return out
+
+
+def _assert_spectra_close(path: Path, truth: Path, *, bitwise: bool, ranks: int, mode: str, d: int) -> None:
+    mine, serial = load_spectra(path), load_spectra(truth)
+    provenance = mine.attrs["provenance"]
+    assert (provenance["ranks"], provenance["parallel"], provenance["ranks_per_group"]) == (ranks, mode, d), path
+    assert sorted(mine.entries) == sorted(serial.entries), path
+    for key, entry in serial.entries.items():
+        for name in ("nodes", "weights", "alpha1"):
+            got, want = getattr(mine.entries[key], name), getattr(entry, name)
+            if bitwise:
+                np.testing.assert_array_equal(got, want, err_msg=f"{path.name} {key} {name}")
+            else:  # the shards' sums meet in another order: float64 rounding, grown a little by 8 Lanczos steps
+                np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max(),
+                                           err_msg=f"{path.name} {key} {name}")
+
+
+@pytest.mark.parametrize("ranks, modes", [(2, ("iteration", "data")), (3, ("iteration", "data", "hybrid:2"))])
+def test_mpi_data_parallel_and_hybrid_equal_serial(folder, trajectory, data_serial, ranks, modes):
+    """Under ``mpiexec -n 2`` and ``-n 3`` (shards of 64 + 11 and 32 + 32 + 11 samples; at 3 ranks the hybrid
+    groups are ranks {0, 1} and {2}): iteration parallel equals the serial run bitwise, data parallel and hybrid to
+    float tolerance, for the spectrum (one vector and lockstep blocks of 2), interpolate and eigendirections steps
+    and for the objective's loss, accuracy, gradient and Hessian products."""
+    out = folder / f"data_mpi_{ranks}"
+    out.mkdir()
+    result = _run_driver(DATA_DRIVER, ranks, trajectory, out, *modes)
+    for mode in modes:
+        name, _, d = mode.partition(":")
+        d = ranks if name == "data" else int(d or 1)
+        for group in ("1", "2"):
+            _assert_spectra_close(out / f"spectra_{name}_g{group}.h5", data_serial / f"spectra_iteration_g{group}.h5",
+                                  bitwise=name == "iteration", ranks=ranks, mode=name, d=d)
+        _assert_spectra_close(out / f"line_spectra_{name}.h5", data_serial / "line_spectra_iteration.h5",
+                              bitwise=name == "iteration", ranks=ranks, mode=name, d=d)
+        line, serial_line = load_landscape(out / f"line_{name}.h5"), load_landscape(data_serial / "line_iteration.h5")
+        np.testing.assert_allclose(line.loss, serial_line.loss, rtol=1e-12, err_msg=name)
+        np.testing.assert_array_equal(line.accuracy, serial_line.accuracy, err_msg=name)
+    if "hybrid:2" in modes:
+        assert "does not divide the 3 MPI ranks" in result.stderr
+    eig, serial_eig = load_directions_file(out / "eig.h5"), load_directions_file(data_serial / "eig.h5")
+    assert eig.provenance["parallel"] == "data" and eig.provenance["ranks_per_group"] == ranks
+    np.testing.assert_allclose(eig.eigenvalues, serial_eig.eigenvalues, rtol=1e-9)
+    np.testing.assert_allclose(eig.vectors, serial_eig.vectors, atol=1e-5)  # float32 on disk
+    serial = np.load(data_serial / "functions_0.npz")
+    shards = []
+    for rank in range(ranks):
+        got = np.load(out / f"functions_{rank}.npz")
+        shards.append(int(got["shard"]))
+        assert int(got["n_samples"]) == int(serial["n_samples"]) == 75
+        assert int(got["block_size"]) == int(serial["block_size"])
+        for name in ("grad", "hvp", "matvec", "matmat", "loss"):
+            np.testing.assert_allclose(got[name], serial[name], rtol=1e-12, atol=1e-14, err_msg=f"{rank} {name}")
+        assert float(got["accuracy"]) == float(serial["accuracy"])
+    assert shards == ([64, 11] if ranks == 2 else [32, 32, 11])
+
+
 # ------------------------------------------------------------------------------------------------ spectrum
 def test_spectrum_every_summaries_and_plots(folder, trajectory, spectra_every5, params):
     spectra = load_spectra(spectra_every5)

@@ -171,7 +171,7 @@ def test_complete_run_has_nothing_to_do_and_sweeps_add_only_new_jobs(tiny_run):
     assert planned.pop("spectrum_chunk") == 2 and planned.pop("spectra_gather") == 1
     assert planned.pop("training_video") == 1 and planned.pop("compare") == 1
     assert set(planned) <= {"analysis_settings", "density_plots", "training_frames", "experiment_settings",
-                            "experiment_summary", "all", "total"}, planned  # nothing else reruns: no training, no landscape
+                            "experiment_summary", "all", "total"}, planned  # no training, no landscape reruns
     seeds = yaml.safe_load(path.read_text())
     seeds["experiments"]["interpolation"]["train"]["seed"] = [0, 1, 2]  # a new run, not an interpolation partner
     seeds_path = folder / "seeds.yaml"

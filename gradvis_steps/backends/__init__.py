@@ -30,8 +30,9 @@ class Backend:
     - ``resolve_device(name: str | None) -> Device``: ``"auto"`` (or None) picks an accelerator when there is
       one; anything else must name a device of the framework, else a ValueError.
     - ``objective_for_trajectory(trajectory, *, fraction, subset_seed, batch_size, device, dtype, buffers_from,
-      dataset, hvp_memory_mb, grid_batching, hvp_mode) -> Objective``: the loss of a trained run's model over the
-      deterministic evaluation subset of its data, as a function of flat parameters (all keywords optional).
+      dataset, hvp_memory_mb, grid_batching, hvp_mode, data_comm) -> Objective``: the loss of a trained run's model
+      over the deterministic evaluation subset of its data, as a function of flat parameters (all keywords
+      optional; ``data_comm``: the data-parallel group of ranks that shard the evaluation batches, Algorithm 4).
     - ``build_model(config: dict, dataset: ArrayDataset) -> Model``: the (seeded) model a run config names.
     - ``parameter_layout(model) -> ParameterLayout`` and ``buffer_layout(model) -> list[dict]``: how the model's
       trainable parameters and its buffers (batch-norm statistics) are laid out in flat vectors.

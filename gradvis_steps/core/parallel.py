@@ -9,6 +9,12 @@ A rank that fails must not leave the others waiting in a collective forever (on 
 launcher end every rank with a non-zero status; :func:`cli.run <gradvis_steps.cli.run>` calls it for anything that
 escapes a step's ``main``, and :func:`world` installs a ``sys.excepthook`` that does the same for code outside it.
 A rank killed by a signal needs nothing here: the launcher (MPICH's Hydra) sees it die and kills the job.
+
+Three ways to spread the Hessian work of one point over P ranks (paper section 2.3), chosen by :func:`parallel_layout`:
+``iteration`` (Algorithm 5: each rank takes whole lockstep groups of SLQ starting vectors over the whole evaluation
+set), ``data`` (Algorithm 4: all ranks run the same Lanczos chains, each over a shard of the evaluation batches, the
+shards' partial sums combined by an Allreduce per product) and ``hybrid`` (the ranks split into groups of D with
+``Comm.Split``: iteration-parallel over the groups, data-parallel inside each).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +50,17 @@ class SerialComm:
 
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
         return np.asarray(values)
+
+    def allreduce_sum_inplace(self, buffer: object) -> None:
+        """One rank: the sum over ranks is the buffer itself."""
+        return None
+
+    def allreduce_min(self, value: int) -> int:
+        return value
+
+    def split(self, color: int, key: int) -> SerialComm:
+        """One rank splits into itself."""
+        return self
 
     def barrier(self) -> None:
         return None
@@ -79,6 +97,29 @@ class MPIComm:
         recv = np.empty_like(send)
         self.comm.Allreduce(send, recv, op=MPI.SUM)
         return recv
+
+    def allreduce_sum_inplace(self, buffer: object) -> None:
+        """Algorithm 4's Allreduce(SUM), in place on ``buffer``: any contiguous array mpi4py takes without a copy
+        (the buffer protocol, DLPack, the CUDA array interface), e.g. a CPU torch tensor, or a CUDA one with a
+        CUDA-aware MPI."""
+        from mpi4py import MPI
+
+        self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+
+    def allreduce_min(self, value: int) -> int:
+        """The smallest ``value`` over the ranks (a setting every rank must share, e.g. a block size)."""
+        from mpi4py import MPI
+
+        return int(self.comm.allreduce(int(value), op=MPI.MIN))
+
+    def split(self, color: int, key: int) -> SerialComm | MPIComm:
+        """``Comm.Split``: the ranks of equal ``color`` form a communicator, ordered by ``key``; a group of one rank
+        is the serial stand-in (nothing to reduce)."""
+        sub = self.comm.Split(int(color), int(key))
+        if sub.Get_size() == 1:
+            sub.Free()
+            return SerialComm()
+        return MPIComm(sub)
 
     def barrier(self) -> None:
         self.comm.Barrier()
@@ -202,12 +243,93 @@ def group_chunk_counts(n_items: int, n_chunks: int, group_size: int) -> tuple[np
 
 
 def distributed_values(comm: SerialComm | MPIComm, n_items: int, width: int,
-                       compute: Callable[[np.ndarray], np.ndarray], group_size: int = 1) -> np.ndarray | None:
-    """Split items 0..n-1 into contiguous chunks of whole groups of ``group_size``, one chunk per rank (Algorithm 3
-    and 5); ``compute(indices)`` returns a ``(len(indices), width)`` float array; the root gets all
-    ``(n_items, width)`` rows in order, others None."""
-    counts, displs = group_chunk_counts(n_items, comm.size, group_size)
-    mine = np.arange(displs[comm.rank], displs[comm.rank] + counts[comm.rank])
+                       compute: Callable[[np.ndarray], np.ndarray], group_size: int = 1,
+                       ranks_per_group: int = 1) -> np.ndarray | None:
+    """Split items 0..n-1 into contiguous chunks of whole groups of ``group_size``, one chunk per rank group of
+    ``ranks_per_group`` consecutive ranks (Algorithm 3 and 5; with ``ranks_per_group`` > 1 the hybrid scheme: every
+    rank of a group computes the group's chunk together, data-parallel); ``compute(indices)`` returns a
+    ``(len(indices), width)`` float array; the root gets all ``(n_items, width)`` rows in order, others None."""
+    n_groups = -(-comm.size // ranks_per_group)
+    group, leader = divmod(comm.rank, ranks_per_group)
+    counts, displs = group_chunk_counts(n_items, n_groups, group_size)
+    mine = np.arange(displs[group], displs[group] + counts[group])
     values = np.asarray(compute(mine), dtype=np.float64).reshape(len(mine), width)
-    gathered = comm.gatherv(values.reshape(-1), counts * width)
+    # only each group's first rank sends its (group-wide identical) rows
+    sends = np.zeros(comm.size, dtype=np.int64)
+    sends[::ranks_per_group] = counts
+    gathered = comm.gatherv(values.reshape(-1) if leader == 0 else values[:0].reshape(-1), sends * width)
     return None if gathered is None else gathered.reshape(n_items, width)
+
+
+#: how the Hessian work of one point is spread over the ranks (paper Algorithms 4 and 5 and their hybrid)
+PARALLEL_MODES = ("iteration", "data", "hybrid")
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """Where this rank stands: ``world`` all ranks, ``data`` the ranks of its group (which shard the evaluation
+    batches among themselves), ``ranks_per_group`` D, ``n_groups`` ceil(P / D), ``mode`` as asked."""
+
+    world: SerialComm | MPIComm
+    data: SerialComm | MPIComm
+    mode: str
+    ranks_per_group: int
+    n_groups: int
+
+    def record(self) -> dict[str, object]:
+        """The mode and group size for an output's provenance."""
+        return {"parallel": self.mode, "ranks_per_group": self.ranks_per_group, "rank_groups": self.n_groups}
+
+
+def parallel_layout(comm: SerialComm | MPIComm, mode: str = "iteration",
+                    ranks_per_group: int | None = None) -> ParallelLayout:
+    """Split ``comm``'s P ranks for ``mode`` (Comm.Split, paper section 2.3): ``iteration`` groups of 1 rank
+    (Algorithm 5), ``data`` one group of P (Algorithm 4), ``hybrid`` groups of ``ranks_per_group`` consecutive ranks.
+    When D does not divide P the last group has P mod D ranks; it gets as many starting vectors as the others, so
+    it finishes last: choose a D that divides P. Collective: every rank of ``comm`` must call it."""
+    if mode not in PARALLEL_MODES:
+        raise ValueError(f"parallel mode {mode!r} is not one of {PARALLEL_MODES}")
+    size = comm.size
+    if mode == "iteration":
+        if ranks_per_group not in (None, 1):
+            raise ValueError(f"--ranks-per-group {ranks_per_group} needs --parallel hybrid (iteration parallel "
+                             "is 1 rank per group)")
+        d = 1
+    elif mode == "data":
+        if ranks_per_group not in (None, size):
+            raise ValueError(f"--ranks-per-group {ranks_per_group} with --parallel data: data parallel puts all "
+                             f"{size} ranks in one group (use --parallel hybrid for groups of {ranks_per_group})")
+        d = size
+    else:
+        if ranks_per_group is None:
+            raise ValueError("--parallel hybrid needs --ranks-per-group D (ranks per data-parallel group)")
+        if not 1 <= ranks_per_group <= size:
+            raise ValueError(f"--ranks-per-group {ranks_per_group} must be between 1 and the {size} MPI ranks")
+        d = int(ranks_per_group)
+    data = comm.split(comm.rank // d, comm.rank) if d > 1 else SerialComm()
+    return ParallelLayout(world=comm, data=data, mode=mode, ranks_per_group=d, n_groups=-(-size // d))
+
+
+def shard_bounds(n_samples: int, batch_size: int, n_shards: int, index: int) -> tuple[int, int]:
+    """Samples ``[start, stop)`` of shard ``index`` of ``n_shards`` (Algorithm 4's data split): contiguous runs of
+    whole evaluation batches of ``batch_size`` (the last batch may be shorter), balanced by number of batches, so
+    every shard holds exactly the batches a serial run makes. A ValueError when there are fewer batches than
+    shards (a rank would hold no data)."""
+    n_batches = -(-n_samples // batch_size)
+    if n_batches < n_shards:
+        raise ValueError(f"the evaluation set has {n_samples} samples in {n_batches} batch(es) of {batch_size}, "
+                         f"fewer than the {n_shards} ranks of a data-parallel group: lower --batch-size, raise "
+                         "--eval-fraction, or use fewer ranks per group")
+    counts, displs = chunk_counts(n_batches, n_shards)
+    return int(displs[index] * batch_size), int(min((displs[index] + counts[index]) * batch_size, n_samples))
+
+
+def local_rank() -> int:
+    """This process's rank among the ranks of its node, from the launcher's environment (MPICH/Hydra, Open MPI,
+    SLURM's srun, PMIx); 0 when not started by a launcher that says."""
+    for name in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "PMI_LOCAL_RANK",
+                 "PMIX_LOCAL_RANK"):
+        value = os.environ.get(name)
+        if value is not None and value.isdigit():
+            return int(value)
+    return 0

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ...core.objective import HVP_MEMORY_MB
+from ...core.parallel import MPIComm, SerialComm, local_rank
 from ...data import ArrayDataset, load_dataset
 from ...storage.trajectory import Trajectory
 from .. import Backend
@@ -26,15 +27,19 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """``auto`` picks the GPU when there is one; anything else must be a valid torch device string."""
+    """``auto`` picks the GPU when there is one; anything else must be a valid torch device string. ``auto`` and a
+    bare ``cuda`` bind one GPU per MPI rank: ``cuda:(local rank % visible GPUs)``, so the ranks of a node spread
+    over its GPUs (several ranks share one when there are more ranks than GPUs); ``cuda:N`` is taken as given."""
     if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"device {name!r} is not a torch device (use auto, cpu, cuda, cuda:0, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available here (use auto or cpu)")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank() % torch.cuda.device_count())
     return device
 
 
@@ -63,13 +68,15 @@ def objective_for_trajectory(
     hvp_memory_mb: float = HVP_MEMORY_MB,
     grid_batching: str = "auto",
     hvp_mode: str = "auto",
+    data_comm: SerialComm | MPIComm | None = None,
 ) -> TorchObjective:
     """The objective of a trained run: its model and data, evaluated on the deterministic subset.
 
     Batch-norm running statistics are taken from checkpoint ``buffers_from`` (default: the last one,
     the centre of landscapes and the point the paper analyses). ``grid_batching`` ("auto" | "vmap" | "per_point")
     picks how ``evaluate_many`` runs many points (:mod:`.batched_points`), ``hvp_mode`` how Hessian-vector products
-    are taken (``"auto"``: resolved by :meth:`TorchObjective.calibrate_hvp`).
+    are taken (``"auto"``: resolved by :meth:`TorchObjective.calibrate_hvp`), ``data_comm`` the data-parallel group
+    whose ranks each keep a shard of the evaluation batches (paper Algorithm 4; None: this rank holds them all).
     """
     config = trajectory.config
     dataset = dataset if dataset is not None else load_dataset(config["dataset"])
@@ -77,7 +84,7 @@ def objective_for_trajectory(
     x, y = dataset.evaluation_subset(fraction, subset_seed)
     objective = TorchObjective(model, x, y, batch_size=batch_size, device=resolve_device(device),
                                dtype=resolve_dtype(dtype), hvp_memory_mb=hvp_memory_mb,
-                               grid_batching=grid_batching, hvp_mode=hvp_mode)
+                               grid_batching=grid_batching, hvp_mode=hvp_mode, data_comm=data_comm)
     if objective.layout != trajectory.layout:
         raise ValueError(f"{trajectory.path}: stored parameter layout does not match the model its config builds")
     if trajectory.buffer_layout:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from ...core.objective import HVP_MEMORY_MB, Evaluation
+from ...core.parallel import MPIComm, SerialComm, shard_bounds
 from . import batched_points
 from .flat import flatten_parameters, layout_of, unflatten, unflatten_buffers
 from .plane import PlaneShortcut
@@ -63,6 +64,7 @@ class TorchObjective:
         hvp_mode: str = "double_backprop",
         hvp_memory_mb: float = HVP_MEMORY_MB,
         grid_batching: str = "auto",
+        data_comm: SerialComm | MPIComm | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -90,10 +92,15 @@ class TorchObjective:
         for p in self.module.parameters():  # the copy's own parameters are never used for gradients
             p.requires_grad_(False)
         self.buffers = {name: b for name, b in self.module.named_buffers()}
-        self.x = torch.as_tensor(x).to(device=self.device, dtype=dtype)
-        self.y = torch.as_tensor(y).to(device=self.device, dtype=torch.long)
-        #: the evaluation set's batches and the size-weighted mean over them (PointHVP and batched_points use it too)
-        self.reduction = BatchReduction(self.x, self.y, self.batch_size)
+        # Algorithm 4: in a data-parallel group this rank keeps only its shard of whole batches (on its device)
+        n_samples = len(x)
+        start, stop = (0, n_samples) if data_comm is None or data_comm.size == 1 else \
+            shard_bounds(n_samples, self.batch_size, data_comm.size, data_comm.rank)
+        self.x = torch.as_tensor(x[start:stop]).to(device=self.device, dtype=dtype)
+        self.y = torch.as_tensor(y[start:stop]).to(device=self.device, dtype=torch.long)
+        #: the evaluation set's batches and the size-weighted mean over them (PointHVP and batched_points use it too);
+        #: the one place where a data-parallel group's shards are summed
+        self.reduction = BatchReduction(self.x, self.y, self.batch_size, n_samples=n_samples, comm=data_comm)
         self._n_classes: int | None = None
         self._plane: PlaneShortcut | None = None  # made at the first evaluate_many
         # evaluate_many's path (batched_points): "auto" | "vmap" | "per_point"; the choice made, for provenance;

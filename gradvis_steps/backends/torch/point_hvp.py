@@ -70,7 +70,10 @@ class PointHVP:
         # A block's working memory is about one batch graph per vector: as many vectors as fit what the kept graphs
         # leave of the budget (at least one, so a zero budget multiplies vector by vector).
         room = budget_bytes - self.graph_bytes
-        self.block_size = max(1, int(room // max(largest_graph, 1))) if math.isfinite(room) else sys.maxsize
+        block_size = max(1, int(room // max(largest_graph, 1))) if math.isfinite(room) else sys.maxsize
+        # data parallel (Algorithm 4): every rank of the group must split a block the same way, one Allreduce per
+        # sub-block; the smallest size keeps the invariant above (a rank with an unkept batch makes it 1)
+        self.block_size = self._reduction.agree_min(block_size)
 
     def _versions(self) -> tuple[int, ...]:
         return tuple(buffer._version for buffer in self._objective.buffers.values())
