@@ -141,6 +141,9 @@ def test_list_valued_keys_sweep_with_lists_of_lists_and_experiments_share_runs()
         ({"experiments": {"x": {"spectra": {"m": [20, 1]}}}}, "experiments.x: "),
         ({"spectra": {"m": []}}, "spectra.m: an empty list sweeps over nothing"),
         ({"experiments": {"x": {"frames": {"moving_every": 2, "direction": "pca"}}}}, "needs frames.direction"),
+        ({"spectra": {"mpi_tasks": 4, "parallel": "hybrid"}}, "hybrid needs spectra.ranks_per_group"),
+        ({"spectra": {"mpi_tasks": 2, "parallel": "hybrid", "ranks_per_group": 3}}, "ranks_per_group 3 exceeds"),
+        ({"spectra": {"ranks_per_group": 2}}, "applies to spectra.parallel: hybrid only"),
     ],
 )
 def test_bad_experiment_configs_name_the_experiment_and_value(config, message):

@@ -138,7 +138,8 @@ def test_multi_rank_gpu_job_through_the_profile_launcher(slurm, tmp_path):
 
 
 def test_slurm_profile_sends_model_rules_to_the_gpu_partition(tmp_path):
-    """profiles/slurm on its own (dry run, no cluster needed): GPU rules get gpu=1 on the gpu partition, others not."""
+    """profiles/slurm on its own (dry run, no cluster needed): model rules go to the gpu partition with the GPUs the
+    rule asks for (the profile does not override them: a multi-rank rule asks for one per rank), others not."""
     (tmp_path / "Snakefile").write_text(
         textwrap.dedent(
             """
@@ -147,7 +148,7 @@ def test_slurm_profile_sends_model_rules_to_the_gpu_partition(tmp_path):
 
             rule train:
                 output: "t.txt"
-                resources: gpu=0
+                resources: gpu=2
                 shell: "touch {output}"
 
             rule plot:
@@ -164,7 +165,7 @@ def test_slurm_profile_sends_model_rules_to_the_gpu_partition(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     resources = dict(re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", result.stdout, re.MULTILINE))
-    assert "gpu=1" in resources["train"] and "slurm_partition=gpu-a100" in resources["train"], resources
+    assert "gpu=2" in resources["train"] and "slurm_partition=gpu-a100" in resources["train"], resources
     assert "gpu" not in resources["plot"] and "runtime=30" in resources["plot"], resources
 
 
@@ -177,11 +178,13 @@ VOLATILE_KEY = "seconds"  # any attribute name or JSON key containing it (summar
 
 
 def _tiny_config(folder: Path) -> tuple[Path, dict]:
-    """config/test.yaml with `results:` in `folder` (absolute, so the run directory does not matter)."""
+    """config/test.yaml with `results:` in `folder` (absolute, so the run directory does not matter) and one GPU per
+    model-evaluating job, as on a GPU cluster."""
     import yaml
 
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     config["results"] = str(folder / "results")
+    config["resources"]["gpu"] = 1
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, config
@@ -287,8 +290,9 @@ def test_whole_tiny_workflow_on_slurm_matches_a_local_run(slurm, tmp_path):
     # The test cluster's GPU is fake (/dev/null) and torch is the CPU build: the steps must not try CUDA.
     assert config["device"] == "cpu", "config/test.yaml must set device: cpu (the test cluster has no real GPU)"
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
-    gpu_rules = {rule for rule, res in profile["set-resources"].items() if res.get("gpu")}
+    gpu_rules = {rule for rule, res in profile["set-resources"].items() if "gpu" in str(res.get("slurm_partition"))}
     assert {"train", "landscape", "spectrum_chunk"} <= gpu_rules, profile["set-resources"]
+    assert config["resources"]["gpu"] == 1  # what a GPU cluster's config says (_tiny_config)
 
     # 1. Local run (the workflow profile profiles/default applies: found next to the Snakefile).
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")

@@ -198,6 +198,39 @@ def test_mpi_launcher_only_for_jobs_with_several_tasks(tmp_path):
     assert others and not any("srun" in s or "mpiexec" in s for s in others), others
 
 
+def test_data_parallel_and_hybrid_modes_build_launcher_arguments_and_gpus(tmp_path):
+    """spectra.parallel and ranks_per_group reach the spectrum and interpolation steps; eigendirections runs on
+    directions.hessian.mpi_tasks ranks (data parallel); a multi-rank GPU job asks for one GPU per ranks_per_gpu ranks
+    (gpu, tasks_per_gpu: the SLURM plugin's --gpus and --ntasks-per-gpu)."""
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    config["mpi_launcher"] = "srun --mpi=pmi2"
+    config["spectra"].update(mpi_tasks=4, parallel="hybrid", ranks_per_group=2)
+    config["directions"]["hessian"]["mpi_tasks"] = 3
+    config["resources"].update(gpu=1, ranks_per_gpu=2)
+    path = tmp_path / "hybrid.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "-p", "--cores", "8", "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = {}
+    for block in result.stdout.split("\n\n"):
+        rule = next((line.split()[-1].rstrip(":") for line in block.splitlines()
+                     if line.startswith(("rule ", "localrule "))), None)
+        shell = next((line for line in block.splitlines() if "python -m gradvis_steps." in line), "")
+        resources = next((line for line in block.splitlines() if line.strip().startswith("resources:")), "")
+        if rule:
+            jobs.setdefault(rule, []).append((shell, resources))
+    for rule in ("spectrum_chunk", "interpolate"):
+        for shell, resources in jobs[rule]:
+            assert "srun --mpi=pmi2 -n 4 python -m" in shell and "--parallel hybrid --ranks-per-group 2" in shell, shell
+            assert "tasks=4" in resources and "gpu=2" in resources and "tasks_per_gpu=2" in resources, resources
+    for shell, resources in jobs["eigendirections"]:
+        assert "srun --mpi=pmi2 -n 3 python -m gradvis_steps.eigendirections" in shell, shell
+        assert "gpu=2" in resources, resources
+    for shell, resources in jobs["train"]:
+        assert "srun" not in shell and "gpu=1" in resources, (shell, resources)
+
+
 def test_config_values_never_reach_a_shell_unquoted(tmp_path):
     """A results folder and a dataset key with a space, a quote and shell syntax stay one argument each: the
     planned commands split back into the intended paths, and a real job writes where it should and runs nothing

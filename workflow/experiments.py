@@ -244,6 +244,16 @@ def _check_variant(where: str, config: dict[str, Any]) -> None:
     if frames["moving_every"] and frames["direction"] != "hessian":
         raise ConfigError(f"{where}frames.moving_every {frames['moving_every']} recomputes Hessian eigenvector "
                           f"planes; it needs frames.direction: hessian, got {frames['direction']!r}")
+    spectra = config["spectra"]
+    parallel, per_group, tasks = spectra["parallel"], spectra["ranks_per_group"], spectra["mpi_tasks"]
+    if parallel == "hybrid" and per_group is None:
+        raise ConfigError(f"{where}spectra.parallel: hybrid needs spectra.ranks_per_group (ranks per data-parallel "
+                          f"group, 1..{tasks})")
+    if parallel != "hybrid" and per_group is not None:
+        raise ConfigError(f"{where}spectra.ranks_per_group {per_group} applies to spectra.parallel: hybrid only "
+                          f"(got parallel: {parallel}); remove it or set parallel: hybrid")
+    if per_group is not None and per_group > tasks:
+        raise ConfigError(f"{where}spectra.ranks_per_group {per_group} exceeds spectra.mpi_tasks {tasks}")
     hessian = directions["hessian"]
     if max(hessian["pick"]) >= hessian["count"]:
         raise ConfigError(f"{where}directions.hessian.pick {hessian['pick']} needs count > {max(hessian['pick'])}, "

@@ -93,12 +93,31 @@ def mpi_of(kind, wildcard, key):
     return {"mpi": lambda w: LAUNCHER if tasks(w) > 1 else "", "tasks": tasks}
 
 
-def resources_of(kind, wildcard, gpu=True):
+def gpus(cfg, tasks):
+    """GPUs of a job: `resources.gpu` for one rank; for several, one per `ranks_per_gpu` ranks (each rank binds
+    local_rank % visible GPUs), none if `resources.gpu` is 0."""
+    if tasks == 1 or not cfg["resources"]["gpu"]:
+        return cfg["resources"]["gpu"]
+    return -(-tasks // cfg["resources"]["ranks_per_gpu"])
+
+
+def resources_of(kind, wildcard, gpu=True, ranks=None):
+    """mem_mb, runtime and (model-evaluating rules) gpu of a job; ``ranks(cfg)`` is its number of MPI ranks. A
+    multi-rank GPU job also declares tasks_per_gpu, which the SLURM plugin turns into --ntasks-per-gpu."""
     out = {name: from_job(kind, wildcard, lambda cfg, name=name: cfg["resources"][name])
            for name in ("mem_mb", "runtime")}
     if gpu:
-        out["gpu"] = from_job(kind, wildcard, lambda cfg: cfg["resources"]["gpu"])
+        tasks = ranks or (lambda cfg: 1)
+        out["gpu"] = from_job(kind, wildcard, lambda cfg: gpus(cfg, tasks(cfg)))
+        out["tasks_per_gpu"] = from_job(kind, wildcard, lambda cfg: min(cfg["resources"]["ranks_per_gpu"], tasks(cfg)))
     return out
+
+
+def parallel_args(cfg):
+    """How the ranks of a spectrum/interpolation job share each point's SLQ (Algorithms 4 and 5, hybrid)."""
+    s = cfg["spectra"]
+    per_group = f" --ranks-per-group {s['ranks_per_group']}" if s["parallel"] == "hybrid" else ""
+    return f"--parallel {s['parallel']}{per_group}"
 
 
 def threads_of(kind, wildcard):

@@ -11,17 +11,19 @@ rule eigendirections:
     log:
         f"{R}/{{run}}/eigendirections/{{eid}}/eigendirections.log",
     params:
+        launch=mpi_launcher,
         args=from_job("eigendirections", "eid", lambda cfg: (
             f"--which {cfg['directions']['hessian']['which']} --target {cfg['directions']['hessian']['target']} "
             f"--count {cfg['directions']['hessian']['count']} --steps {cfg['directions']['hessian']['steps']} "
             f"{centre_arg('--iteration', cfg['landscape']['centre'])} {eval_args(cfg)} {hvp_args(cfg)}")),
     threads: threads_of("eigendirections", "eid")
     resources:
-        **resources_of("eigendirections", "eid"),
+        **mpi_of("eigendirections", "eid", lambda cfg: cfg["directions"]["hessian"]),
+        **resources_of("eigendirections", "eid", ranks=lambda cfg: cfg["directions"]["hessian"]["mpi_tasks"]),
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.eigendirections --trajectory {input.trajectory:q} "
+        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.eigendirections --trajectory {input.trajectory:q} "
         "{params.args} --folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
 
 

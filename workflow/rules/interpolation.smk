@@ -18,11 +18,12 @@ rule interpolate:
     params:
         launch=mpi_launcher,
         args=from_job("interpolation", "iid", lambda cfg: (
-            f"--points {cfg['interpolation']['points']} {slq_args(cfg)} {eval_args(cfg)} {hvp_args(cfg)}")),
+            f"--points {cfg['interpolation']['points']} {slq_args(cfg)} {parallel_args(cfg)} {eval_args(cfg)} "
+            f"{hvp_args(cfg)}")),
     threads: threads_of("interpolation", "iid")
     resources:
         **mpi_of("interpolation", "iid", lambda cfg: cfg["spectra"]),
-        **resources_of("interpolation", "iid"),
+        **resources_of("interpolation", "iid", ranks=lambda cfg: cfg["spectra"]["mpi_tasks"]),
     conda:
         ENV
     shell:
@@ -77,7 +78,7 @@ rule interpolation_plane:
     threads: threads_of("interpolation", "iid")
     resources:
         **mpi_of("interpolation", "iid", lambda cfg: cfg["landscape"]),
-        **resources_of("interpolation", "iid"),
+        **resources_of("interpolation", "iid", ranks=lambda cfg: cfg["landscape"]["mpi_tasks"]),
     conda:
         ENV
     shell:

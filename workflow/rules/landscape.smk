@@ -21,7 +21,7 @@ rule landscape:
     threads: threads_of("landscape", "lid")
     resources:
         **mpi_of("landscape", "lid", lambda cfg: cfg["landscape"]),
-        **resources_of("landscape", "lid"),
+        **resources_of("landscape", "lid", ranks=lambda cfg: cfg["landscape"]["mpi_tasks"]),
     conda:
         ENV
     shell:

@@ -16,11 +16,11 @@ rule spectrum_chunk:
     params:
         launch=mpi_launcher,
         args=from_job("spectra", "sid", lambda cfg: (
-            f"--every {cfg['spectra']['every']} {slq_args(cfg)} {eval_args(cfg)} {hvp_args(cfg)}")),
+            f"--every {cfg['spectra']['every']} {slq_args(cfg)} {parallel_args(cfg)} {eval_args(cfg)} {hvp_args(cfg)}")),
     threads: threads_of("spectra", "sid")
     resources:
         **mpi_of("spectra", "sid", lambda cfg: cfg["spectra"]),
-        **resources_of("spectra", "sid"),
+        **resources_of("spectra", "sid", ranks=lambda cfg: cfg["spectra"]["mpi_tasks"]),
     conda:
         ENV
     shell:
