@@ -354,7 +354,8 @@ def test_whole_tiny_workflow_on_slurm_matches_a_local_run(slurm, tmp_path):
     assert files_a == files_b, (set(files_a) ^ set(files_b))
     h5_files = [p for p in files_a if p.suffix == ".h5"]
     expected_h5 = {"trajectory.h5", "eigendirections.h5", "spectra.h5", "line.h5", "plane.h5", "plane_directions.h5",
-                   "directions.h5", "landscape_1d.h5", "landscape_2d.h5"}
+                   "directions.h5", "landscape_1d.h5", "landscape_2d.h5",
+                   *(f"centre_{i:06d}.h5" for i in (0, 6, 12))}  # the moving frame's planes (and their directions)
     assert {p.name for p in h5_files} == expected_h5, sorted(h5_files)
     compared, diffs = [], []
     for rel in h5_files:
