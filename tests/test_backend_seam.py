@@ -138,6 +138,14 @@ def test_a_trajectory_gives_the_backend_of_its_framework(tmp_path):
             backend_for_trajectory(traj)
 
 
+def test_the_tensorflow_backend_without_tensorflow_names_the_extra():
+    code = ("import sys; sys.modules['tensorflow'] = None; from gradvis_steps.backends import backend\n"
+            "try:\n    backend('tensorflow')\nexcept ValueError as error:\n    print(error)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert "framework 'tensorflow' needs TensorFlow" in done.stdout and "gradvis[tensorflow]" in done.stdout
+
+
 def test_train_offers_the_registered_frameworks():
     from gradvis_steps.train import build_parser
 

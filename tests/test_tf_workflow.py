@@ -220,3 +220,41 @@ def test_steps_run_end_to_end_on_a_tensorflow_trajectory(folder, trajectory, par
         assert entry.alpha1[i] == pytest.approx(v @ hv, rel=1e-9, abs=1e-12)
         assert np.sum(entry.weights[i] * entry.nodes[i] ** 2) == pytest.approx(hv @ hv, rel=1e-8)
     assert entry.summary["lambda_max"] == pytest.approx(found.eigenvalues[0], rel=1e-3)
+
+
+def test_a_custom_keras_model_and_dataset_by_entry_point(tmp_path, digits):
+    out = tmp_path / "custom.h5"
+    step(train_step, "--framework", "tensorflow", "--model", "custom", "--model-option",
+         "entry_point=tf_custom_models:small_cnn", "--model-option", "filters=2", "--dataset", "custom",
+         "--dataset-option", "entry_point=tf_custom_models:blobs", "--epochs", 2, "--batch-size", 32, "--lr", 0.1,
+         "--no-progress", "--out", out)
+    from tf_custom_models import blobs
+
+    data = blobs()
+    with Trajectory(out) as traj:
+        assert len(traj) == 7 and {spec.kind for spec in traj.layout} == {"conv", "bias", "batchnorm", "linear"}
+        assert len(traj.buffer_layout) == 2 and not np.array_equal(traj.buffers(0), traj.buffers(-1))
+        objective = backend_for_trajectory(traj).objective_for_trajectory(traj, fraction=1.0, dtype="float64")
+        assert objective.layout == traj.layout  # the run's names, whatever Keras called the layers this time
+        model = model_for(traj.config, data)
+        from gradvis_steps.backends.tensorflow.flat import load_buffers
+
+        load_buffers(model, traj.buffers(-1), backend("tensorflow").buffer_layout(model))
+        expected, accuracy = reference_loss(model, traj.params(-1), data.x_train, data.y_train)
+        got = objective.evaluate(objective.from_numpy(traj.params(-1)))
+    assert got.loss == pytest.approx(expected, rel=1e-12) and got.accuracy == accuracy
+
+
+def test_bad_devices_and_modes_are_named(trajectory):
+    tf_backend = backend("tensorflow")
+    assert tf_backend.resolve_device("cpu") == "/CPU:0" == tf_backend.resolve_device("/cpu:0")
+    with pytest.raises(ValueError, match="'tpu:7' is not a TensorFlow device"):
+        tf_backend.resolve_device("tpu:7")
+    if not tf.config.list_physical_devices("GPU"):
+        with pytest.raises(ValueError, match="'cuda:1' requested but TensorFlow sees 0 GPU"):
+            tf_backend.resolve_device("cuda:1")
+    with Trajectory(trajectory) as traj:
+        with pytest.raises(ValueError, match="hvp_mode 'fast' is not one of"):
+            tf_backend.objective_for_trajectory(traj, hvp_mode="fast")
+        with pytest.raises(ValueError, match="dtype 'float16' is not one of"):
+            tf_backend.objective_for_trajectory(traj, dtype="float16")

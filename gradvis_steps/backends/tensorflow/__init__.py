@@ -49,7 +49,7 @@ def resolve_device(name: str | None) -> str:
             spec = tf.DeviceSpec.from_string(str(name))
         except ValueError:
             spec = None
-        if spec is None or spec.device_type is None:
+        if spec is None or spec.device_type is None or spec.device_type.lower() not in ("cpu", "gpu"):
             raise ValueError(f"device {name!r} is not a TensorFlow device (use auto, cpu, gpu, gpu:0, /GPU:0, ...)")
         kind, index = spec.device_type.lower(), spec.device_index or 0
     else:
