@@ -18,7 +18,7 @@ from tf_helpers import few_tf_threads, float64_copy  # noqa: E402
 
 few_tf_threads()
 
-from gradvis_steps import directions, eigendirections, landscape, spectrum  # noqa: E402
+from gradvis_steps import directions, eigendirections, interpolate, landscape, spectrum  # noqa: E402
 from gradvis_steps import train as train_step  # noqa: E402
 from gradvis_steps.backends import backend, backend_for_trajectory  # noqa: E402
 from gradvis_steps.backends.tensorflow import TFObjective, model_for  # noqa: E402
@@ -36,7 +36,7 @@ EVAL_FRACTION = 0.05  # 75 of the digits training samples
 EVAL = ["--eval-fraction", str(EVAL_FRACTION), "--no-progress"]
 LENET = {"name": "lenet", "widths": [3, 4, 16, 12]}
 TRAIN = ["--framework", "tensorflow", "--model", "lenet", "--model-option", "widths=[3,4,16,12]", "--epochs", "2",
-         "--batch-size", "128", "--lr", "0.05", "--seed", "0", "--no-progress"]
+         "--batch-size", "128", "--lr", "0.05", "--no-progress"]
 
 
 def step(module, *argv) -> None:
@@ -61,7 +61,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trajectory(folder):
     path = folder / "trajectory.h5"
-    step(train_step, *TRAIN, "--out", path)
+    step(train_step, *TRAIN, "--seed", 0, "--out", path)
     return path
 
 
@@ -222,6 +222,23 @@ def test_steps_run_end_to_end_on_a_tensorflow_trajectory(folder, trajectory, par
     assert entry.summary["lambda_max"] == pytest.approx(found.eigenvalues[0], rel=1e-3)
 
 
+def test_interpolation_between_two_tensorflow_runs(folder, trajectory, evaluation):
+    other = folder / "trajectory-seed1.h5"
+    step(train_step, *TRAIN, "--seed", 1, "--out", other)
+    line_path, spectra_path = folder / "line.h5", folder / "line-spectra.h5"
+    step(interpolate, "--trajectory-a", trajectory, "--trajectory-b", other, "--points", 3, "--out-line", line_path,
+         "--out-spectra", spectra_path, "--k", 2, "--m", 8, "--dtype", "float64", *EVAL)
+    model, x, y = evaluation
+    with Trajectory(trajectory) as a, Trajectory(other) as b:
+        assert b.config["train"]["seed"] == 1
+        theta_a, theta_b = a.params(-1).astype(np.float64), b.params(-1).astype(np.float64)
+    line = load_landscape(line_path)
+    for t, loss in zip(line.axes[0], line.loss, strict=True):
+        assert loss == pytest.approx(reference_loss(model, (1 - t) * theta_a + t * theta_b, x, y)[0], rel=1e-10)
+    spectra = load_spectra(spectra_path)
+    assert sorted(spectra.entries) == [0, 1, 2] and spectra.attrs["provenance"]["hvp"]["mode"] == "forward_over_reverse"
+
+
 def test_a_custom_keras_model_and_dataset_by_entry_point(tmp_path, digits):
     out = tmp_path / "custom.h5"
     step(train_step, "--framework", "tensorflow", "--model", "custom", "--model-option",
@@ -258,3 +275,10 @@ def test_bad_devices_and_modes_are_named(trajectory):
             tf_backend.objective_for_trajectory(traj, hvp_mode="fast")
         with pytest.raises(ValueError, match="dtype 'float16' is not one of"):
             tf_backend.objective_for_trajectory(traj, dtype="float16")
+
+
+def test_an_objective_on_the_cpu_limits_numpys_blas_to_one_thread(hvp64):
+    from threadpoolctl import threadpool_info
+
+    pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert pools and all(pool["num_threads"] == 1 for pool in pools), pools

@@ -15,7 +15,8 @@ the number of samples (:class:`BatchReduction`), so an uneven last batch counts 
 Vectors are host numpy arrays (``from_numpy``/``to_numpy`` only fix the dtype): the core Lanczos/SLQ loops run on
 numpy, and each product converts its vector to a tensor and back at the operator's edge. On a CPU that costs a copy
 of one vector each way, a small share of one product (bench/README.md has the measured figure); a GPU run would
-keep vectors on the device instead.
+keep vectors on the device instead. Because those loops then call numpy's BLAS between products, an objective on the
+CPU limits that BLAS to one thread for the rest of the process (:func:`single_threaded_host_blas`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,22 @@ from .flat import buffer_layout, flatten_parameters, layout_of, unflatten_buffer
 HVP_MODES = ("forward_over_reverse", "double_backprop")
 HVP_MODE_CHOICES = ("auto", *HVP_MODES)
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+_BLAS_LIMIT: list[object] = []  # the threadpoolctl limiter, kept alive for the process
+
+
+def single_threaded_host_blas() -> None:
+    """Limit numpy's BLAS to one thread, once per process: after each call its idle threads spin for a while and take
+    the cores TensorFlow's next product needs (LeNet SLQ on 2 cores: 1.37x the time of its products with two BLAS
+    threads, 1.01x with one; the host Lanczos work is memory-bound and loses nothing)."""
+    if _BLAS_LIMIT:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it BLAS keeps its threads
+        return
+    _BLAS_LIMIT.append(threadpool_limits(limits=1, user_api="blas"))
 
 
 def channels_last(x: np.ndarray) -> np.ndarray:
@@ -93,6 +110,8 @@ class TFObjective:
                              f"{dtype!r} dtype policy (gradvis_steps.backends.tensorflow.model_for(..., dtype=...))")
         self.model = model
         self.device = device
+        if (tf.DeviceSpec.from_string(device).device_type or "CPU").upper() == "CPU":
+            single_threaded_host_blas()
         self.dtype = dtype
         self.np_dtype = DTYPES[dtype]
         self.tf_dtype = tf.as_dtype(dtype)
