@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[torch,mpi,mpich,video,workflow,test]"
+	$(BIN)/python -m pip install --quiet -e ".[torch,tensorflow,mpi,mpich,video,workflow,test]"
 	touch $@
 
 # The main job: the whole workflow on the embedded default config, then the HTML report.

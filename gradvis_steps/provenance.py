@@ -16,7 +16,8 @@ from . import __version__
 #: the settings of the output folder a step writes into (``--folder-settings FILE``, read by ``cli.run``)
 FOLDER_SETTINGS: dict[str, Any] = {}
 
-_PACKAGES = ("numpy", "scipy", "torch", "tensorflow", "h5py", "mpi4py", "matplotlib", "snakemake")
+_PACKAGES = ("numpy", "scipy", "torch", "tensorflow", "tensorflow-cpu", "keras", "h5py", "mpi4py", "matplotlib",
+             "snakemake")
 
 
 def config_hash(config: dict[str, Any]) -> str:

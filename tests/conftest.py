@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+# TensorFlow (the tensorflow backend's tests) reads these at its import: quiet start-up, Keras on TensorFlow
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 torch = pytest.importorskip("torch")
 

@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gradvis_steps.backends import known_backends
-
 Model = Any  # the framework's model type
 
 
@@ -75,10 +73,27 @@ def torch_case() -> BackendCase:
 
 
 def tensorflow_case() -> BackendCase:
-    pytest.importorskip("tensorflow", reason="the tensorflow backend needs TensorFlow")
-    if "tensorflow" not in known_backends():
-        pytest.skip("no 'tensorflow' backend is registered yet")
-    pytest.fail("the 'tensorflow' backend is registered but has no contract case adapter: add one to CASES")
+    pytest.importorskip("tensorflow", reason="the tensorflow backend needs TensorFlow (the 'tensorflow' extra)")
+    from tf_helpers import few_tf_threads, float64_copy
+
+    few_tf_threads()
+    from gradvis_steps.backends.tensorflow.flat import flatten_buffers, load_flat_parameters
+    from gradvis_steps.backends.tensorflow.objective import channels_last
+
+    def warm_buffers(model: Model, x: np.ndarray) -> None:
+        images = channels_last(x)
+        for start in range(0, len(images), 8):
+            model(images[start:start + 8], training=True)  # Keras updates the moving statistics in training mode
+
+    def named_parameters(model: Model) -> dict[str, np.ndarray]:
+        return {v.path: np.asarray(v.numpy(), dtype=np.float64) for v in model.trainable_variables}
+
+    def logits(model: Model, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+        copy = float64_copy(model)  # the model's own layers and variables, not the objective's functional call
+        load_flat_parameters(copy, theta)
+        return np.asarray(copy(channels_last(x).astype(np.float64), training=False))
+
+    return BackendCase("tensorflow", "cpu", warm_buffers, named_parameters, flatten_buffers, logits)
 
 
 #: backend name -> factory of its case (skips where the framework is not installed)

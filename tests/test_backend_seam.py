@@ -72,7 +72,8 @@ def test_the_import_check_sees_a_backend_import(tmp_path):
 def test_the_registry_and_the_step_parsers_import_no_framework():
     code = ("import sys; import gradvis_steps.backends as b, gradvis_steps.train as t; "
             "import gradvis_steps.landscape, gradvis_steps.spectrum, gradvis_steps.interpolate, "
-            "gradvis_steps.eigendirections; t.build_parser(); assert 'torch' in b.known_backends(); "
+            "gradvis_steps.eigendirections; t.build_parser(); "
+            "assert {'torch', 'tensorflow'} <= set(b.known_backends()); "
             "loaded = sorted(set(sys.modules) & {'torch', 'tensorflow', 'jax'}); assert not loaded, loaded")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert done.returncode == 0, done.stderr
@@ -87,8 +88,8 @@ def test_torch_backend_is_found_and_loaded_once():
 
 
 def test_unknown_framework_names_itself_and_the_known_backends():
-    with pytest.raises(ValueError, match=r"'tensorflow'.*'torch'"):
-        backend("tensorflow")
+    with pytest.raises(ValueError, match=r"'jax'.*'tensorflow', 'torch'"):
+        backend("jax")
 
 
 @pytest.fixture
@@ -132,17 +133,26 @@ def test_a_trajectory_gives_the_backend_of_its_framework(tmp_path):
     with Trajectory(_trajectory(tmp_path / "old.h5", {"dataset": {"name": "digits"}})) as traj:
         assert "framework" not in traj.config
         assert backend_for_trajectory(traj) is TORCH_BACKEND  # files from before the key: torch
-    with Trajectory(_trajectory(tmp_path / "tf.h5", {"framework": "tensorflow"})) as traj:
-        with pytest.raises(ValueError, match="tensorflow"):
+    with Trajectory(_trajectory(tmp_path / "jax.h5", {"framework": "jax"})) as traj:
+        with pytest.raises(ValueError, match="jax"):
             backend_for_trajectory(traj)
+
+
+def test_the_tensorflow_backend_without_tensorflow_names_the_extra():
+    code = ("import sys; sys.modules['tensorflow'] = None; from gradvis_steps.backends import backend\n"
+            "try:\n    backend('tensorflow')\nexcept ValueError as error:\n    print(error)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert "framework 'tensorflow' needs TensorFlow" in done.stdout and "gradvis[tensorflow]" in done.stdout
 
 
 def test_train_offers_the_registered_frameworks():
     from gradvis_steps.train import build_parser
 
     assert build_parser().parse_args(["--out", "x.h5"]).framework == "torch"
+    assert build_parser().parse_args(["--out", "x.h5", "--framework", "tensorflow"]).framework == "tensorflow"
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["--out", "x.h5", "--framework", "tensorflow"])
+        build_parser().parse_args(["--out", "x.h5", "--framework", "jax"])
 
 
 # ------------------------------------------------------------------------------------------------ protocols

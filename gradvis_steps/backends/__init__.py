@@ -91,6 +91,18 @@ def _load_torch() -> Backend:
     return BACKEND
 
 
+def _load_tensorflow() -> Backend:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError as error:
+        raise ValueError(f"framework 'tensorflow' needs TensorFlow, which is not importable here ({error}): install "
+                         "the extra, pip install 'gradvis[tensorflow]'") from None
+    from .tensorflow import BACKEND
+
+    return BACKEND
+
+
 register_backend("torch", _load_torch)
+register_backend("tensorflow", _load_tensorflow)
 
 __all__ = ["DEFAULT_FRAMEWORK", "Backend", "backend", "backend_for_trajectory", "known_backends", "register_backend"]

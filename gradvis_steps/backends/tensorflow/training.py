@@ -1,0 +1,127 @@
+"""Training with SGD + momentum on a flat parameter vector, a checkpoint every k iterations (as the torch backend).
+
+The update is torch's SGD, written out so the two frameworks train alike: ``g += weight_decay * theta``, ``buf =
+momentum * buf + g``, ``theta -= lr * buf`` (Keras' own SGD decouples weight decay and scales the velocity by the
+learning rate). One ``tf.function`` takes a step: the model is called functionally (``stateless_call``, training
+mode) with the flat vector's pieces and returns its updated batch-norm statistics. The sample order of an epoch
+depends only on (seed, epoch), so a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from ...core.training import TrainSettings
+from ...data.base import ArrayDataset
+from ...storage.trajectory import TrajectoryWriter
+from .flat import buffer_layout, flatten_parameters, layout_of, load_flat_parameters, unflatten_buffers
+from .objective import channels_last
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Sample order of one epoch; depends only on (seed, epoch) so a resumed run sees the same order."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)])).permutation(n)
+
+
+def train(model: keras.Model, dataset: ArrayDataset, settings: TrainSettings, writer: TrajectoryWriter,
+          device: str = "/CPU:0", progress: bool = True) -> dict[str, Any]:
+    """Train ``model`` on the dataset's training split, appending checkpoints to ``writer``; the model holds the final
+    point afterwards.
+
+    Checkpoint t holds the parameters after t optimizer steps (t = 0 is the initial point; the final point is always
+    stored) with ``batch_loss`` = loss of the mini-batch the step from t used (NaN for the final point). If ``writer``
+    holds resume state (an interrupted run), training continues from that epoch boundary.
+    """
+    layout = layout_of(model)
+    buffers_layout = buffer_layout(model)
+    sizes, shapes = [spec.numel for spec in layout], [spec.shape for spec in layout]
+    dtype = model.trainable_variables[0].dtype if model.trainable_variables else "float32"
+    n = len(dataset.x_train)
+    steps_per_epoch = math.ceil(n / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    if settings.max_iterations is not None:
+        total = min(total, settings.max_iterations)
+
+    with tf.device(device):
+        theta = tf.Variable(flatten_parameters(model), dtype=dtype)
+        momentum = tf.Variable(tf.zeros_like(theta))
+        buffers = [tf.Variable(tf.identity(v.value), trainable=False) for v in model.non_trainable_variables]
+        x = tf.constant(channels_last(dataset.x_train), dtype=dtype)
+        y = tf.constant(np.asarray(dataset.y_train), dtype=tf.int64)
+
+    lr, mu, decay = (tf.constant(value, dtype=dtype) for value in (settings.lr, settings.momentum,
+                                                                   settings.weight_decay))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+    def step(batch: tf.Tensor) -> tf.Tensor:
+        xb, yb = tf.gather(x, batch), tf.gather(y, batch)
+        with tf.GradientTape() as tape:
+            pieces = [tf.reshape(p, s) for p, s in zip(tf.split(theta, sizes), shapes, strict=True)]
+            logits, new_buffers = model.stateless_call(pieces, [b.read_value() for b in buffers], xb, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits))
+        gradient = tape.gradient(loss, theta) + decay * theta
+        momentum.assign(mu * momentum + gradient)
+        theta.assign_sub(lr * momentum)
+        for variable, value in zip(buffers, new_buffers, strict=True):
+            variable.assign(value)
+        return loss
+
+    def snapshot() -> tuple[np.ndarray, np.ndarray]:
+        flat = [b.numpy().astype(np.float64).reshape(-1) for b in buffers]
+        return theta.numpy().astype(np.float32), np.concatenate(flat) if flat else np.zeros(0)
+
+    iteration, start_epoch = 0, 0
+    state = writer.resume_state()
+    if state is not None:
+        theta.assign(np.asarray(state["params"]).astype(theta.dtype.as_numpy_dtype))
+        restored = unflatten_buffers(state["buffers"], buffers_layout)
+        for variable, entry in zip(buffers, buffers_layout, strict=True):
+            variable.assign(restored[entry["name"]].astype(variable.dtype.as_numpy_dtype))
+        momentum.assign(np.asarray(state["momentum"]).astype(theta.dtype.as_numpy_dtype))
+        iteration, start_epoch = int(state["iteration"]), int(state["next_epoch"])
+        writer.truncate(int(state["n_checkpoints"]))
+        print(f"resuming at iteration {iteration} (epoch {start_epoch + 1} of {settings.epochs}) from "
+              f"{int(state['n_checkpoints'])} checkpoints", file=sys.stderr)
+    elif len(writer):
+        writer.truncate(0)
+
+    bar = tqdm(total=total, initial=iteration, disable=not progress, desc="train", unit="it", mininterval=1.0)
+    last_loss = float("nan")
+    for epoch in range(start_epoch, settings.epochs):
+        if iteration >= total:
+            break
+        order = epoch_permutation(n, settings.seed, epoch)
+        for start in range(0, n, settings.batch_size):
+            if iteration >= total:
+                break
+            params, flat_buffers = snapshot()  # theta_t before the step updates the batch-norm statistics
+            last_loss = float(step(tf.constant(order[start:start + settings.batch_size], dtype=tf.int64)))
+            if iteration % settings.checkpoint_every == 0:
+                writer.append(params, flat_buffers, iteration=iteration, epoch=epoch, batch_loss=last_loss)
+            iteration += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+        params, flat_buffers = snapshot()
+        writer.save_resume_state({
+            "params": params, "buffers": flat_buffers, "momentum": momentum.numpy().astype(np.float64),
+            "iteration": iteration, "next_epoch": epoch + 1, "n_checkpoints": len(writer),
+        })
+    bar.close()
+    params, flat_buffers = snapshot()
+    final_epoch = (iteration - 1) // steps_per_epoch if iteration else 0
+    writer.append(params, flat_buffers, iteration=iteration, epoch=final_epoch, batch_loss=float("nan"))
+    load_flat_parameters(model, theta.numpy())
+    for variable, value in zip(model.non_trainable_variables, buffers, strict=True):
+        variable.assign(value.numpy())
+    return {"iterations": iteration, "checkpoints": len(writer), "last_batch_loss": last_loss,
+            "steps_per_epoch": steps_per_epoch}
+
+
+__all__ = ["epoch_permutation", "train"]
