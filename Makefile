@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: install run test lint bench clean
+.PHONY: install install-test run test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -14,7 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[torch,tensorflow,mpi,mpich,video,workflow,test]"
+	$(BIN)/python -m pip install --quiet -e ".[torch,mpi,mpich,video,workflow,test]"
+	touch $@
+
+# The tests also cover the TensorFlow backend: its extra (tensorflow-cpu, about 1.4 GB) only here, not for `make run`.
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[tensorflow]"
 	touch $@
 
 # The main job: the whole workflow on the embedded default config, then the HTML report.
@@ -22,10 +29,10 @@ run: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --profile profiles/default
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 1 --profile profiles/default --report results/report.html
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 
-test: install lint
+test: install-test lint
 	$(BIN)/python -m pytest
 
 # The comparison with PyHessian (bench/README.md): the bench extra (pyhessian, psutil) into the venv, then a small

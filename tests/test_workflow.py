@@ -271,3 +271,37 @@ def test_an_empty_results_folder_is_rejected(tmp_path):
     path.write_text(yaml.safe_dump(config))
     result = snakemake("-n", "--cores", "1", "--configfile", str(path))
     assert result.returncode != 0 and "results" in result.stdout + result.stderr
+
+
+def test_tiny_workflow_runs_with_tensorflow(tmp_path):
+    """`train: {framework: [tensorflow]}`: the whole tiny DAG (both kinds of experiment) on Keras models, every later
+    step finding the framework in the trajectory."""
+    pytest.importorskip("tensorflow", reason="the tensorflow backend needs TensorFlow (the 'tensorflow' extra)")
+    from gradvis_steps.render.video import count_frames
+    from gradvis_steps.storage.landscape import load_landscape
+    from gradvis_steps.storage.spectra import load_spectra
+    from gradvis_steps.storage.trajectory import Trajectory
+
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    config["train"]["framework"] = ["tensorflow"]
+    del config["experiments"]["moving"]
+    config["experiments"]["training"]["spectra"] = {"m": 8}  # no sweep: one result set is enough here
+    path = tmp_path / "tf.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--cores", "2", "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = tmp_path / "results"
+    run = results / "digits-lenet_small-lr0.05-bs256-e2-m0.9-s0-tensorflow"
+    other = results / "digits-lenet_small-lr0.05-bs256-e2-m0.9-s1-tensorflow"
+    for folder in (run, other):
+        with Trajectory(folder / "trajectory.h5") as traj:
+            assert traj.config["framework"] == "tensorflow" and len(traj) == 13
+    for land_dir in (run / "landscape").iterdir():
+        land = load_landscape(land_dir / "landscape_2d.h5")
+        assert land.loss.shape == (5, 5) and np.isfinite(land.loss).all()
+    spectra = load_spectra(only(sorted((run / "spectra").glob("*/spectra.h5"))))
+    assert spectra.iterations.tolist() == [0, 3, 6, 9, 12]
+    assert count_frames(only(sorted((run / "videos").glob("*/training.mp4")))) == 5
+    pair = only(sorted((run / "interpolation" / other.name).iterdir()))
+    assert count_frames(only(sorted(pair.glob("videos/*/interpolation.mp4")))) == 4

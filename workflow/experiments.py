@@ -29,7 +29,7 @@ SECTIONS = (TRAIN, *ANALYSIS_SECTIONS, "resources")
 GLOBAL_KEYS = ("results", "device", "mpi_launcher", "datasets", "models")
 EXPERIMENT_KEYS = ("description", *SECTIONS)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-TRAIN_AXES = ("dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed")
+TRAIN_AXES = ("framework", "dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed")
 DEFAULT_EXPERIMENT = "main"
 
 # the settings that say what an output is (in its folder's id); the rest of a section says how it is computed
@@ -75,7 +75,9 @@ def run_id(settings: dict[str, Any], checkpoint_every: int) -> str:
     """Readable, stable id of a training run: the same settings always give the same folder."""
     base = (f"{settings['dataset']}-{settings['model']}-lr{settings['lr']:g}-bs{settings['batch_size']}-"
             f"e{settings['epochs']}-m{settings['momentum']:g}-s{settings['seed']}")
-    return base if checkpoint_every == 1 else f"{base}-ce{checkpoint_every}"
+    if checkpoint_every != 1:
+        base += f"-ce{checkpoint_every}"
+    return base if settings.get("framework", "torch") == "torch" else f"{base}-{settings['framework']}"
 
 
 # --- analysis sweeps ------------------------------------------------------------------------------------------------

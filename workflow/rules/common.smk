@@ -149,7 +149,7 @@ def train_args(run):
     planned = PLAN.runs[run]
     s, cfg = planned["settings"], planned["execution"]
     dataset, model = cfg["datasets"][s["dataset"]], cfg["models"][s["model"]]
-    args = ["--dataset", dataset["name"]]
+    args = ["--framework", s["framework"], "--dataset", dataset["name"]]
     args += [x for k, v in dataset.items() if k != "name" for x in ("--dataset-option", f"{k}={v}")]
     args += ["--model", model["name"]]
     args += [x for k, v in model.items() if k != "name" for x in ("--model-option", f"{k}={v}")]

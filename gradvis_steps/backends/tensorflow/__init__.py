@@ -107,12 +107,20 @@ def objective_for_trajectory(
     hvp_memory_mb: float | None = None,
     grid_batching: str = "auto",
     hvp_mode: str = "auto",
+    data_comm: Any = None,
 ) -> TFObjective:
     """The objective of a trained run: its Keras model and data, evaluated on the deterministic subset.
 
     Batch-norm moving statistics are taken from checkpoint ``buffers_from`` (default: the last one). ``hvp_mode`` is
     one of :data:`~.objective.HVP_MODE_CHOICES`; ``hvp_memory_mb`` and ``grid_batching`` are accepted for the steps'
-    sake and not used (this backend keeps no gradient graphs and evaluates grid points one by one)."""
+    sake and not used (this backend keeps no gradient graphs and evaluates grid points one by one). ``data_comm``:
+    a communicator of more than one rank asks for data-parallel products (Algorithm 4), which this backend does not
+    do yet; it runs iteration-parallel MPI jobs only."""
+    if data_comm is not None and data_comm.size > 1:
+        raise ValueError(f"the tensorflow backend does not shard Hessian products over ranks yet (a data-parallel "
+                         f"group of {data_comm.size} ranks was asked for: --parallel data/hybrid, or eigendirections "
+                         "under mpiexec); use --parallel iteration (spectra.parallel: iteration, "
+                         "directions.hessian.mpi_tasks: 1)")
     if hvp_mode not in HVP_MODE_CHOICES:
         raise ValueError(f"hvp_mode {hvp_mode!r} is not one of {HVP_MODE_CHOICES}")
     config = trajectory.config
