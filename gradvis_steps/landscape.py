@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         partial = PartialStore(out, signature, comm.rank)
         values = PointValues.empty(grid.n_points)
         restored = partial.load_into(values)
-        if restored and progress:
+        if restored and comm.rank == 0:  # logged also under --no-progress (the workflow's rules)
             print(f"resuming: {restored} of {grid.n_points} grid points restored", file=sys.stderr)
 
         def grid_chunk(indices: np.ndarray) -> np.ndarray:

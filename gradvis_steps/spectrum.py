@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                 previous = load_spectra(partial)
                 if previous.attrs.get("config") == attrs["config"]:
                     done = Spectra(previous.entries, attrs)
+                    print(f"resuming: {len(done.entries)} of {len(rows)} checkpoint(s) restored from {partial}",
+                          file=sys.stderr)
             except (OSError, ValueError):
                 pass  # unreadable partial file: start over
         finished = comm.bcast(set(done.entries))

@@ -463,7 +463,8 @@ class Interrupted(Exception):
     pass
 
 
-def test_landscape_resume_evaluates_only_missing_points(folder, trajectory, pca_file, landscape_2d, monkeypatch):
+def test_landscape_resume_evaluates_only_missing_points(folder, trajectory, pca_file, landscape_2d, monkeypatch,
+                                                        capsys):
     out = folder / "resumed" / "landscape.h5"
     argv = ["--trajectory", trajectory, "--directions", pca_file, "--resolution", RESOLUTION, "--out", out,
             "--grid-batching", "per_point", *EVAL]
@@ -498,8 +499,10 @@ def test_landscape_resume_evaluates_only_missing_points(folder, trajectory, pca_
         return original(self, *args)
 
     monkeypatch.setattr(TorchObjective, "_evaluate_point", counting)
+    capsys.readouterr()
     step(landscape, *argv)
     assert calls[0] == (n_points - n_done) + 25 + 25  # missing grid points, projections, checkpoints
+    assert f"resuming: {n_done} of {n_points} grid points restored" in capsys.readouterr().err  # --no-progress too
     resumed, full = load_landscape(out), load_landscape(landscape_2d)
     for name in ("loss", "accuracy", "trajectory", "trajectory_loss", "checkpoint_loss", "residuals"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name), err_msg=name)
@@ -769,7 +772,7 @@ def test_spectrum_iterations_and_chunks_equal_full_run(folder, trajectory, spect
     assert exit_info.value.code == 2 and "--hvp-memory-mb: must be a number >= 0, got -1" in capsys.readouterr().err
 
 
-def test_spectrum_resume_reuses_partial_entries(folder, trajectory, spectra_every5, monkeypatch):
+def test_spectrum_resume_reuses_partial_entries(folder, trajectory, spectra_every5, monkeypatch, capsys):
     full = load_spectra(spectra_every5).entries
     out = folder / "resume" / "spectra.h5"
     argv = ["--trajectory", trajectory, "--iterations", 0, 5, 24, "--out", out, *SPECTRUM]
@@ -796,8 +799,10 @@ def test_spectrum_resume_reuses_partial_entries(folder, trajectory, spectra_ever
         return original(self, v)
 
     monkeypatch.setattr(PointHVP, "__call__", counting)
+    capsys.readouterr()
     step(spectrum, *argv)
     assert calls[0] == 2 * per_checkpoint  # checkpoint 0 came from the partial file
+    assert "resuming: 1 of 3 checkpoint(s) restored" in capsys.readouterr().err  # logged under --no-progress
     resumed = load_spectra(out).entries
     assert sorted(resumed) == [0, 5, 24] and not partial.exists()
     for iteration, entry in resumed.items():
