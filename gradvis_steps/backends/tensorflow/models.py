@@ -16,7 +16,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from ...entry_points import load_entry_point
+from ...entry_points import build_from_spec
 
 
 def _uniform(fan_in: int) -> keras.initializers.Initializer:
@@ -137,22 +137,7 @@ def build_model(spec: dict[str, Any] | str, input_shape: tuple[int, ...], num_cl
     """Build the Keras model a config names: ``{"name": "lenet", **kwargs}`` or ``{"name": "custom", "entry_point":
     "module:function", **kwargs}``, called as ``function(input_shape, num_classes, **kwargs)`` with the dataset's
     sample shape as stored (C, H, W); the model takes channels-last inputs (N, H, W, C)."""
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name", None)
-    if name == "custom":
-        entry = spec.pop("entry_point", None)
-        if not entry:
-            raise ValueError("model 'custom' needs entry_point: 'module:function'")
-        factory = load_entry_point(entry)
-    elif name in MODELS:
-        factory = MODELS[name]
-    else:
-        raise ValueError(f"unknown model {name!r}; accepted: {sorted(MODELS) + ['custom']}")
-    spec = {key: tuple(value) if isinstance(value, list) else value for key, value in spec.items()}  # YAML lists
-    try:
-        model = factory(tuple(input_shape), num_classes, **spec)
-    except TypeError as error:
-        raise ValueError(f"model {name!r}: bad options {spec}: {error}") from None
+    name, model = build_from_spec(spec, MODELS, tuple(input_shape), num_classes)
     if not isinstance(model, keras.Model):
         raise ValueError(f"model {name!r} factory returned {type(model).__name__}, not a keras.Model")
     if not model.built:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...entry_points import load_entry_point
+from ...entry_points import build_from_spec
 
 
 class LeNet(nn.Module):
@@ -130,22 +130,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def build_model(spec: dict[str, Any] | str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build the model a config names: ``{"name": "lenet", **kwargs}`` or ``{"name": "custom",
     "entry_point": "module:function", **kwargs}`` (called as ``function(input_shape, num_classes, **kwargs)``)."""
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name", None)
-    if name == "custom":
-        entry = spec.pop("entry_point", None)
-        if not entry:
-            raise ValueError("model 'custom' needs entry_point: 'module:function'")
-        factory = load_entry_point(entry)
-    elif name in MODELS:
-        factory = MODELS[name]
-    else:
-        raise ValueError(f"unknown model {name!r}; accepted: {sorted(MODELS) + ['custom']}")
-    spec = {key: tuple(value) if isinstance(value, list) else value for key, value in spec.items()}  # YAML lists
-    try:
-        model = factory(tuple(input_shape), num_classes, **spec)
-    except TypeError as error:
-        raise ValueError(f"model {name!r}: bad options {spec}: {error}") from None
+    name, model = build_from_spec(spec, MODELS, tuple(input_shape), num_classes)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {name!r} factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
