@@ -93,9 +93,11 @@ def centres(iterations: Any, every: int) -> list[int]:
 
 
 def manifest(args: argparse.Namespace, trajectory: Any, iterations: list[int]) -> dict[str, Any]:
-    """What the folder's files depend on (the settings and the run), as JSON would read it back."""
-    settings = {key: value for key, value in vars(args).items() if key not in ("out_dir", "no_progress")}
-    settings["trajectory"] = os.path.abspath(args.trajectory)
+    """What the folder's files depend on (the settings and the run), as JSON would read it back. The run is named by
+    its config and checkpoints, not by its path, so a moved results folder still resumes and two copies of one run
+    write the same bytes."""
+    settings = {key: value for key, value in vars(args).items()
+                if key not in ("out_dir", "no_progress", "trajectory")}
     record = {"format": FORMAT, "settings": settings, "run": trajectory.config,
               "trajectory_iterations": [int(i) for i in trajectory.iterations], "centres": iterations}
     return json.loads(json.dumps(record, sort_keys=True, default=str))
