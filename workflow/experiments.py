@@ -56,10 +56,6 @@ def folder_id(readable: str, settings: dict[str, Any]) -> str:
     return f"{readable}-{digest(settings)}"
 
 
-def number(value: float) -> str:
-    return f"{value:g}"
-
-
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``override`` written over it; nested mappings merge, anything else is replaced."""
     merged = copy.deepcopy(base)
@@ -177,6 +173,8 @@ class Experiment:
     variants: list[Variant]
     outputs: list[dict[str, str]] = field(default_factory=list)  # {path (under results), kind, run, label}
     compare: dict[str, dict[str, Any]] = field(default_factory=dict)  # figure path -> {kind, inputs, labels}
+    # (run, "spectra" | "landscape_<method>") -> {input file: variant label}: what a sweep's comparison could show
+    comparable: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 class Plan:
@@ -333,6 +331,9 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
     def output(path: str, kind: str, run: str) -> None:
         experiment.outputs.append({"path": path, "kind": kind, "run": run, "label": label})
 
+    def comparable(run: str, key: str, path: str) -> None:
+        experiment.comparable.setdefault((run, key), {}).setdefault(path, label)
+
     spectra_id = None
     if spectra["enabled"]:
         spectra_settings = {"evaluation": evaluation, "spectra": _pick(spectra, SPECTRA_WHAT)}
@@ -386,10 +387,12 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
         output(f"{run}/trajectory.h5", "trajectory", run)
         if spectra_id:
             output(f"{run}/spectra/{spectra_id}/spectra.h5", "spectra", run)
+            comparable(run, "spectra", f"{run}/spectra/{spectra_id}/spectra.h5")
             output(f"{run}/spectra/{spectra_id}/densities", "densities", run)
         for method, lid in landscape_ids.items():
             folder = f"{run}/landscape/{lid}"
             output(f"{folder}/contour{log}.png", f"{method} contour", run)
+            comparable(run, f"landscape_{method}", f"{folder}/landscape_2d.h5")
             output(f"{folder}/surface{log}.png", f"{method} surface", run)
             output(f"{folder}/surface.vtk", f"{method} surface (VTK)", run)
             if landscape["line"]:
@@ -410,18 +413,7 @@ def _plan_comparisons(plan: Plan, experiment: Experiment) -> None:
     """A figure per run and output kind whose folder differs between the sweep's variants (side by side)."""
     if len(experiment.variants) < 2:
         return
-    groups: dict[tuple[str, str], dict[str, str]] = {}
-    for item in experiment.outputs:
-        path, kind = item["path"], item["kind"]
-        if path.endswith("/spectra.h5"):
-            key = "spectra"
-        elif kind.endswith(" contour"):
-            key = f"landscape_{kind.split()[0]}"
-            path = path.rsplit("/", 1)[0] + "/landscape_2d.h5"
-        else:
-            continue
-        groups.setdefault((item["run"], key), {}).setdefault(path, item["label"])
-    for (run, key), inputs in groups.items():
+    for (run, key), inputs in experiment.comparable.items():
         if len(inputs) > 1:
             experiment.compare[f"experiments/{experiment.name}/compare/{run}/{key}.png"] = {
                 "kind": "spectra" if key == "spectra" else "landscapes", "inputs": list(inputs),

@@ -130,10 +130,10 @@ def mpi_launcher(wildcards, resources):
     return f"{mpi} -n {resources.tasks} " if mpi else ""
 
 
-def settings_json(kind, wildcard):
-    """What defines a job's folder, written to its settings.yaml (and from there into each HDF5 provenance)."""
-    return lambda w: json.dumps({"kind": kind, "id": getattr(w, wildcard),
-                                 "settings": job(kind, getattr(w, wildcard)).settings}, sort_keys=True)
+def settings_json(kind, job_id, **where):
+    """What defines a job's folder (``where``: the run(s) it belongs to), for its settings.yaml and from there each
+    HDF5 file's provenance."""
+    return json.dumps({**where, "kind": kind, "id": job_id, "settings": job(kind, job_id).settings}, sort_keys=True)
 
 
 def all_targets():

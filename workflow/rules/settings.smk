@@ -14,8 +14,7 @@ rule analysis_settings:
         folder="|".join(FOLDER_KINDS),
         aid="|".join(re.escape(i) for kind in FOLDER_KINDS.values() for i in PLAN.ids(kind)) or "NO_JOBS",
     params:
-        json=lambda w: json.dumps({"run": w.run, "kind": FOLDER_KINDS[w.folder], "id": w.aid,
-                                   "settings": job(FOLDER_KINDS[w.folder], w.aid).settings}, sort_keys=True),
+        json=lambda w: settings_json(FOLDER_KINDS[w.folder], w.aid, run=w.run),
     localrule: True
     conda:
         ENV
@@ -29,8 +28,7 @@ rule interpolation_settings:
     log:
         f"{R}/{{run}}/interpolation/{{other}}/{{iid}}/logs/settings.log",
     params:
-        json=lambda w: json.dumps({"run": w.run, "other": w.other, "kind": "interpolation", "id": w.iid,
-                                   "settings": job("interpolation", w.iid).settings}, sort_keys=True),
+        json=lambda w: settings_json("interpolation", w.iid, run=w.run, other=w.other),
     localrule: True
     conda:
         ENV
