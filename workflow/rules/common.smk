@@ -86,13 +86,6 @@ def from_job(kind, wildcard, pick):
     return lambda w, **_: pick(execution(kind, getattr(w, wildcard)))
 
 
-def mpi_of(kind, wildcard, key):
-    """Resources `mpi` (the launcher; empty for one task: a plain process, which the SLURM plugin then does not
-    treat as MPI) and `tasks` (ranks) of a job that can run under MPI."""
-    tasks = from_job(kind, wildcard, lambda cfg: key(cfg)["mpi_tasks"])
-    return {"mpi": lambda w: LAUNCHER if tasks(w) > 1 else "", "tasks": tasks}
-
-
 def gpus(cfg, tasks):
     """GPUs of a job: `resources.gpu` for one rank; for several, one per `ranks_per_gpu` ranks (each rank binds
     local_rank % visible GPUs), none if `resources.gpu` is 0."""
@@ -101,13 +94,18 @@ def gpus(cfg, tasks):
     return -(-tasks // cfg["resources"]["ranks_per_gpu"])
 
 
-def resources_of(kind, wildcard, gpu=True, ranks=None):
-    """mem_mb, runtime and (model-evaluating rules) gpu of a job; ``ranks(cfg)`` is its number of MPI ranks. A
-    multi-rank GPU job also declares tasks_per_gpu, which the SLURM plugin turns into --ntasks-per-gpu."""
+def resources_of(kind, wildcard, gpu=True, mpi=None):
+    """mem_mb, runtime and (model-evaluating rules) gpu of a job. ``mpi(cfg)`` names the config section whose
+    `mpi_tasks` gives a job's MPI ranks: it adds `mpi` (the launcher; empty for one task, a plain process, which the
+    SLURM plugin then does not treat as MPI) and `tasks`, and a multi-rank GPU job's tasks_per_gpu, which the
+    plugin turns into --ntasks-per-gpu."""
     out = {name: from_job(kind, wildcard, lambda cfg, name=name: cfg["resources"][name])
            for name in ("mem_mb", "runtime")}
+    tasks = (lambda cfg: mpi(cfg)["mpi_tasks"]) if mpi else (lambda cfg: 1)
+    if mpi:
+        ranks = from_job(kind, wildcard, tasks)
+        out.update(mpi=lambda w: LAUNCHER if ranks(w) > 1 else "", tasks=ranks)
     if gpu:
-        tasks = ranks or (lambda cfg: 1)
         out["gpu"] = from_job(kind, wildcard, lambda cfg: gpus(cfg, tasks(cfg)))
         out["tasks_per_gpu"] = from_job(kind, wildcard, lambda cfg: min(cfg["resources"]["ranks_per_gpu"], tasks(cfg)))
     return out

@@ -18,8 +18,7 @@ rule eigendirections:
             f"{centre_arg('--iteration', cfg['landscape']['centre'])} {eval_args(cfg)} {hvp_args(cfg)}")),
     threads: threads_of("eigendirections", "eid")
     resources:
-        **mpi_of("eigendirections", "eid", lambda cfg: cfg["directions"]["hessian"]),
-        **resources_of("eigendirections", "eid", ranks=lambda cfg: cfg["directions"]["hessian"]["mpi_tasks"]),
+        **resources_of("eigendirections", "eid", mpi=lambda cfg: cfg["directions"]["hessian"]),
     conda:
         ENV
     shell:

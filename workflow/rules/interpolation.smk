@@ -22,8 +22,7 @@ rule interpolate:
             f"{hvp_args(cfg)}")),
     threads: threads_of("interpolation", "iid")
     resources:
-        **mpi_of("interpolation", "iid", lambda cfg: cfg["spectra"]),
-        **resources_of("interpolation", "iid", ranks=lambda cfg: cfg["spectra"]["mpi_tasks"]),
+        **resources_of("interpolation", "iid", mpi=lambda cfg: cfg["spectra"]),
     conda:
         ENV
     shell:
@@ -77,8 +76,7 @@ rule interpolation_plane:
         args=from_job("interpolation", "iid", plane_args),
     threads: threads_of("interpolation", "iid")
     resources:
-        **mpi_of("interpolation", "iid", lambda cfg: cfg["landscape"]),
-        **resources_of("interpolation", "iid", ranks=lambda cfg: cfg["landscape"]["mpi_tasks"]),
+        **resources_of("interpolation", "iid", mpi=lambda cfg: cfg["landscape"]),
     conda:
         ENV
     shell:

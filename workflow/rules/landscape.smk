@@ -20,8 +20,7 @@ rule landscape:
             f"--grid-batching {cfg['landscape']['grid_batching']} {eval_args(cfg)}")),
     threads: threads_of("landscape", "lid")
     resources:
-        **mpi_of("landscape", "lid", lambda cfg: cfg["landscape"]),
-        **resources_of("landscape", "lid", ranks=lambda cfg: cfg["landscape"]["mpi_tasks"]),
+        **resources_of("landscape", "lid", mpi=lambda cfg: cfg["landscape"]),
     conda:
         ENV
     shell:

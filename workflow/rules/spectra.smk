@@ -19,8 +19,7 @@ rule spectrum_chunk:
             f"--every {cfg['spectra']['every']} {slq_args(cfg)} {parallel_args(cfg)} {eval_args(cfg)} {hvp_args(cfg)}")),
     threads: threads_of("spectra", "sid")
     resources:
-        **mpi_of("spectra", "sid", lambda cfg: cfg["spectra"]),
-        **resources_of("spectra", "sid", ranks=lambda cfg: cfg["spectra"]["mpi_tasks"]),
+        **resources_of("spectra", "sid", mpi=lambda cfg: cfg["spectra"]),
     conda:
         ENV
     shell:
