@@ -48,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="figure to write (.png/.pdf/.svg)")
     parser.add_argument("--iteration", type=int, default=None,
                         help="checkpoint whose spectra are compared (default: the last one common to all files)")
-    parser.add_argument("--sigma", type=float, default=None,
-                        help="Gaussian width of the densities (default: range of all files' nodes / 500)")
+    cli.add_sigma_argument(parser)  # the nodes shown together: every file's at the compared checkpoint
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=None,
                         help="log-scale density axis (spectra; default on), log-spaced contour levels or log loss "
                              "axis (landscapes; default off)")
@@ -99,19 +98,17 @@ def _span(iterations: set[int]) -> str:
 
 def compare_spectra(spectra: Sequence[Spectra], paths: Sequence[str], labels: Sequence[str],
                     iteration: int | None = None, sigma: float | None = None) -> SpectraComparison:
-    """Densities of every file's checkpoint ``iteration`` with one sigma on one grid (comparable curves)."""
-    from .core.slq import default_density_grid, default_sigma, gaussian_density
+    """Densities of every file's checkpoint ``iteration`` with one sigma on one grid (comparable curves), as the
+    frames draw a sequence: the files' entries form one set for ``render.spectrum_plots.common_density``."""
+    from .render.spectrum_plots import common_density
+    from .storage.spectra import Spectra
 
-    if sigma is not None and not sigma > 0:
-        raise ValueError(f"--sigma must be > 0, got {sigma}")
     it = common_iteration(spectra, paths, iteration)
     entries = [s.entries[it] for s in spectra]
-    all_nodes = np.concatenate([np.ravel(e.nodes) for e in entries])
-    width = default_sigma(all_nodes) if sigma is None else float(sigma)
-    grid = default_density_grid(all_nodes, n_points=DENSITY_POINTS, sigma=width)
-    densities = np.stack([gaussian_density(e.nodes, e.weights, grid, width) for e in entries])
+    shown = common_density(Spectra(dict(enumerate(entries))), sigma, n_points=DENSITY_POINTS)
+    densities = np.stack([shown.densities[index] for index in range(len(entries))])
     rows = tuple(tuple(float(e.summary.get(key, np.nan)) for key, _ in TABLE_COLUMNS) for e in entries)
-    return SpectraComparison(it, width, grid, densities, tuple(labels), rows)
+    return SpectraComparison(it, shown.sigma, shown.grid, densities, tuple(labels), rows)
 
 
 def spectra_figure(comparison: SpectraComparison, *, log_scale: bool = True, title: str | None = None) -> Figure:
@@ -199,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{labels} for {paths}")
     if args.landscapes and (args.iteration is not None or args.sigma is not None):
         raise ValueError("--iteration and --sigma apply to --spectra only")
+    cli.check_sigma(args.sigma)
     from .core.plots import save_figure
 
     if args.spectra:
