@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +46,59 @@ def build_from_spec(spec: dict[str, Any] | str, registry: dict[str, Callable[...
     else:
         raise ValueError(f"unknown {kind} {name!r}; accepted: {sorted(registry) + ['custom']}")
     options = {key: tuple(value) if isinstance(value, list) else value for key, value in spec.items()}
+    check_options(factory, options, *args, what=f"{kind} {name!r}")
     try:
         return name, factory(*args, **options)
     except TypeError as error:
         raise ValueError(f"{kind} {name!r}: bad options {options}: {error}") from None
+
+
+def check_options(factory: Callable[..., Any], options: dict[str, Any], *args: Any, what: str = "factory") -> None:
+    """Reject options ``factory(*args, **options)`` would not accept, without calling it: unknown names, and values
+    whose type contradicts a simple annotation (int, float, bool, str, paths, tuples). For checking a config before
+    any job runs; what a call could still reject (a value out of range) is left to the call."""
+    signature = inspect.signature(factory)
+    try:
+        bound = signature.bind(*args, **options)
+    except TypeError as error:
+        accepted = [name for name, p in list(signature.parameters.items())[len(args):]
+                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        raise ValueError(f"{what}: options {sorted(options)} do not fit ({error}); accepted options: "
+                         f"{accepted or 'none'}") from None
+    try:
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # noqa: BLE001 - annotations that do not resolve are not checked
+        return
+    for name, value in bound.arguments.items():
+        if name in options and name in hints and not _fits(value, hints[name]):
+            raise ValueError(f"{what}: option {name}={value!r} is a {type(value).__name__}; expected "
+                             f"{_describe(hints[name])}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a simple annotation; annotations this does not know are taken as fitting."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is os.PathLike:
+        return isinstance(value, (str, os.PathLike))
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0] if args and (len(args) == 1 or args[-1] is Ellipsis) else None
+        return item is None or all(_fits(v, item) for v in value)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")

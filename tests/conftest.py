@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,9 @@ import pytest
 # TensorFlow (the tensorflow backend's tests) reads these at its import: quiet start-up, Keras on TensorFlow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+# the workflow's pure-Python modules (experiments.py, preflight.py) import as top-level modules, as in the Snakefile
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 torch = pytest.importorskip("torch")
 

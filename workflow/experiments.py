@@ -159,6 +159,7 @@ class Variant:
 
     config: dict[str, Any]
     swept: dict[str, Any]
+    runs: list[str] = field(default_factory=list)  # ids of the training runs it analyses
 
     @property
     def label(self) -> str:
@@ -227,6 +228,16 @@ def _experiments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return experiments
 
 
+def schema_message(error: BaseException) -> str:
+    """One line for a schema violation: the dotted key and jsonschema's message (Snakemake's error spreads it over
+    a dozen lines with the whole schema node)."""
+    for cause in (error, error.__cause__, error.__context__):
+        if hasattr(cause, "absolute_path") and hasattr(cause, "message"):
+            key = ".".join(str(part) for part in cause.absolute_path)
+            return f"{key}: {cause.message}" if key else cause.message
+    return " ".join(str(error).split())
+
+
 def _check_variant(where: str, config: dict[str, Any]) -> None:
     """The cross-key rules the schema cannot say."""
     for key, known in (("dataset", config["datasets"]), ("model", config["models"])):
@@ -293,7 +304,7 @@ def build_plan(config: dict[str, Any], schema: dict[str, Any],
                 validate(variant_config)
             except Exception as error:  # noqa: BLE001 - snakemake's WorkflowError wraps jsonschema's message
                 chosen = f" (sweep values {swept})" if swept else ""
-                raise ConfigError(f"{where}{error}{chosen}") from error
+                raise ConfigError(f"{where}{schema_message(error)}{chosen}") from error
             _check_variant(where, variant_config)
             variants.append(Variant(variant_config, swept))
         description = body.get("description", config.get("description", "")) or ""
@@ -326,6 +337,7 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
     centre = _centre(landscape["centre"])
     hessian = {**_pick(directions["hessian"], HESSIAN_WHAT), "evaluation": evaluation}
     runs = _runs_of(plan, variant)
+    variant.runs = list(runs)
     label = variant.label
 
     def output(path: str, kind: str, run: str) -> None:

@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..entry_points import load_entry_point
+from ..entry_points import check_options, load_entry_point
+from . import cifar10
 from .base import ArrayDataset, evaluation_indices
 from .cifar10 import DatasetNotFoundError, download_cifar10, load_cifar10
 from .digits import load_digits
@@ -26,8 +29,10 @@ LOADERS: dict[str, Callable[..., ArrayDataset]] = {
 
 __all__ = [
     "ArrayDataset",
+    "DatasetFacts",
     "DatasetNotFoundError",
     "LOADERS",
+    "dataset_facts",
     "download_cifar10",
     "evaluation_indices",
     "load_dataset",
@@ -46,6 +51,46 @@ def load_dataset(spec: dict[str, Any] | str) -> ArrayDataset:
         return LOADERS[name](**spec)
     except TypeError as error:
         raise ValueError(f"dataset {name!r}: bad options {spec}: {error}") from None
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a run needs to know of its dataset before training: the model's input and the iterations per epoch."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    n_train: int
+
+
+def dataset_facts(spec: dict[str, Any] | str) -> DatasetFacts | None:
+    """Check a dataset spec without training on it, and say its shape and size: names, option names and types, the
+    CIFAR-10 files (unless ``download: true``), a custom entry point's import. Reads no big data: CIFAR-10's and the
+    synthetic set's facts follow from their options; digits is loaded (small). None for a custom loader, whose data
+    only its call would tell."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name", None)
+    if name == "custom":
+        entry = spec.pop("entry_point", None)
+        if not entry:
+            raise ValueError("dataset 'custom' needs entry_point: 'module:function'")
+        check_options(load_entry_point(entry), spec, what=f"dataset {entry!r}")
+        return None
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; accepted: {sorted(LOADERS) + ['custom']}")
+    check_options(LOADERS[name], spec, what=f"dataset {name!r}")
+    if name == "cifar10":
+        if not spec.get("download", False):
+            cifar10.require_files(spec.get("root", "data"))
+        return DatasetFacts(cifar10.INPUT_SHAPE, cifar10.NUM_CLASSES, cifar10.TRAIN_SIZE)
+    if name == "synthetic":
+        options = {**_defaults(load_synthetic), **spec}
+        return DatasetFacts(tuple(options["shape"]), int(options["num_classes"]), int(options["n_train"]))
+    dataset = load_dataset({"name": name, **spec})
+    return DatasetFacts(dataset.input_shape, dataset.num_classes, len(dataset.x_train))
+
+
+def _defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    return {k: p.default for k, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
 
 
 def _load_custom(spec: dict[str, Any]) -> ArrayDataset:

@@ -28,6 +28,10 @@ MD5 = "c58f30108f718f92721af3b95e74349a"
 #: Standard per-channel statistics of the CIFAR-10 training set (pixel values scaled to [0, 1]).
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
+#: What a run needs to know of the dataset before reading it (the workflow's pre-flight check).
+TRAIN_SIZE = 50000
+INPUT_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -37,6 +41,24 @@ class DatasetNotFoundError(FileNotFoundError):
 def _folder(root: str | os.PathLike) -> Path:
     root = Path(root).expanduser()
     return root if root.name == FOLDER else root / FOLDER
+
+
+def missing_files(root: str | os.PathLike = "data") -> list[str]:
+    """The batch files of the standard python format that are not in ``root`` (or ``root/cifar-10-batches-py``)."""
+    folder = _folder(root)
+    return [name for name in (*TRAIN_BATCHES, TEST_BATCH) if not (folder / name).is_file()]
+
+
+def require_files(root: str | os.PathLike = "data") -> None:
+    """Raise DatasetNotFoundError, saying where to get them, if any batch file is missing."""
+    folder = _folder(root)
+    missing = missing_files(folder)
+    if missing:
+        raise DatasetNotFoundError(
+            f"CIFAR-10 not found: looked for {', '.join(missing)} in {folder.resolve()}. "
+            f"Get it with `dataset: {{name: cifar10, root: {folder.parent}, download: true}}` in the config, "
+            f"or download {URL} (md5 {MD5}) and extract it into {folder.parent.resolve()}."
+        )
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -59,23 +81,16 @@ def load_cifar10(root: str | os.PathLike = "data", download: bool = False, url: 
                  md5: str = MD5) -> ArrayDataset:
     """CIFAR-10 from ``root/cifar-10-batches-py`` normalized per channel; downloads only if asked."""
     folder = _folder(root)
-    missing = [name for name in (*TRAIN_BATCHES, TEST_BATCH) if not (folder / name).is_file()]
-    if missing and download:
+    if missing_files(folder) and download:
         download_cifar10(folder.parent, url=url, md5=md5)
-        missing = [name for name in (*TRAIN_BATCHES, TEST_BATCH) if not (folder / name).is_file()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"CIFAR-10 not found: looked for {', '.join(missing)} in {folder.resolve()}. "
-            f"Get it with `dataset: {{name: cifar10, root: {folder.parent}, download: true}}` in the config, "
-            f"or download {URL} (md5 {MD5}) and extract it into {folder.parent.resolve()}."
-        )
+    require_files(folder)
     train = [_read_batch(folder / name) for name in TRAIN_BATCHES]
     x_test, y_test = _read_batch(folder / TEST_BATCH)
     return ArrayDataset(
         name="cifar10",
         x_train=_normalize(np.concatenate([x for x, _ in train])),
         y_train=np.concatenate([y for _, y in train]),
-        num_classes=10,
+        num_classes=NUM_CLASSES,
         x_test=_normalize(x_test),
         y_test=y_test,
         meta={"root": str(folder), "mean": MEAN, "std": STD},

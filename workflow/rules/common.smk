@@ -4,22 +4,23 @@
 import json
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import yaml
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from experiments import ConfigError, build_plan, summary_settings  # noqa: E402
+from preflight import preflight  # noqa: E402
 
 SCHEMA_PATH = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 try:
     PLAN = build_plan(config, SCHEMA, lambda variant: validate(variant, str(SCHEMA_PATH), set_default=True))
+    if workflow.is_main_process:  # once, where the user starts the workflow (not again in each SLURM job)
+        preflight(PLAN)
 except ConfigError as error:
-    raise ValueError(f"config error: {error}") from None
+    raise SystemExit(f"config error: {error}") from None
 
 FIRST = next(iter(PLAN.experiments.values())).variants[0].config
 R = FIRST["results"].rstrip("/")

@@ -1,0 +1,43 @@
+"""Running the workflow from tests: the snakemake of this environment in the repository, and the plan it builds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``snakemake ARGS`` in the repository, with this environment's executables first on PATH."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def plan_of(config: dict):
+    """The plan as the workflow builds it: the config merged over the embedded default (Snakemake's --configfile)."""
+    from experiments import build_plan, deep_merge
+    from snakemake.utils import validate
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    return build_plan(deep_merge(DEFAULT_CONFIG, config), schema,
+                      lambda variant: validate(variant, str(SCHEMA_PATH), set_default=True))
+
+
+def config_copy(name: str, folder: Path) -> Path:
+    """A copy of ``config/<name>`` in ``folder`` that passes the pre-flight on a machine without CIFAR-10: its
+    ``download: false`` becomes true unless ``data/`` holds the dataset (a real run would download it first)."""
+    text = (ROOT / "config" / name).read_text()
+    if not (ROOT / "data" / "cifar-10-batches-py").is_dir():
+        text = text.replace("download: false", "download: true")
+    path = folder / name
+    path.write_text(text)
+    return path
