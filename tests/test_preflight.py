@@ -170,3 +170,14 @@ def test_the_train_step_rejects_bad_model_options_as_the_preflight_does(tmp_path
     assert result.returncode == 2
     assert "option hidden='wide' is a str; expected tuple[int, ...]" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("spec", [{"name": "digits"}, {"name": "synthetic", "n_train": 300, "shape": [2, 5, 5],
+                                                       "num_classes": 4}])
+def test_dataset_facts_agree_with_the_loaded_dataset(spec):
+    """The pre-flight sizes runs without loading their data: its facts must be the loaded dataset's."""
+    from gradvis_steps.data import dataset_facts, load_dataset
+
+    facts, dataset = dataset_facts(spec), load_dataset(spec)
+    assert (facts.input_shape, facts.num_classes, facts.n_train) == (dataset.input_shape, dataset.num_classes,
+                                                                     len(dataset.x_train))

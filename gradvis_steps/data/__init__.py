@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..entry_points import check_options, load_entry_point
-from . import cifar10
+from . import cifar10, digits
 from .base import ArrayDataset, evaluation_indices
 from .cifar10 import DatasetNotFoundError, download_cifar10, load_cifar10
 from .digits import load_digits
@@ -63,10 +63,9 @@ class DatasetFacts:
 
 
 def dataset_facts(spec: dict[str, Any] | str) -> DatasetFacts | None:
-    """Check a dataset spec without training on it, and say its shape and size: names, option names and types, the
-    CIFAR-10 files (unless ``download: true``), a custom entry point's import. Reads no big data: CIFAR-10's and the
-    synthetic set's facts follow from their options; digits is loaded (small). None for a custom loader, whose data
-    only its call would tell."""
+    """Check a dataset spec without loading it, and say its shape and size: names, option names and types, the
+    CIFAR-10 files (unless ``download: true``), a custom entry point's import. The built-in sets' facts are known
+    (synthetic: from its options); None for a custom loader, whose data only its call would tell."""
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = spec.pop("name", None)
     if name == "custom":
@@ -85,8 +84,7 @@ def dataset_facts(spec: dict[str, Any] | str) -> DatasetFacts | None:
     if name == "synthetic":
         options = {**_defaults(load_synthetic), **spec}
         return DatasetFacts(tuple(options["shape"]), int(options["num_classes"]), int(options["n_train"]))
-    dataset = load_dataset({"name": name, **spec})
-    return DatasetFacts(dataset.input_shape, dataset.num_classes, len(dataset.x_train))
+    return DatasetFacts(digits.INPUT_SHAPE, digits.NUM_CLASSES, digits.SAMPLES - digits.TEST_SIZE)
 
 
 def _defaults(function: Callable[..., Any]) -> dict[str, Any]:

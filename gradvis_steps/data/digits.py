@@ -8,6 +8,10 @@ from .base import ArrayDataset
 
 #: The digits set has no official split; the last ``TEST_SIZE`` samples form a fixed test split.
 TEST_SIZE = 297
+#: What a run needs to know of the dataset before loading it (the workflow's pre-flight check).
+SAMPLES = 1797
+INPUT_SHAPE = (1, 8, 8)
+NUM_CLASSES = 10
 
 
 def load_digits() -> ArrayDataset:
@@ -25,7 +29,7 @@ def load_digits() -> ArrayDataset:
         name="digits",
         x_train=normalize(x_train),
         y_train=y_train,
-        num_classes=10,
+        num_classes=NUM_CLASSES,
         x_test=normalize(images[-TEST_SIZE:]),
         y_test=labels[-TEST_SIZE:],
         meta={"source": "sklearn.datasets.load_digits", "mean": mean, "std": std},
