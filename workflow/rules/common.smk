@@ -17,7 +17,7 @@ SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 try:
     PLAN = build_plan(config, SCHEMA, lambda variant: validate(variant, str(SCHEMA_PATH), set_default=True))
-    if getattr(workflow, "is_main_process", True):  # once, where the user starts the workflow (not again in each SLURM job)
+    if getattr(workflow, "is_main_process", True):  # where the user starts it, not again in each SLURM job
         preflight(PLAN)
 except ConfigError as error:
     raise SystemExit(f"config error: {error}") from None
