@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,18 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 torch = pytest.importorskip("torch")
+
+try:  # the property-based tests (tests/test_properties.py); hypothesis comes with the test extra
+    from hypothesis import settings as hypothesis_settings
+except ImportError:
+    pass
+else:
+    # No example database and no per-example deadline (a loaded CI machine must not fail a property for being slow);
+    # a failure prints the blob that reproduces it. Hypothesis's caches (unicode tables, constants of the code under
+    # test) go to the temporary folder instead of .hypothesis/ in the repository.
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "gradvis-hypothesis"))
+    hypothesis_settings.register_profile("gradvis", database=None, deadline=None, print_blob=True)
+    hypothesis_settings.load_profile("gradvis")
 
 
 @pytest.fixture(autouse=True)

@@ -37,6 +37,8 @@ BAD_CONFIGS = [
     ("k-not-integer", {"spectra": {"k": "four"}}, "'four' is not of type 'integer'"),
     ("unknown-framework", {"train": {"framework": ["jax"]}}, "'jax' is not one of ['torch', 'tensorflow']"),
     ("zero-fps", {"frames": {"fps": 0}}, "0 is less than or equal to the minimum of 0"),
+    ("nan-fraction", {"evaluation": {"fraction": float("nan")}}, "evaluation.fraction: nan is not a finite number"),
+    ("infinite-lr", {"train": {"lr": [0.1, float("inf")]}}, "train.lr[1]: inf is not a finite number"),
     # the planner: rules between keys
     ("undefined-model-key", {"train": {"model": ["vgg"]}}, "train.model names 'vgg', which is not defined"),
     ("undefined-dataset-key", {"train": {"dataset": ["mnist"]}}, "train.dataset names 'mnist', which is not defined"),
