@@ -815,11 +815,10 @@ def test_invalid_values_are_rejected_naming_the_key_and_value(bad, in_experiment
     if path[-1] not in parent_properties(path):  # an unknown key: named, with the mapping it is in
         assert repr(path[-1]) in message and "unexpected" in message, message
         if len(path) > 1:
-            assert f"On instance{''.join(f'[{p!r}]' for p in path[:-1])}" in message, message
+            assert f"{'.'.join(path[:-1])}: " in message, message
     else:
         assert shown in message, message
-        dotted = ".".join(path) + ("[0]" if isinstance(value, list) and len(value) == 1 else "")
-        assert f"On instance{''.join(f'[{p!r}]' for p in path)}" in message or f"{dotted}: " in message, message
+        assert f"{'.'.join(path)}: " in message or f"{'.'.join(path)}[0]: " in message, message
     if in_experiment:
         assert message.startswith("experiments.mine: "), message
 

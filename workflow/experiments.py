@@ -244,7 +244,7 @@ def schema_message(error: BaseException) -> str:
     a dozen lines with the whole schema node)."""
     for cause in (error, error.__cause__, error.__context__):
         if hasattr(cause, "absolute_path") and hasattr(cause, "message"):
-            key = ".".join(str(part) for part in cause.absolute_path)
+            key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in cause.absolute_path)[1:]
             return f"{key}: {cause.message}" if key else cause.message
     return " ".join(str(error).split())
 
