@@ -2,7 +2,7 @@
 
     python -m gradvis_steps.compare --spectra m20/spectra.h5 m30/spectra.h5 --labels "m=20" "m=30" \\
         --out compare_spectra.png
-    python -m gradvis_steps.compare --landscapes a/pca.h5 b/pca.h5 --labels "seed 0" "seed 1" \\
+    python -m gradvis_steps.compare --landscapes r20/pca.h5 r40/pca.h5 --labels "resolution 20" "resolution 40" \\
         --out compare_landscapes.png
 
 Spectra: the densities of one checkpoint (``--iteration``, default the last one every file holds) are
@@ -10,6 +10,9 @@ smoothed with one Gaussian width and evaluated on one grid, so the curves are co
 one axes beside a table of lambda_max, lambda_min and the negative mass of each. Landscapes: 2D ones as
 contours side by side on one set of colour levels (the same loss has the same colour in every panel),
 1D ones as curves on one axes.
+
+The files must belong to one run (``storage.runs``): a sweep varies the analysis, not the training. To put
+different runs side by side (e.g. two seeds), say so with ``--across-runs``; the labels should then name the runs.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=None,
                         help="log-scale density axis (spectra; default on), log-spaced contour levels or log loss "
                              "axis (landscapes; default off)")
+    parser.add_argument("--across-runs", action="store_true",
+                        help="the files may belong to different training runs (e.g. seeds side by side); without it "
+                             "they must all belong to one run")
     parser.add_argument("--title", default=None, help="figure title")
     parser.add_argument("--dpi", type=cli.positive_int, default=120)
     return parser
@@ -198,19 +204,21 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--iteration and --sigma apply to --spectra only")
     cli.check_sigma(args.sigma)
     from .core.plots import save_figure
+    from .storage import runs
+    from .storage.landscape import load_landscape
+    from .storage.spectra import load_spectra
 
+    loaded = [load_spectra(p) if args.spectra else load_landscape(p) for p in paths]
+    if not args.across_runs:  # a sweep varies the analysis of one run
+        kind = "spectra file" if args.spectra else "landscape file"
+        runs.check_same_runs(runs.Source(kind, path, item.runs) for path, item in zip(paths, loaded, strict=True))
     if args.spectra:
-        from .storage.spectra import load_spectra
-
-        comparison = compare_spectra([load_spectra(p) for p in paths], paths, labels, args.iteration, args.sigma)
+        comparison = compare_spectra(loaded, paths, labels, args.iteration, args.sigma)
         log_scale = True if args.log_scale is None else args.log_scale
         fig = spectra_figure(comparison, log_scale=log_scale, title=args.title)
         what = f"{len(paths)} spectra at iteration {comparison.iteration}"
     else:
-        from .storage.landscape import load_landscape
-
-        fig = landscapes_figure([load_landscape(p) for p in paths], paths, labels, log_scale=bool(args.log_scale),
-                                title=args.title)
+        fig = landscapes_figure(loaded, paths, labels, log_scale=bool(args.log_scale), title=args.title)
         what = f"{len(paths)} landscapes"
     save_figure(fig, args.out, dpi=args.dpi)
     print(f"wrote {what} side by side to {args.out}", file=sys.stderr)

@@ -9,6 +9,10 @@ batch-norm parameters set to zero; PCA components and Hessian eigenvectors are k
 eigenvector stays an eigenvector and a principal axis stays a principal axis (pass ``--normalization
 filter`` to normalize them anyway). The stored vectors are exactly the ones the landscape spans and the
 trajectory is projected on.
+
+The file records the run its vectors belong to (``storage.runs``; the pair A, B for ``--method interpolation``);
+eigendirections (``--method hessian``) and a custom gradvis HDF5 file that records a run must belong to the
+trajectory's run.
 """
 
 from __future__ import annotations
@@ -59,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     from .core.directions import load_directions, random_directions
     from .core.pca import trajectory_pca
     from .provenance import provenance
+    from .storage import runs
     from .storage.directions import Directions, load_directions_file, save_directions
     from .storage.trajectory import Trajectory
 
     with Trajectory(args.trajectory) as traj:
+        this_run = runs.Source.of_trajectory(traj, args.trajectory)
+        belongs_to = [traj.run]
         center_index = -1 if args.center_iteration is None else traj.index_of_iteration(args.center_iteration)
         center = traj.params(center_index)
         center_iteration = int(traj.iterations[center_index])
@@ -91,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.eigendirections:
                 raise ValueError("method hessian needs --eigendirections FILE (from gradvis_steps.eigendirections)")
             eig = load_directions_file(args.eigendirections)
+            runs.check_trajectory(this_run, runs.Source("eigendirections file", args.eigendirections, eig.runs))
             eig = eig.select(args.pick if args.pick is not None else list(range(args.count)))
             if eig.vectors.shape[1] != traj.dim:
                 raise ValueError(f"{args.eigendirections} has vectors of length {eig.vectors.shape[1]}, "
@@ -110,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 if other.layout != traj.layout:
                     raise ValueError(f"{args.trajectory_b} holds a different model than {args.trajectory}")
                 theta_b = other.params(-1)
+                belongs_to = [traj.run, other.run]
             # Paper section 3.4: the plane through both minima and a third point (here the first run's init):
             # theta_A + x (theta_B - theta_A) + y (theta_A_init - theta_A); B sits at (1, 0), the init at (0, 1).
             vectors = np.stack([theta_b.astype(np.float64) - center, traj.params(0).astype(np.float64) - center])
@@ -117,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not args.custom:
                 raise ValueError("method custom needs --custom FILE with the directions")
+            custom = runs.Source("custom directions file", args.custom, runs.in_hdf5(args.custom))
+            runs.check_trajectory(this_run, custom, warn=False, hint="; to use them anyway, save the vectors as .npy")
             vectors = load_directions(args.custom, traj.dim)
             labels = [f"custom direction {i + 1}" for i in range(len(vectors))]
         if normalization != "none":
@@ -127,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         config = {key: value for key, value in vars(args).items() if key != "out"}
         result = Directions(np.asarray(vectors, dtype=np.float32), "eigenvector" if args.method == "hessian"
                             else args.method, tuple(labels), normalization, center_iteration,
-                            config=config, provenance=provenance({**config, "run": traj.config}), **extra)
+                            config=config, provenance=provenance({**config, "run": traj.config}), runs=belongs_to,
+                            **extra)
     save_directions(result, args.out)
     print(f"wrote {len(result)} {args.method} directions ({normalization} normalization) to {args.out}",
           file=sys.stderr)

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             vectors=objective.to_numpy(pairs.vectors).astype(np.float32), method="eigenvector", labels=tuple(labels),
             normalization="none", center_iteration=iteration, eigenvalues=pairs.values, residuals=pairs.residuals,
             config={**config, "run": traj.config},
-            provenance=provenance(config, hvp=hvp, ranks=comm.size, **layout.record()),
+            provenance=provenance(config, hvp=hvp, ranks=comm.size, **layout.record()), runs=[traj.run],
         )
     comm.barrier()
     if comm.rank != 0:

@@ -8,7 +8,9 @@ density. Several ``--landscape`` files centred at different checkpoints make a m
 on the landscape whose centre is the largest <= t (the first one if none). Interpolation (Figure 8): [the plane
 through both minima and A's initial point with the current point | ] the loss along the line | the density. All
 densities of a sequence share one grid and one Gaussian width (``--sigma``, else range/500 over all the points);
-the folder (``frame_000000.png``, ..., ``frames.json`` recording sigma and its rule) appears whole.
+the folder (``frame_000000.png``, ..., ``frames.json`` recording sigma and its rule, and the run(s) shown) appears
+whole. The inputs must belong to the same run(s) (``storage.runs``): the same training run, or the same pair of
+runs for an interpolation.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.check_sigma(args.sigma)
     from .render.frames import InterpolationFrames, TrainingFrames, write_frames
+    from .storage import runs
     from .storage.atomic import atomic_folder
     from .storage.landscape import load_landscape
     from .storage.spectra import load_spectra
@@ -66,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("kind training needs --landscape FILE [FILE ...]")
         if args.line or args.plane:
             raise ValueError("--line and --plane belong to kind interpolation, not training")
-        landscapes = [load_landscape(path) for path in landscape_files(args.landscape)]
+        paths = landscape_files(args.landscape)
+        landscapes = [load_landscape(path) for path in paths]
+        inputs = [runs.Source("landscape file", path, result.runs)
+                  for path, result in zip(paths, landscapes, strict=True)]
     else:
         if not args.line:
             raise ValueError("kind interpolation needs --line FILE")
@@ -74,17 +80,22 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--landscape belongs to kind training; kind interpolation takes --plane FILE")
         line = load_landscape(args.line)
         plane = load_landscape(args.plane) if args.plane else None
+        inputs = [runs.Source("interpolation line", args.line, line.runs),
+                  *([runs.Source("interpolation plane", args.plane, plane.runs)] if plane is not None else [])]
     spectra = load_spectra(args.spectra)
+    shown = runs.check_same_runs([*inputs, runs.Source("spectra file", args.spectra, spectra.runs)])
     if not spectra.entries:
         raise ValueError(f"{args.spectra} holds no spectra")
     if args.kind == "training":
         frames = TrainingFrames(landscapes, spectra, sigma=args.sigma, log_scale=args.log_scale,
                                 log_levels=args.log_levels, dpi=args.dpi)
-        extra = {}
+        extra: dict = {}
     else:
         frames = InterpolationFrames(line, spectra, plane=plane, sigma=args.sigma, log_scale=args.log_scale,
                                      log_levels=args.log_levels, dpi=args.dpi)
         extra = {"plane": args.plane is not None}
+    if shown is not None:
+        extra["runs"] = shown
     out = Path(args.out_dir)
     with atomic_folder(out) as staging:  # the folder appears whole or not at all
         # no input paths in the record: the same results rendered in another folder give the same bytes

@@ -9,7 +9,8 @@ beyond both ends) the loss and accuracy on the evaluation subset and the Hessian
 computed. Batch-norm statistics are interpolated the same way. Under ``mpiexec`` the spectra run
 iteration-, data- or hybrid-parallel (``--parallel``, as in the spectrum step; data and hybrid also
 shard the line's loss evaluations); rank 0 writes. The line is written as a 1D landscape
-(plot it with ``plot_landscape --line``), the spectra as a spectra file keyed by point index.
+(plot it with ``plot_landscape --line``), the spectra as a spectra file keyed by point index; both record the
+pair of runs (A, B) they belong to (``storage.runs``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         group_size = resolve_group_size(args.group_size, args.k, objective.device_type, layout.n_groups)
         theta_a, theta_b = traj_a.params(-1).astype(np.float64), traj_b.params(-1).astype(np.float64)
         buffers_a, buffers_b = traj_a.buffers(-1), traj_b.buffers(-1)
+        pair = [traj_a.run, traj_b.run]
         ts = np.linspace(-args.margin, 1 + args.margin, args.points)
         config = {key: value for key, value in vars(args).items() if key not in ("out_line", "out_spectra",
                                                                                  "no_progress")}
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                                "vector_kind": args.vector, "t": ts.tolist(), "group_size": group_size,
                                "sigma_rule": stored_sigma_rule(args.sigma),
                                "config": {**config, "run_a": traj_a.config, "run_b": traj_b.config},
-                               "provenance": provenance(config, ranks=comm.size, **layout.record())})
+                               "provenance": provenance(config, ranks=comm.size, **layout.record()),
+                               "runs": pair})
         losses, accuracies = np.empty(len(ts)), np.empty(len(ts))
         for index, t in enumerate(tqdm(ts, desc="interpolation", unit="pt",
                                        disable=args.no_progress or comm.rank != 0)):
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             line = LandscapeResult(axes=(ts,), loss=losses, accuracy=accuracies, method="interpolation",
                                    labels=(f"t: (1-t) θ_A + t θ_B   (|θ_B - θ_A| = {distance:.3g})",),
                                    normalization="none", config={**config, "distance": distance},
-                                   provenance=provenance(config, ranks=comm.size, **layout.record()))
+                                   provenance=provenance(config, ranks=comm.size, **layout.record()), runs=pair)
             save_landscape(line, args.out_line)
             if args.out_spectra:
                 save_spectra(spectra, args.out_spectra)

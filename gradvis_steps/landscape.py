@@ -8,7 +8,8 @@ over the projected trajectory's bounding box plus a border (paper: 40%), evaluat
 each grid point on the evaluation subset, and evaluate the loss at the projected points and at the
 checkpoints themselves. Started with ``mpiexec -n R``, the grid is split into R contiguous chunks and
 gathered on rank 0 (MPI_Gatherv). Partial results are flushed to ``<out>.partial-*.npz`` so an
-interrupted run resumes where it stopped, with any number of ranks.
+interrupted run resumes where it stopped, with any number of ranks. The directions must belong to the
+trajectory's run (the first of their pair for an interpolation plane); the landscape records the directions' run(s).
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from .core.parallel import distributed_values, world
     from .core.projection import project_trajectory
     from .provenance import provenance
+    from .storage import runs
     from .storage.directions import load_directions_file
     from .storage.landscape import save_landscape
     from .storage.trajectory import Trajectory
@@ -139,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     vectors = np.asarray(directions.vectors[: args.dims], dtype=np.float64)
     progress = not args.no_progress and comm.rank == 0
     with Trajectory(args.trajectory) as traj:
+        runs.check_trajectory(runs.Source.of_trajectory(traj, args.trajectory),
+                              runs.Source("directions file", args.directions, directions.runs), warn=comm.rank == 0)
+        # an older directions file records no run: the trajectory's, unless it is a plane of two runs
+        belongs_to = directions.runs if directions.runs is not None else (
+            None if directions.method == "interpolation" else [traj.run])
         if vectors.shape[1] != traj.dim:
             raise ValueError(f"{args.directions} has vectors of length {vectors.shape[1]}, "
                              f"{args.trajectory} has {traj.dim} parameters")
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress")}
         # the same values whichever path evaluates them (to float rounding): a resume may change --grid-batching
         same_points = {key: value for key, value in config.items() if key != "grid_batching"}
-        signature = json.dumps({**same_points, "axes": [a.tolist() for a in grid.axes],
+        signature = json.dumps({**same_points, "axes": [a.tolist() for a in grid.axes], "run": traj.run["digest"],
                                 "directions_digest": file_digest(args.directions)}, sort_keys=True)
         signature = hashlib.sha256(signature.encode()).hexdigest()
         partial = PartialStore(out, signature, comm.rank)
@@ -210,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 provenance=provenance(config, ranks=comm.size, grid_seconds=round(grid_seconds, 3),
                                       seconds_per_point=grid_seconds * comm.size / max(grid.n_points, 1),
                                       grid_batching=batching_record(objective)),
+                runs=belongs_to,
             )
             save_landscape(result, out)
             partial.remove_all()

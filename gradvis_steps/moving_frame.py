@@ -12,7 +12,8 @@ the centre) and the landscape step, and writes::
 
     OUT/centre_<iteration:06d>.h5              the landscape centred at that checkpoint (the video's frames)
     OUT/directions/centre_<iteration:06d>.h5   the two eigenvectors spanning it, with their eigenvalues
-    OUT/.moving_frame.json                     the settings, which a later run checks before reusing files
+    OUT/.moving_frame.json                     the settings and the run, which a later run checks before reusing
+                                               files
 
 An eigenvector's sign is arbitrary, so each plane's axes are flipped where needed to point the way of the
 previous centre's (non-negative dot products; an eigenvector stays one), and consecutive frames do not
@@ -21,7 +22,8 @@ mirror each other.
 The folder is built as the hidden sibling ``.OUT.partial`` and renamed to OUT at the end, so it appears
 whole. A killed run resumes there: finished centres are skipped (and a landscape resumes its own grid
 points); a run on an OUT that is complete but lacks some files (removed by hand) recomputes only those.
-Files made with other settings are never reused. Serial: not for ``mpiexec``.
+Files made with other settings or for another run (``storage.runs``: every landscape and directions file records its
+run) are never reused. Serial: not for ``mpiexec``.
 """
 
 from __future__ import annotations
@@ -94,11 +96,13 @@ def centres(iterations: Any, every: int) -> list[int]:
 
 def manifest(args: argparse.Namespace, trajectory: Any, iterations: list[int]) -> dict[str, Any]:
     """What the folder's files depend on (the settings and the run), as JSON would read it back. The run is named by
-    its config and checkpoints, not by its path, so a moved results folder still resumes and two copies of one run
-    write the same bytes."""
+    its config, identity (``storage.runs``) and checkpoints, not by its path, so a moved results folder still
+    resumes and two copies of one run write the same bytes."""
+    from .storage import runs
+
     settings = {key: value for key, value in vars(args).items()
                 if key not in ("out_dir", "no_progress", "trajectory")}
-    record = {"format": FORMAT, "settings": settings, "run": trajectory.config,
+    record = {"format": FORMAT, "settings": settings, "run": trajectory.config, runs.ATTRIBUTE: [trajectory.run],
               "trajectory_iterations": [int(i) for i in trajectory.iterations], "centres": iterations}
     return json.loads(json.dumps(record, sort_keys=True, default=str))
 
@@ -111,14 +115,25 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def same_manifest(found: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
+    """``found`` (a folder's manifest) says what ``wanted`` says; one written before runs were recorded matches
+    when everything else does (the same config and checkpoints)."""
+    from .storage import runs
+
+    if found is None or runs.ATTRIBUTE in found:
+        return found == wanted
+    return found == {key: value for key, value in wanted.items() if key != runs.ATTRIBUTE}
+
+
 def prepare_staging(out: Path, staging: Path, wanted: dict[str, Any]) -> None:
-    """Reuse a staging folder (or a finished OUT) made with the same settings; start afresh otherwise."""
+    """Reuse a staging folder (or a finished OUT) made with the same settings for the same run; start afresh
+    otherwise."""
     from .storage.atomic import write_json
 
-    if staging.exists() and read_manifest(staging) != wanted:
-        print(f"{staging} was made with other settings: starting over", file=sys.stderr)
+    if staging.exists() and not same_manifest(read_manifest(staging), wanted):
+        print(f"{staging} was made with other settings or for another run: starting over", file=sys.stderr)
         shutil.rmtree(staging)
-    if not staging.exists() and out.is_dir() and read_manifest(out) == wanted:
+    if not staging.exists() and out.is_dir() and same_manifest(read_manifest(out), wanted):
         out.rename(staging)  # complete it: only the centres whose files are missing are computed
     staging.mkdir(parents=True, exist_ok=True)
     write_json(staging / MANIFEST, wanted)

@@ -10,7 +10,8 @@ figures (Hutchinson trace, extreme eigenvalues, negative mass) are stored. Under
 starting vectors of each checkpoint are split over the ranks (``--parallel iteration``, Algorithm 5; the
 result equals the serial one bitwise), or every rank runs all chains over a shard of the evaluation
 batches (``--parallel data``, Algorithm 4), or both (``--parallel hybrid --ranks-per-group D``); rank 0
-gathers and writes. Finished checkpoints are kept in ``<out>.partial`` so an interrupted run resumes.
+gathers and writes. Finished checkpoints are kept in ``<out>.partial`` so an interrupted run resumes (not from a
+partial file of other settings or of another run: that one is started over).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoints import select_rows
     from .core.parallel import parallel_layout, world
     from .provenance import provenance
+    from .storage import runs
     from .storage.spectra import Spectra, load_spectra, save_spectra
     from .storage.trajectory import Trajectory
 
@@ -83,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         attrs = {"dim": traj.dim, "k": args.k, "m": m, "seed": args.seed, "vector_kind": args.vector,
                  "sigma_rule": stored_sigma_rule(args.sigma),
                  "group_size": group_size, "config": {**config, "run": traj.config},
-                 "provenance": provenance(config, ranks=comm.size, **layout.record())}
+                 "provenance": provenance(config, ranks=comm.size, **layout.record()), runs.ATTRIBUTE: [traj.run]}
         done = Spectra({}, attrs)
         if comm.rank == 0 and partial.exists():
             try:
                 previous = load_spectra(partial)
-                if previous.attrs.get("config") == attrs["config"]:
+                if runs.differ(previous.runs, done.runs):
+                    print(f"{partial} belongs to {runs.describe(previous.runs)}, not to the trajectory's "
+                          f"{runs.describe(done.runs)}: starting over", file=sys.stderr)
+                elif previous.attrs.get("config") == attrs["config"]:
                     done = Spectra(previous.entries, attrs)
                     print(f"resuming: {len(done.entries)} of {len(rows)} checkpoint(s) restored from {partial}",
                           file=sys.stderr)

@@ -12,8 +12,11 @@ from scipy.stats import norm
 from gradvis_steps import cli, compare
 from gradvis_steps.core.grid import LandscapeResult
 from gradvis_steps.render.spectrum_plots import LOG_FLOOR
+from gradvis_steps.storage import runs
 from gradvis_steps.storage.landscape import save_landscape
 from gradvis_steps.storage.spectra import CheckpointSpectrum, Spectra, load_spectra, save_spectra
+
+RUN = [runs.identity({"dataset": {"name": "synthetic"}, "model": {"name": "none"}})]  # every file: one run's variant
 
 
 def _entry(iteration: int, nodes: np.ndarray, weights: np.ndarray) -> CheckpointSpectrum:
@@ -30,7 +33,7 @@ def _spectra_file(path, iterations, shift: float, seed: int):
         weights = rng.random((3, 6))
         weights /= weights.sum(axis=1, keepdims=True)
         entries[it] = _entry(it, nodes, weights)
-    save_spectra(Spectra(entries, {"k": 3, "m": 6}), path)
+    save_spectra(Spectra(entries, {"k": 3, "m": 6, "runs": RUN}), path)
     return path
 
 
@@ -120,11 +123,11 @@ def _landscape(path, offset: float, scale: float, ndim: int = 2):
     x = np.linspace(-1, 1, 7)
     y = np.linspace(-0.5, 0.5, 5)
     if ndim == 1:
-        result = LandscapeResult(axes=(x,), loss=offset + scale * x**2, method="random")
+        result = LandscapeResult(axes=(x,), loss=offset + scale * x**2, method="random", runs=RUN)
     else:
         X, Y = np.meshgrid(x, y, indexing="ij")
         result = LandscapeResult(axes=(x, y), loss=offset + scale * (X**2 + Y**2), method="pca",
-                                 trajectory=np.array([[0.8, 0.4], [0.0, 0.0]]))
+                                 trajectory=np.array([[0.8, 0.4], [0.0, 0.0]]), runs=RUN)
     save_landscape(result, path)
     return result
 

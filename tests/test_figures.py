@@ -21,9 +21,9 @@ import pytest
 from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d import Axes3D
 from PIL import Image
+from step_helpers import fails, step, train_tiny
 
-from gradvis_steps import cli, directions, frames, interpolate, landscape, plot_spectra, spectrum, video
-from gradvis_steps import train as train_step
+from gradvis_steps import directions, frames, interpolate, landscape, plot_spectra, spectrum, video
 from gradvis_steps.core.slq import SIGMA_REL, resolve_sigma
 from gradvis_steps.render.frames import (
     InterpolationFrames,
@@ -39,19 +39,6 @@ from gradvis_steps.storage.spectra import load_spectra
 EVAL = ["--eval-fraction", "0.05", "--no-progress"]
 SLQ = ["--k", "3", "--m", "8", "--dtype", "float64", *EVAL]
 SPECTRUM_ITERATIONS = [0, 3, 6, 9, 12]
-
-
-def step(module, *argv) -> None:
-    assert module.main([str(a) for a in argv]) == 0
-
-
-def fails(module, argv, capsys) -> str:
-    """Run a step as its command line does; it must exit 2 with one ``error:`` line (returned)."""
-    capsys.readouterr()
-    assert cli.run(module.main, [str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def png_text(path: Path) -> dict[str, str]:
@@ -71,21 +58,14 @@ def folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("figures")
 
 
-def _train(folder: Path, seed: int) -> Path:
-    path = folder / f"trajectory_s{seed}.h5"
-    step(train_step, "--model", "lenet", "--model-option", "widths=[3,4,16,12]", "--epochs", 1, "--batch-size", 128,
-         "--lr", 0.05, "--seed", seed, "--no-progress", "--out", path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def run_a(folder) -> Path:
-    return _train(folder, 1)
+    return train_tiny(folder / "trajectory_s1.h5", 1)
 
 
 @pytest.fixture(scope="module")
 def run_b(folder) -> Path:
-    return _train(folder, 2)
+    return train_tiny(folder / "trajectory_s2.h5", 2)
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.integrate import trapezoid
+from step_helpers import fails, step, train_tiny
 from threadpoolctl import threadpool_limits
 
-from gradvis_steps import cli, directions, eigendirections, landscape, plot_landscape, spectrum
+from gradvis_steps import directions, eigendirections, landscape, plot_landscape, spectrum
 from gradvis_steps import train as train_step
 from gradvis_steps.backends.torch import objective_for_trajectory
 from gradvis_steps.backends.torch.models import build_model
@@ -68,19 +69,6 @@ def _one_thread_test():
     torch.set_num_threads(previous)
 
 
-def step(module, *argv) -> None:
-    assert module.main([str(a) for a in argv]) == 0
-
-
-def fails(module, argv, capsys) -> str:
-    """Run a step as its command line does; it must exit 2 with one ``error:`` line (returned)."""
-    capsys.readouterr()
-    assert cli.run(module.main, [str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -120,8 +108,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(folder):
     path = folder / "trajectory.h5"
-    step(train_step, "--model", "lenet", "--model-option", "widths=[3,4,16,12]", "--epochs", 2, "--batch-size", 128,
-         "--lr", 0.05, "--no-progress", "--out", path)
+    train_tiny(path, 0, "--epochs", 2)
     with Trajectory(path) as traj:
         assert len(traj) == 25 and traj.dim == 988
     return {"path": path, "sha256": sha256(path)}  # digest taken before any other step reads the file
@@ -868,7 +855,6 @@ def test_every_step_names_an_empty_or_truncated_input_in_one_line(folder, trajec
                                                                    spectra_every5, capsys):
     from gradvis_steps import frames, interpolate
     from gradvis_steps import merge_spectra as merge_step
-    from gradvis_steps import train as train_step
 
     bad = folder / "unreadable"
     bad.mkdir()

@@ -3,6 +3,7 @@ test config (real jobs, real videos, the HTML report), plus incremental sweeps."
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 from pathlib import Path
@@ -110,6 +111,18 @@ def test_whole_dag_produces_every_result(tiny_run):
     assert (pair / "plane_contour.png").stat().st_size > 0
     with h5py.File(pair / "plane.h5") as f:
         assert f["loss"].shape == (5, 5)
+    # every result records its run (the pair's files both runs, A first), so no step warned of an unrecorded input
+    identity = {}
+    for name in runs:
+        with Trajectory(results / name / "trajectory.h5") as traj:
+            identity[name] = traj.run["digest"]
+    for path in run.rglob("*.h5"):
+        if path.name != "trajectory.h5":
+            with h5py.File(path) as f:
+                recorded = [r["digest"] for r in json.loads(f.attrs["runs"])]
+            pair_file = "interpolation" in path.relative_to(run).parts
+            assert recorded == [identity[name] for name in (runs if pair_file else runs[:1])], path
+    assert not [log for log in results.rglob("*.log") if "records no run" in log.read_text(errors="replace")]
     for experiment in ("training", "interpolation", "moving"):
         page = (results / "experiments" / experiment / "summary.html").read_text()
         assert experiment in page

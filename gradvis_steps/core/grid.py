@@ -338,6 +338,7 @@ class LandscapeResult:
     eigenvalues: np.ndarray | None = None
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    runs: list | None = None  # the run(s) it belongs to, [{"digest", "label"}] (storage.runs); None: not recorded
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

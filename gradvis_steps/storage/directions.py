@@ -7,7 +7,8 @@ Layout (format ``gradvis-directions``)::
     /residuals               (k,)   optional  ||H v - lambda v|| of each Ritz pair
     /explained_variance      (k,)   optional  PCA variance along each component
     /explained_variance_ratio (k,)  optional
-    attrs: format, version, method, labels (JSON), normalization, center_iteration, config, provenance
+    attrs: format, version, method, labels (JSON), normalization, center_iteration, config, provenance,
+           runs (JSON: the run(s) the vectors belong to, see ``storage.runs``; absent in older files)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import runs as run_record
 from .atomic import atomic_path, reading
 
 FORMAT = "gradvis-directions"
@@ -42,6 +44,7 @@ class Directions:
     explained_variance_ratio: np.ndarray | None = None
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    runs: run_record.Runs | None = None  # the run (a pair: A, B) the vectors belong to; None: not recorded
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -55,7 +58,7 @@ class Directions:
                 for name in _OPTIONAL}
         labels = tuple(self.labels[i] for i in indices) if self.labels else ()
         return Directions(self.vectors[indices], self.method, labels, self.normalization, self.center_iteration,
-                          config=self.config, provenance=self.provenance, **take)
+                          config=self.config, provenance=self.provenance, runs=self.runs, **take)
 
 
 def save_directions(directions: Directions, path: str | os.PathLike) -> None:
@@ -68,6 +71,8 @@ def save_directions(directions: Directions, path: str | os.PathLike) -> None:
             "config": json.dumps(directions.config, sort_keys=True, default=str),
             "provenance": json.dumps(directions.provenance, sort_keys=True, default=str),
         })
+        if directions.runs is not None:
+            f.attrs[run_record.ATTRIBUTE] = run_record.to_attribute(directions.runs)
         f.create_dataset("directions", data=np.asarray(directions.vectors, dtype=np.float32))
         for name in _OPTIONAL:
             value = getattr(directions, name)
@@ -89,5 +94,6 @@ def load_directions_file(path: str | os.PathLike) -> Directions:
             center_iteration=None if center < 0 else center,
             config=json.loads(f.attrs["config"]),
             provenance=json.loads(f.attrs["provenance"]),
+            runs=run_record.from_attribute(f.attrs.get(run_record.ATTRIBUTE)),
             **{name: f[name][()] for name in _OPTIONAL if name in f},
         )

@@ -14,7 +14,8 @@ HDF5 layout (format ``gradvis-landscape``, version 1); grid arrays have shape ``
     /directions                  attrs method, labels (JSON), normalization; datasets explained_variance,
                                  explained_variance_ratio (PCA) or eigenvalues (Hessian eigenvectors)
     attrs: format, version, indexing, config (JSON), provenance (JSON), center_iteration (training iteration
-           of the checkpoint at the origin; absent when unknown, as in older files: read as None, "the last")
+           of the checkpoint at the origin; absent when unknown, as in older files: read as None, "the last"),
+           runs (JSON: the run, or the pair A, B of an interpolation, see ``storage.runs``; absent in older files)
 
 Files are written atomically: a temporary file in the same folder, then ``os.replace``.
 """
@@ -29,6 +30,7 @@ import h5py
 import numpy as np
 
 from ..core.grid import LandscapeResult
+from . import runs
 from .atomic import atomic_path, reading
 
 __all__ = ["FORMAT", "VERSION", "save_landscape", "load_landscape", "export_vtk"]
@@ -67,6 +69,8 @@ def save_landscape(result: LandscapeResult, path: str | os.PathLike) -> None:
             f.attrs["provenance"] = json.dumps(result.provenance, default=str)
             if result.center_iteration is not None:
                 f.attrs["center_iteration"] = int(result.center_iteration)
+            if result.runs is not None:
+                f.attrs[runs.ATTRIBUTE] = runs.to_attribute(result.runs)
             for name, ax in zip(_AXES, result.axes, strict=False):
                 f.create_dataset(name, data=ax)
             f.create_dataset("loss", data=result.loss)
@@ -107,6 +111,7 @@ def load_landscape(path: str | os.PathLike) -> LandscapeResult:
                 kw[attr] = f["trajectory"][h5name][()]
         if "center_iteration" in f.attrs:
             kw["center_iteration"] = int(f.attrs["center_iteration"])
+        kw["runs"] = runs.from_attribute(f.attrs.get(runs.ATTRIBUTE))
         d = f["directions"]
         for name in _DIRS:
             if name in d:

@@ -11,7 +11,8 @@ Layout (format ``gradvis-spectra``), one group per checkpoint, plus time series 
     /checkpoints/<iteration> attrs: iteration, summary (JSON), seconds, sigma (the density's Gaussian width;
                                        absent in older files, read as NaN)
     attrs: format, version, dim, k, m, seed, vector_kind, sigma_rule (how the widths were chosen), config,
-           provenance
+           provenance, runs (JSON: the run, or the pair A, B of an interpolation line, see ``storage.runs``;
+           absent in older files)
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import runs as run_record
 from .atomic import atomic_path, reading
 
 FORMAT = "gradvis-spectra"
 VERSION = 1
+#: the settings of the spectrum step (its ``config`` attribute) that say what a spectrum is: chunks merged into one
+#: file must agree on them (the others, such as device, MPI layout or --chunk, change how it is computed)
+RESULT_SETTINGS = ("every", "iterations", "k", "m", "vector", "seed", "sigma", "eval_fraction", "eval_seed",
+                   "batch_size", "dtype")
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +61,11 @@ class Spectra:
     @property
     def iterations(self) -> np.ndarray:
         return np.array(sorted(self.entries), dtype=np.int64)
+
+    @property
+    def runs(self) -> run_record.Runs | None:
+        """The run(s) the spectra belong to (None: not recorded)."""
+        return run_record.from_attribute(self.attrs.get(run_record.ATTRIBUTE))
 
     def series(self, name: str) -> np.ndarray:
         """One derived figure (e.g. ``lambda_max``) over the checkpoints, in iteration order."""
@@ -105,10 +116,22 @@ def load_spectra(path: str | os.PathLike) -> Spectra:
 
 
 def merge_spectra(paths: list[str | os.PathLike]) -> Spectra:
-    """Gather per-chunk files of one run into one (the attrs of the first file are kept)."""
+    """Gather per-chunk files of one run into one (the attrs of the first file are kept). The files must belong to
+    one run (``storage.runs``) and agree on the settings that say what a spectrum is (:data:`RESULT_SETTINGS`)."""
     parts = [load_spectra(p) for p in paths]
     if not parts:
         raise ValueError("no spectra files to merge")
+    run_record.check_same_runs(run_record.Source("spectra chunk", os.fspath(path), part.runs)
+                               for path, part in zip(paths, parts, strict=True))
+    first = _result_settings(parts[0])
+    for path, part in zip(paths[1:], parts[1:], strict=True):
+        settings = _result_settings(part)
+        if settings != first:
+            keys = [key for key in RESULT_SETTINGS if settings[key] != first[key]]
+            raise ValueError(
+                f"spectra chunk {os.fspath(path)} was computed with "
+                f"{', '.join(f'{key}={settings[key]!r}' for key in keys)}, but {os.fspath(paths[0])} with "
+                f"{', '.join(f'{key}={first[key]!r}' for key in keys)}: chunks of one spectrum differ in --chunk only")
     entries: dict[int, CheckpointSpectrum] = {}
     for path, part in zip(paths, parts, strict=True):
         overlap = set(entries) & set(part.entries)
@@ -116,6 +139,12 @@ def merge_spectra(paths: list[str | os.PathLike]) -> Spectra:
             raise ValueError(f"{path} repeats checkpoints {sorted(overlap)[:5]} already in another file")
         entries.update(part.entries)
     return Spectra(entries, parts[0].attrs)
+
+
+def _result_settings(spectra: Spectra) -> dict[str, Any]:
+    config = spectra.attrs.get("config")
+    config = config if isinstance(config, dict) else {}
+    return {key: config.get(key) for key in RESULT_SETTINGS}
 
 
 def _maybe_json(value: Any) -> Any:

@@ -10,6 +10,9 @@ Layout of the file (readable with plain h5py, no gradvis needed)::
     attrs: format, version, layout (JSON list of {name, shape, kind, offset, filter_axis}),
            buffer_layout (JSON), config (JSON), provenance (JSON)
 
+The run's identity (``Trajectory.run``: a digest of the config and of checkpoint 0, see ``storage.runs``) is
+computed on read, so every trajectory has one and training writes nothing for it.
+
 Rows are chunked individually, so reading one checkpoint reads only that row. A run is written to
 ``<path>.partial`` and renamed when complete; the partial file also keeps a ``/resume`` group (model,
 optimizer state and counters at the last epoch boundary) so an interrupted run can continue.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ import h5py
 import numpy as np
 
 from ..core.layout import ParameterLayout
+from . import runs
 from .atomic import reading
 
 FORMAT = "gradvis-trajectory"
@@ -161,6 +166,14 @@ class Trajectory:
     @property
     def dim(self) -> int:
         return self.layout.size
+
+    @cached_property
+    def run(self) -> dict[str, str]:
+        """This run's identity ``{"digest", "label"}`` (``storage.runs.identity``): its config and checkpoint 0,
+        which appending or resuming never changes."""
+        if len(self) == 0:
+            return runs.identity(self.config)
+        return runs.identity(self.config, self.params(0), self.buffers(0))
 
     def params(self, index: int) -> np.ndarray:
         """Flat parameters of checkpoint ``index`` (negative indices count from the end)."""
