@@ -7,7 +7,8 @@ Layout (format ``gradvis-directions``)::
     /residuals               (k,)   optional  ||H v - lambda v|| of each Ritz pair
     /explained_variance      (k,)   optional  PCA variance along each component
     /explained_variance_ratio (k,)  optional
-    attrs: format, version, method, labels (JSON), normalization, center_iteration, config, provenance
+    attrs: format, version, method, labels (JSON), normalization, center_iteration, config, provenance,
+           skipped (JSON list of {iteration, reason}: non-finite checkpoints a PCA left out; absent in older files)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Directions:
     explained_variance_ratio: np.ndarray | None = None
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # non-finite checkpoints left out (diverged)
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -55,7 +57,7 @@ class Directions:
                 for name in _OPTIONAL}
         labels = tuple(self.labels[i] for i in indices) if self.labels else ()
         return Directions(self.vectors[indices], self.method, labels, self.normalization, self.center_iteration,
-                          config=self.config, provenance=self.provenance, **take)
+                          config=self.config, provenance=self.provenance, skipped=self.skipped, **take)
 
 
 def save_directions(directions: Directions, path: str | os.PathLike) -> None:
@@ -67,6 +69,7 @@ def save_directions(directions: Directions, path: str | os.PathLike) -> None:
             "center_iteration": -1 if directions.center_iteration is None else int(directions.center_iteration),
             "config": json.dumps(directions.config, sort_keys=True, default=str),
             "provenance": json.dumps(directions.provenance, sort_keys=True, default=str),
+            "skipped": json.dumps(list(directions.skipped)),
         })
         f.create_dataset("directions", data=np.asarray(directions.vectors, dtype=np.float32))
         for name in _OPTIONAL:
@@ -89,5 +92,6 @@ def load_directions_file(path: str | os.PathLike) -> Directions:
             center_iteration=None if center < 0 else center,
             config=json.loads(f.attrs["config"]),
             provenance=json.loads(f.attrs["provenance"]),
+            skipped=json.loads(f.attrs.get("skipped", "[]")),
             **{name: f[name][()] for name in _OPTIONAL if name in f},
         )

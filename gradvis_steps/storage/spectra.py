@@ -11,7 +11,8 @@ Layout (format ``gradvis-spectra``), one group per checkpoint, plus time series 
     /checkpoints/<iteration> attrs: iteration, summary (JSON), seconds, sigma (the density's Gaussian width;
                                        absent in older files, read as NaN)
     attrs: format, version, dim, k, m, seed, vector_kind, sigma_rule (how the widths were chosen), config,
-           provenance
+           provenance, skipped (JSON list of {iteration, reason}: checkpoints or points left out because they
+           were not finite, the run having diverged there; absent in older files)
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class Spectra:
     @property
     def iterations(self) -> np.ndarray:
         return np.array(sorted(self.entries), dtype=np.int64)
+
+    @property
+    def skipped(self) -> dict[int, str]:
+        """Points left out as non-finite (the run diverged there): key -> reason."""
+        return {int(item["iteration"]): str(item["reason"]) for item in self.attrs.get("skipped") or []}
 
     def series(self, name: str) -> np.ndarray:
         """One derived figure (e.g. ``lambda_max``) over the checkpoints, in iteration order."""
@@ -105,17 +111,23 @@ def load_spectra(path: str | os.PathLike) -> Spectra:
 
 
 def merge_spectra(paths: list[str | os.PathLike]) -> Spectra:
-    """Gather per-chunk files of one run into one (the attrs of the first file are kept)."""
+    """Gather per-chunk files of one run into one (the attrs of the first file are kept, the skipped checkpoints of
+    all files listed together)."""
     parts = [load_spectra(p) for p in paths]
     if not parts:
         raise ValueError("no spectra files to merge")
     entries: dict[int, CheckpointSpectrum] = {}
+    skipped: dict[int, str] = {}
     for path, part in zip(paths, parts, strict=True):
-        overlap = set(entries) & set(part.entries)
+        overlap = (set(entries) | set(skipped)) & (set(part.entries) | set(part.skipped))
         if overlap:
             raise ValueError(f"{path} repeats checkpoints {sorted(overlap)[:5]} already in another file")
         entries.update(part.entries)
-    return Spectra(entries, parts[0].attrs)
+        skipped.update(part.skipped)
+    attrs = dict(parts[0].attrs)
+    if any("skipped" in part.attrs for part in parts):
+        attrs["skipped"] = [{"iteration": key, "reason": skipped[key]} for key in sorted(skipped)]
+    return Spectra(entries, attrs)
 
 
 def _maybe_json(value: Any) -> Any:
