@@ -1,8 +1,15 @@
-"""Choosing which checkpoints of a trajectory a step works on (every k-th, a list, one chunk of them)."""
+"""Choosing which checkpoints of a trajectory a step works on (every k-th, a list, one chunk of them), and which of
+them an analysis must skip (non-finite: the run diverged there)."""
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .storage.trajectory import Trajectory
 
 
 def parse_chunk(text: str | None) -> tuple[int, int]:
@@ -38,3 +45,56 @@ def select_rows(iterations: np.ndarray, *, every: int = 1, wanted: list[int] | N
             rows = np.append(rows, len(iterations) - 1)
     index, count = parse_chunk(chunk)
     return np.array_split(rows, count)[index]
+
+
+class UnusableCheckpoint(ValueError):
+    """A checkpoint an analysis cannot use: non-finite parameters, buffers, recorded batch loss or evaluated loss (the
+    run diverged there). A ValueError, so a step that needs that checkpoint ends with this one line."""
+
+    def __init__(self, message: str, iteration: int, reason: str):
+        super().__init__(message)
+        self.iteration, self.reason = int(iteration), reason
+
+
+def checkpoint_problem(trajectory: Trajectory, row: int) -> str | None:
+    """Why checkpoint ``row`` cannot be analysed, judged from the file alone: non-finite parameters or buffers, or a
+    non-finite batch loss recorded in training (it diverged there; the last row's NaN only means that no step was
+    taken from it). None if the checkpoint is usable."""
+    params = trajectory.params(row)
+    bad = int(np.count_nonzero(~np.isfinite(params)))
+    if bad:
+        return f"{bad} of {params.size} parameters non-finite"
+    if trajectory.buffer_layout and not np.isfinite(trajectory.buffers(row)).all():
+        return "non-finite buffers (batch-norm statistics)"
+    loss = float(trajectory.batch_loss[row])
+    if row % len(trajectory) != len(trajectory) - 1 and not np.isfinite(loss):
+        return f"batch loss {loss} recorded in training"
+    return None
+
+
+def loss_problem(loss: float) -> str | None:
+    """Why a checkpoint whose parameters are finite still cannot be analysed: its loss evaluates non-finite."""
+    return None if np.isfinite(loss) else f"loss evaluates to {loss}"
+
+
+def skip_checkpoint(skipped: list[dict[str, Any]], source: object, iteration: int, reason: str,
+                    what: str = "checkpoint at iteration", why: str = "the run diverged there") -> None:
+    """Record a skipped checkpoint (or point) in ``skipped`` (stored in the output's ``skipped`` attribute) and warn on
+    stderr."""
+    skipped.append({"iteration": int(iteration), "reason": reason})
+    print(f"warning: {source}: skipped the {what} {int(iteration)} ({reason}; {why})", file=sys.stderr)
+
+
+def usable_or_error(trajectory: Trajectory, row: int, role: str, advice: str) -> None:
+    """Raise :class:`UnusableCheckpoint` if checkpoint ``row`` (the analysis' ``role``: centre, final point, ...) is not
+    usable, naming the checkpoint, the divergence and ``advice``."""
+    reason = checkpoint_problem(trajectory, row)
+    if reason is not None:
+        raise unusable(trajectory, row, role, reason, advice)
+
+
+def unusable(trajectory: Trajectory, row: int, role: str, reason: str, advice: str) -> UnusableCheckpoint:
+    """The one-line error of an analysis whose ``role`` checkpoint ``row`` is not usable for ``reason``."""
+    iteration = int(trajectory.iterations[row])
+    return UnusableCheckpoint(f"{trajectory.path}: the {role} (checkpoint at iteration {iteration}) is not finite "
+                              f"({reason}): the run diverged there; {advice}", iteration, reason)

@@ -7,9 +7,10 @@
 
 Spectra: the densities of one checkpoint (``--iteration``, default the last one every file holds) are
 smoothed with one Gaussian width and evaluated on one grid, so the curves are comparable, and drawn on
-one axes beside a table of lambda_max, lambda_min and the negative mass of each. Landscapes: 2D ones as
-contours side by side on one set of colour levels (the same loss has the same colour in every panel),
-1D ones as curves on one axes.
+one axes beside a table of lambda_max, lambda_min and the negative mass of each; a file that skipped that
+checkpoint (non-finite: its run diverged there) is named in the legend and the table without a curve. Landscapes:
+2D ones as contours side by side on one set of colour levels (the same loss has the same colour in every panel),
+1D ones as curves on one axes; non-finite losses are masked and counted on the figure.
 
 The files must belong to one run (``storage.runs``): a sweep varies the analysis, not the training. To put
 different runs side by side (e.g. two seeds), say so with ``--across-runs``; the labels should then name the runs.
@@ -71,20 +72,22 @@ class SpectraComparison:
     iteration: int
     sigma: float
     grid: np.ndarray
-    densities: np.ndarray  # (files, points)
+    densities: np.ndarray  # (files, points); NaN for a file that skipped the checkpoint
     labels: tuple[str, ...]
     rows: tuple[tuple[float, ...], ...]  # one per file: the TABLE_COLUMNS figures
+    skipped: tuple[str | None, ...] = ()  # per file: why it has no spectrum there (non-finite), else None
 
 
 def common_iteration(spectra: Sequence[Spectra], paths: Sequence[str], wanted: int | None) -> int:
-    """``wanted`` if every file holds it, else the last iteration all files hold; errors name the files."""
+    """``wanted`` if every file holds it (or skipped it as non-finite), else the last iteration all files hold; errors
+    name the files."""
     held = [{int(i) for i in s.iterations} for s in spectra]
     for path, iterations in zip(paths, held, strict=True):
         if not iterations:
             raise ValueError(f"{path} holds no spectra")
     if wanted is not None:
-        lacking = [f"{path} ({_span(iterations)})" for path, iterations in zip(paths, held, strict=True)
-                   if wanted not in iterations]
+        lacking = [f"{path} ({_span(iterations)})" for path, iterations, s in zip(paths, held, spectra, strict=True)
+                   if wanted not in iterations and wanted not in s.skipped]
         if lacking:
             raise ValueError(f"--iteration {wanted} is missing from {', '.join(lacking)}")
         return wanted
@@ -110,11 +113,16 @@ def compare_spectra(spectra: Sequence[Spectra], paths: Sequence[str], labels: Se
     from .storage.spectra import Spectra
 
     it = common_iteration(spectra, paths, iteration)
-    entries = [s.entries[it] for s in spectra]
-    shown = common_density(Spectra(dict(enumerate(entries))), sigma, n_points=DENSITY_POINTS)
-    densities = np.stack([shown.densities[index] for index in range(len(entries))])
-    rows = tuple(tuple(float(e.summary.get(key, np.nan)) for key, _ in TABLE_COLUMNS) for e in entries)
-    return SpectraComparison(it, shown.sigma, shown.grid, densities, tuple(labels), rows)
+    entries = {index: s.entries[it] for index, s in enumerate(spectra) if it in s.entries}
+    skipped = tuple(None if it in s.entries else s.skipped[it] for s in spectra)
+    if not entries:
+        raise ValueError(f"every file skipped iteration {it} as non-finite ({skipped[0]}): nothing to compare there")
+    shown = common_density(Spectra(entries), sigma, n_points=DENSITY_POINTS)
+    nothing = np.full_like(shown.grid, np.nan)
+    densities = np.stack([shown.densities.get(index, nothing) for index in range(len(spectra))])
+    rows = tuple(tuple(float(entries[index].summary.get(key, np.nan)) if index in entries else np.nan
+                       for key, _ in TABLE_COLUMNS) for index in range(len(spectra)))
+    return SpectraComparison(it, shown.sigma, shown.grid, densities, tuple(labels), rows, skipped)
 
 
 def spectra_figure(comparison: SpectraComparison, *, log_scale: bool = True, title: str | None = None) -> Figure:
@@ -125,8 +133,11 @@ def spectra_figure(comparison: SpectraComparison, *, log_scale: bool = True, tit
 
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=(2.2, 1))
-    for label, density in zip(comparison.labels, comparison.densities, strict=True):
-        if log_scale:
+    skipped = comparison.skipped or (None,) * len(comparison.labels)
+    for label, density, reason in zip(comparison.labels, comparison.densities, skipped, strict=True):
+        if reason is not None:  # a legend entry without a curve, saying why
+            left.plot([], [], lw=1.2, ls=":", label=f"{label}: no spectrum (skipped, {reason})")
+        elif log_scale:
             left.semilogy(comparison.grid, np.maximum(density, LOG_FLOOR), lw=1.2, label=label)
         else:
             left.plot(comparison.grid, density, lw=1.2, label=label)
@@ -136,7 +147,8 @@ def spectra_figure(comparison: SpectraComparison, *, log_scale: bool = True, tit
     left.set_title(f"iteration {comparison.iteration}, σ = {comparison.sigma:.3g}")
     left.legend(loc="best", fontsize="small")
     right.axis("off")
-    cells = [[f"{value:.4g}" for value in row] for row in comparison.rows]
+    cells = [[f"{value:.4g}" for value in row] if reason is None else ["skipped"] * len(row)
+             for row, reason in zip(comparison.rows, skipped, strict=True)]
     table = right.table(cellText=cells, rowLabels=list(comparison.labels),
                         colLabels=[heading for _, heading in TABLE_COLUMNS], loc="center")
     table.auto_set_font_size(False)
@@ -160,7 +172,7 @@ def landscapes_figure(results: Sequence[LandscapeResult], paths: Sequence[str], 
     """2D landscapes as contours side by side on shared levels, or 1D ones as curves on one axes."""
     from matplotlib.figure import Figure
 
-    from .core.plots import direction_labels, plot_contour
+    from .core.plots import direction_labels, non_finite_note, plot_contour
 
     dims = {r.ndim for r in results}
     if len(dims) != 1 or dims - {1, 2}:
@@ -180,7 +192,8 @@ def landscapes_figure(results: Sequence[LandscapeResult], paths: Sequence[str], 
             loss = np.ma.masked_invalid(np.asarray(result.loss, dtype=np.float64))
             if log_scale:
                 loss = np.ma.masked_where(loss.filled(np.nan) <= 0, loss.filled(np.nan))
-            ax.plot(result.axes[0], loss, lw=1.4, label=label)
+            note = non_finite_note(result)
+            ax.plot(result.axes[0], loss, lw=1.4, label=label if note is None else f"{label} ({note})")
         if log_scale:
             ax.set_yscale("log")
         xlabels = {direction_labels(r)[0] for r in results}

@@ -13,6 +13,10 @@ trajectory is projected on.
 The file records the run its vectors belong to (``storage.runs``; the pair A, B for ``--method interpolation``);
 eigendirections (``--method hessian``) and a custom gradvis HDF5 file that records a run must belong to the
 trajectory's run.
+
+Divergence, judged from the trajectory file (non-finite parameters or buffers, or a non-finite batch loss
+recorded in training): a centre (or, for interpolation, an end point) that is not finite ends the step with one
+line naming it; the PCA leaves such checkpoints out with a warning and lists them in the file's ``skipped``.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .checkpoints import checkpoint_problem, skip_checkpoint, usable_or_error
     from .core.directions import load_directions, random_directions
     from .core.pca import trajectory_pca
     from .provenance import provenance
@@ -71,20 +76,32 @@ def main(argv: list[str] | None = None) -> int:
         this_run = runs.Source.of_trajectory(traj, args.trajectory)
         belongs_to = [traj.run]
         center_index = -1 if args.center_iteration is None else traj.index_of_iteration(args.center_iteration)
+        usable_or_error(traj, center_index, "centre of the directions", "centre them on an earlier checkpoint "
+                        "(--center-iteration) or retrain with a lower train.lr")
         center = traj.params(center_index)
         center_iteration = int(traj.iterations[center_index])
         normalization = DEFAULT_NORMALIZATION[args.method] if args.normalization == "auto" else args.normalization
         extra: dict = {}
+        skipped: list[dict] = []
         if args.method == "random":
             vectors = random_directions(traj.dim, args.seed, count=args.count)
             labels = [f"random direction {i + 1}" for i in range(args.count)]
         elif args.method == "pca":
-            if len(traj) < 3:
-                raise ValueError(f"PCA directions need at least 3 checkpoints, {traj.path} has {len(traj)}")
+            rows = []  # the finite checkpoints: the PCA's samples
+            for row in range(len(traj)):
+                reason = checkpoint_problem(traj, row)
+                if reason is None:
+                    rows.append(row)
+                else:
+                    skip_checkpoint(skipped, args.trajectory, int(traj.iterations[row]), reason)
+            if len(rows) < 3:
+                raise ValueError(f"PCA directions need at least 3 checkpoints, {traj.path} has {len(rows)}"
+                                 + (f" finite ones ({len(skipped)} skipped: the run diverged)" if skipped else ""))
             vector_bytes = traj.dim * traj.file["params"].dtype.itemsize
             block = max(1, args.pca_memory_mb * 2**20 // vector_bytes - 2)  # + reference + the row being read
-            pca = trajectory_pca(traj.params, len(traj), n_components=min(args.count, len(traj) - 1),
-                                 reference_index=center_index, block_size=min(block, len(traj)))
+            pca = trajectory_pca(lambda i: traj.params(rows[i]), len(rows), n_components=min(args.count, len(rows) - 1),
+                                 reference_index=rows.index(center_index % len(traj)),
+                                 block_size=min(block, len(rows)))
             if len(pca.components) < args.count:
                 raise ValueError(
                     f"the trajectory in {traj.path} spans only {len(pca.components)} PCA direction(s) with "
@@ -117,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             with Trajectory(args.trajectory_b) as other:
                 if other.layout != traj.layout:
                     raise ValueError(f"{args.trajectory_b} holds a different model than {args.trajectory}")
+                usable_or_error(other, -1, "final point of run B", "retrain run B with a lower train.lr or "
+                                "train.on_divergence: keep")
                 theta_b = other.params(-1)
                 belongs_to = [traj.run, other.run]
+            usable_or_error(traj, 0, "initial point of run A", "check the model's initialization")
             # Paper section 3.4: the plane through both minima and a third point (here the first run's init):
             # theta_A + x (theta_B - theta_A) + y (theta_A_init - theta_A); B sits at (1, 0), the init at (0, 1).
             vectors = np.stack([theta_b.astype(np.float64) - center, traj.params(0).astype(np.float64) - center])
@@ -139,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         result = Directions(np.asarray(vectors, dtype=np.float32), "eigenvector" if args.method == "hessian"
                             else args.method, tuple(labels), normalization, center_iteration,
                             config=config, provenance=provenance({**config, "run": traj.config}), runs=belongs_to,
+                            skipped=skipped,
                             **extra)
     save_directions(result, args.out)
     print(f"wrote {len(result)} {args.method} directions ({normalization} normalization) to {args.out}",

@@ -8,7 +8,8 @@ Ritz pairs asked for (the largest eigenvalues, the most negative ones, or those 
 as 0) are written with their eigenvalues and true residuals ||H v - lambda v|| to a directions file
 that ``gradvis_steps.directions --method hessian`` reads. Under ``mpiexec -n R`` the Hessian products
 are data parallel over all R ranks (paper Algorithm 4: each rank a shard of the evaluation batches, one
-Allreduce per product; every rank runs the same Lanczos); rank 0 writes.
+Allreduce per product; every rank runs the same Lanczos); rank 0 writes. A checkpoint that is not finite
+(parameters, recorded batch loss or loss here: the run diverged there) ends the step with one line naming it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                          "per step")
 
     from .backends import backend_for_trajectory
+    from .checkpoints import loss_problem, unusable, usable_or_error
     from .core.lanczos import ritz_pairs
     from .core.parallel import parallel_layout, world
     from .core.slq import starting_vector
@@ -58,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     layout = parallel_layout(comm, "data")
     with Trajectory(args.trajectory) as traj:
         row = -1 if args.iteration is None else traj.index_of_iteration(args.iteration)
+        advice = "take the eigenvectors at an earlier checkpoint (--iteration) or retrain with a lower train.lr"
+        usable_or_error(traj, row, "point of the Hessian", advice)
         objective = backend_for_trajectory(traj).objective_for_trajectory(
             traj, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
             device=args.device, dtype=args.dtype, buffers_from=row, hvp_memory_mb=args.hvp_memory_mb,
             hvp_mode=args.hvp_mode, data_comm=layout.data)
         theta = objective.from_numpy(traj.params(row))
+        reason = loss_problem(objective.evaluate(theta).loss)  # collective under data parallelism: ranks agree
+        if reason is not None:
+            raise unusable(traj, row, "point of the Hessian", reason, advice)
         hvp = settle_hvp_mode(comm, objective, theta, 1, everyone=True)
         v0 = starting_vector(traj.dim, args.seed, 0, like=theta)
         pairs = ritz_pairs(objective.hvp_operator(theta), v0, min(args.steps, traj.dim), args.count,

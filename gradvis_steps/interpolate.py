@@ -11,6 +11,10 @@ iteration-, data- or hybrid-parallel (``--parallel``, as in the spectrum step; d
 shard the line's loss evaluations); rank 0 writes. The line is written as a 1D landscape
 (plot it with ``plot_landscape --line``), the spectra as a spectra file keyed by point index; both record the
 pair of runs (A, B) they belong to (``storage.runs``).
+
+Divergence: a final point that is not finite (parameters or buffers: the run diverged) ends the step with one line
+naming it. A point of the line whose loss (or Hessian-vector products) is not finite keeps that loss in the line
+(counted in its ``non_finite_points``) and is left out of the spectra with a warning, listed in their ``skipped``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from .backends import backend_for_trajectory
+    from .checkpoints import UnusableCheckpoint, loss_problem, skip_checkpoint, usable_or_error
     from .core.grid import LandscapeResult
     from .core.parallel import parallel_layout, world
     from .provenance import provenance
@@ -76,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         ts = np.linspace(-args.margin, 1 + args.margin, args.points)
         config = {key: value for key, value in vars(args).items() if key not in ("out_line", "out_spectra",
                                                                                  "no_progress")}
+        for traj, run in ((traj_a, "A"), (traj_b, "B")):
+            usable_or_error(traj, -1, f"final point of run {run}", f"retrain run {run} with a lower train.lr or "
+                            "train.on_divergence: keep")
         spectra = Spectra({}, {"dim": traj_a.dim, "k": args.k, "m": min(args.m, traj_a.dim), "seed": args.seed,
-                               "vector_kind": args.vector, "t": ts.tolist(), "group_size": group_size,
+                               "skipped": [], "vector_kind": args.vector, "t": ts.tolist(), "group_size": group_size,
                                "sigma_rule": stored_sigma_rule(args.sigma),
                                "config": {**config, "run_a": traj_a.config, "run_b": traj_b.config},
                                "provenance": provenance(config, ranks=comm.size, **layout.record()),
@@ -91,25 +99,39 @@ def main(argv: list[str] | None = None) -> int:
             evaluation = objective.evaluate(theta)
             losses[index], accuracies[index] = evaluation.loss, evaluation.accuracy
             if args.out_spectra:
-                if index == 0:
-                    spectra.attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size,
-                                                                         everyone=layout.ranks_per_group > 1)
-                entry = point_spectrum(comm, objective, theta, index, k=args.k, m=min(args.m, traj_a.dim),
-                                       seed=args.seed, kind=args.vector, sigma=args.sigma, group_size=group_size,
-                                       ranks_per_group=layout.ranks_per_group)
-                if entry is not None:
+                reason = loss_problem(evaluation.loss)  # the same on every rank: they skip the point together
+                if reason is None:
+                    if "hvp" not in spectra.attrs["provenance"]:  # the first point computed
+                        spectra.attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size,
+                                                                             everyone=layout.ranks_per_group > 1)
+                    try:
+                        entry = point_spectrum(comm, objective, theta, index, k=args.k, m=min(args.m, traj_a.dim),
+                                               seed=args.seed, kind=args.vector, sigma=args.sigma,
+                                               group_size=group_size, ranks_per_group=layout.ranks_per_group)
+                    except UnusableCheckpoint as error:  # rank 0 only, after the point's last collective
+                        reason = error.reason
+                if reason is not None:
+                    if comm.rank == 0:
+                        skip_checkpoint(spectra.attrs["skipped"], "interpolation", index, reason,
+                                        what=f"spectrum at t = {t:.3g}, point", why="the loss overflows there")
+                elif entry is not None:
                     spectra.entries[index] = entry
         if comm.rank == 0:
             distance = float(np.linalg.norm(theta_b - theta_a))
-            line = LandscapeResult(axes=(ts,), loss=losses, accuracy=accuracies, method="interpolation",
+            line = LandscapeResult(axes=(ts,), loss=losses, accuracy=accuracies, filled=np.ones(len(ts), dtype=bool),
+                                   method="interpolation",
                                    labels=(f"t: (1-t) θ_A + t θ_B   (|θ_B - θ_A| = {distance:.3g})",),
                                    normalization="none", config={**config, "distance": distance},
                                    provenance=provenance(config, ranks=comm.size, **layout.record()), runs=pair)
             save_landscape(line, args.out_line)
             if args.out_spectra:
                 save_spectra(spectra, args.out_spectra)
+            finite = losses[np.isfinite(losses)]
+            span = f"loss {finite.min():.3g}..{finite.max():.3g}" if finite.size else "no finite loss"
+            if line.non_finite_points:
+                span += f", {line.non_finite_points} of {len(ts)} points non-finite"
             print(f"interpolated {len(ts)} points between {args.trajectory_a} and {args.trajectory_b} "
-                  f"(distance {distance:.3g}): loss {losses.min():.3g}..{losses.max():.3g}", file=sys.stderr)
+                  f"(distance {distance:.3g}): {span}", file=sys.stderr)
     comm.barrier()
     return 0
 

@@ -10,6 +10,11 @@ checkpoints themselves. Started with ``mpiexec -n R``, the grid is split into R 
 gathered on rank 0 (MPI_Gatherv). Partial results are flushed to ``<out>.partial-*.npz`` so an
 interrupted run resumes where it stopped, with any number of ranks. The directions must belong to the
 trajectory's run (the first of their pair for an interpolation plane); the landscape records the directions' run(s).
+
+Divergence: a centre checkpoint that is not finite (parameters, recorded batch loss or its loss here) ends the step
+with one line naming it. Any other such checkpoint is skipped with a warning: its coordinates and losses are NaN,
+it does not widen the grid, and it is listed in the file's ``skipped`` attribute. Grid points whose loss overflows
+are stored as they evaluate (NaN or inf), counted in the attribute ``non_finite_points`` and masked in the plots.
 """
 
 from __future__ import annotations
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--border must be in [0, 10], got {args.border}")
 
     from .backends import backend_for_trajectory
+    from .checkpoints import checkpoint_problem, loss_problem, skip_checkpoint, unusable, usable_or_error
     from .core.grid import Grid, LandscapeResult, PointValues, evaluate_grid, evaluate_trajectory
     from .core.objective import batching_record
     from .core.parallel import distributed_values, world
@@ -151,15 +157,46 @@ def main(argv: list[str] | None = None) -> int:
                              f"{args.trajectory} has {traj.dim} parameters")
         center_index = -1 if directions.center_iteration is None else traj.index_of_iteration(
             directions.center_iteration)
+        advice = ("centre the landscape on an earlier checkpoint (directions --center-iteration) or retrain with a "
+                  "lower train.lr")
+        usable_or_error(traj, center_index, "centre of the landscape", advice)
         center = traj.params(center_index).astype(np.float64)
-        # Algorithm 1: alpha_i, beta_i from theta_i - theta_n = alpha_i phi_1 + beta_i phi_2 (least squares).
-        projection = project_trajectory(traj.params, len(traj), vectors, center)
-        grid = (Grid.from_ranges(ranges, args.resolution) if ranges else
-                Grid.from_trajectory(projection.coefficients, args.resolution, border=args.border,
-                                     min_extent=args.min_extent))
         objective = backend_for_trajectory(traj).objective_for_trajectory(
             traj, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
             device=args.device, dtype=args.dtype, buffers_from=center_index, grid_batching=args.grid_batching)
+        problems = {row: checkpoint_problem(traj, row) for row in range(len(traj))}
+
+        def checkpoint_chunk(indices: np.ndarray) -> np.ndarray:
+            rows = []
+            for i in indices:  # the true loss at each checkpoint, with that checkpoint's BN statistics
+                if problems[int(i)] is not None:
+                    rows.append((np.nan, np.nan))  # not evaluated: skipped below
+                    continue
+                if traj.buffer_layout:
+                    objective.set_buffers(traj.buffers(int(i)), traj.buffer_layout)
+                ev = objective.evaluate(objective.from_numpy(traj.params(int(i))))
+                rows.append((ev.loss, ev.accuracy))
+            return np.asarray(rows, dtype=np.float64).reshape(len(indices), 2)
+
+        # first the checkpoints: one whose loss does not evaluate finite must not span the grid
+        checkpoints = comm.bcast(distributed_values(comm, len(traj), 2, checkpoint_chunk))  # every rank spans the grid
+        if traj.buffer_layout:
+            objective.set_buffers(traj.buffers(center_index), traj.buffer_layout)  # back to the centre's
+        for row in range(len(traj)):
+            problems[row] = problems[row] or loss_problem(checkpoints[row, 0])
+        if problems[center_index % len(traj)] is not None:
+            raise unusable(traj, center_index, "centre of the landscape", problems[center_index % len(traj)], advice)
+        skipped: list[dict] = []
+        bad_rows = [row for row in range(len(traj)) if problems[row] is not None]
+        for row in bad_rows:
+            if comm.rank == 0:
+                skip_checkpoint(skipped, args.trajectory, int(traj.iterations[row]), problems[row])
+        # Algorithm 1: alpha_i, beta_i from theta_i - theta_n = alpha_i phi_1 + beta_i phi_2 (least squares).
+        projection = project_trajectory(traj.params, len(traj), vectors, center)
+        projection.coefficients[bad_rows] = np.nan  # off the plot and out of the grid's range
+        grid = (Grid.from_ranges(ranges, args.resolution) if ranges else
+                Grid.from_trajectory(projection.coefficients, args.resolution, border=args.border,
+                                     min_extent=args.min_extent))
         per_call = POINTS_PER_CALL if objective.device_type == "cpu" else ACCELERATOR_POINTS_PER_CALL
         config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress")}
         # the same values whichever path evaluates them (to float rounding): a resume may change --grid-batching
@@ -190,17 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                                     batch_size=per_call)
             return np.stack([v.loss, v.accuracy], axis=1)
 
-        def checkpoint_chunk(indices: np.ndarray) -> np.ndarray:
-            rows = []
-            for i in indices:  # the true loss at each checkpoint, with that checkpoint's BN statistics
-                if traj.buffer_layout:
-                    objective.set_buffers(traj.buffers(int(i)), traj.buffer_layout)
-                ev = objective.evaluate(objective.from_numpy(traj.params(int(i))))
-                rows.append((ev.loss, ev.accuracy))
-            return np.asarray(rows, dtype=np.float64).reshape(len(indices), 2)
-
         projected = distributed_values(comm, len(traj), 2, projected_chunk)
-        checkpoints = distributed_values(comm, len(traj), 2, checkpoint_chunk)
         if comm.rank == 0:
             result = LandscapeResult(
                 axes=grid.axes, loss=grid_values[:, 0].reshape(grid.shape),
@@ -213,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 method=directions.method, labels=directions.labels,
                 normalization=directions.normalization, explained_variance=directions.explained_variance,
                 explained_variance_ratio=directions.explained_variance_ratio, eigenvalues=directions.eigenvalues,
-                config={**config, "directions_config": directions.config, "run": traj.config},
+                config={**config, "directions_config": directions.config, "run": traj.config}, skipped=skipped,
                 provenance=provenance(config, ranks=comm.size, grid_seconds=round(grid_seconds, 3),
                                       seconds_per_point=grid_seconds * comm.size / max(grid.n_points, 1),
                                       grid_batching=batching_record(objective)),
@@ -221,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             save_landscape(result, out)
             partial.remove_all()
+            if result.non_finite_points:
+                print(f"warning: {result.non_finite_points} of {grid.n_points} grid points have a non-finite loss "
+                      "(stored as evaluated, masked in the plots)", file=sys.stderr)
             print(f"wrote {grid.shape} landscape ({comm.size} rank(s), {grid_seconds:.1f} s) to {out}",
                   file=sys.stderr)
     comm.barrier()

@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
 
     merged = merge_spectra(args.inputs)
     save_spectra(merged, args.out)
-    print(f"merged {len(args.inputs)} file(s), {len(merged.entries)} checkpoints, into {args.out}", file=sys.stderr)
+    skipped = f" ({len(merged.skipped)} skipped as non-finite)" if merged.skipped else ""
+    print(f"merged {len(args.inputs)} file(s), {len(merged.entries)} checkpoints{skipped}, into {args.out}",
+          file=sys.stderr)
     return 0
 
 

@@ -14,6 +14,8 @@ the centre) and the landscape step, and writes::
     OUT/directions/centre_<iteration:06d>.h5   the two eigenvectors spanning it, with their eigenvalues
     OUT/.moving_frame.json                     the settings and the run, which a later run checks before reusing
                                                files
+    OUT/skipped.json                           the centres left out as not finite ({iteration, reason}; the run
+                                               diverged there): their iterations are drawn on the previous plane
 
 An eigenvector's sign is arbitrary, so each plane's axes are flipped where needed to point the way of the
 previous centre's (non-negative dot products; an eigenvector stays one), and consecutive frames do not
@@ -166,8 +168,9 @@ def centre_name(iteration: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_arguments(args)
-    from . import directions, eigendirections, landscape
+    from .checkpoints import UnusableCheckpoint, skip_checkpoint
     from .core.parallel import world
+    from .storage.atomic import write_json
     from .storage.trajectory import Trajectory
 
     if world().size > 1:
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                   *(["--no-progress"] if args.no_progress else [])]
     trajectory = ["--trajectory", os.fspath(args.trajectory)]
     computed = 0
+    skipped: list[dict[str, Any]] = []
     previous: Path | None = None  # the previous centre's directions file
     for number, iteration in enumerate(iterations, 1):
         target = staging / centre_name(iteration)
@@ -196,37 +200,56 @@ def main(argv: list[str] | None = None) -> int:
             previous = plane
             continue
         print(f"centre {number}/{len(iterations)} (iteration {iteration})", file=sys.stderr)
-        if not plane.is_file():
-            target.unlink(missing_ok=True)  # a landscape belongs to its directions file: recompute both
-            eig = work / f"eigendirections_{iteration:06d}.h5"
-            if not eig.is_file():
-                work.mkdir(exist_ok=True)
-                _step(eigendirections, [
-                    *trajectory, "--out", os.fspath(eig), "--iteration", str(iteration), "--which", args.which,
-                    "--target", repr(args.target), "--count", str(args.count), "--steps", str(args.steps),
-                    "--seed", str(args.seed), "--hvp-memory-mb", repr(args.hvp_memory_mb),
-                    "--hvp-mode", args.hvp_mode, *evaluation])
-            unaligned = work / f"directions_{iteration:06d}.h5"
-            _step(directions, [
-                *trajectory, "--method", "hessian", "--eigendirections", os.fspath(eig),
-                "--pick", *map(str, args.pick), "--center-iteration", str(iteration), "--out", os.fspath(unaligned)])
-            if previous is not None and previous.is_file():
-                align_signs(unaligned, previous)
-            plane.parent.mkdir(exist_ok=True)
-            os.replace(unaligned, plane)  # in place only once aligned: a resume never takes an unaligned plane
-        extent = ["--range", *map(repr, args.range)] if args.range else []
-        _step(landscape, [
-            *trajectory, "--directions", os.fspath(plane), "--out", os.fspath(target), "--dims", "2",
-            "--resolution", str(args.resolution), "--border", repr(args.border), "--min-extent", repr(args.min_extent),
-            *extent, "--grid-batching", args.grid_batching, *evaluation])
+        try:
+            _centre(args, staging, work, trajectory, evaluation, iteration, previous)
+        except UnusableCheckpoint as error:  # not finite there: the iterations it would draw take the previous plane
+            skip_checkpoint(skipped, args.trajectory, iteration, error.reason, what="centre at iteration")
+            continue
         computed += 1
         previous = plane
+    write_json(staging / "skipped.json", skipped)
+    if len(skipped) == len(iterations):
+        raise ValueError(f"{args.trajectory}: every centre of the moving frame is not finite (the run diverged): "
+                         "no landscape to draw; retrain with a lower train.lr")
     shutil.rmtree(work, ignore_errors=True)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
-    print(f"wrote {len(iterations)} moving-frame landscapes ({computed} computed now) to {out}", file=sys.stderr)
+    print(f"wrote {len(iterations) - len(skipped)} moving-frame landscapes ({computed} computed now"
+          + (f", {len(skipped)} centres skipped as not finite" if skipped else "") + f") to {out}", file=sys.stderr)
     return 0
+
+
+def _centre(args: argparse.Namespace, staging: Path, work: Path, trajectory: list[str], evaluation: list[str],
+            iteration: int, previous: Path | None) -> None:
+    """The eigendirections, the sign-aligned plane and the landscape of the centre at ``iteration``."""
+    from . import directions, eigendirections, landscape
+
+    target = staging / centre_name(iteration)
+    plane = staging / "directions" / centre_name(iteration)
+    if not plane.is_file():
+        target.unlink(missing_ok=True)  # a landscape belongs to its directions file: recompute both
+        eig = work / f"eigendirections_{iteration:06d}.h5"
+        if not eig.is_file():
+            work.mkdir(exist_ok=True)
+            _step(eigendirections, [
+                *trajectory, "--out", os.fspath(eig), "--iteration", str(iteration), "--which", args.which,
+                "--target", repr(args.target), "--count", str(args.count), "--steps", str(args.steps),
+                "--seed", str(args.seed), "--hvp-memory-mb", repr(args.hvp_memory_mb),
+                "--hvp-mode", args.hvp_mode, *evaluation])
+        unaligned = work / f"directions_{iteration:06d}.h5"
+        _step(directions, [
+            *trajectory, "--method", "hessian", "--eigendirections", os.fspath(eig),
+            "--pick", *map(str, args.pick), "--center-iteration", str(iteration), "--out", os.fspath(unaligned)])
+        if previous is not None and previous.is_file():
+            align_signs(unaligned, previous)
+        plane.parent.mkdir(exist_ok=True)
+        os.replace(unaligned, plane)  # in place only once aligned: a resume never takes an unaligned plane
+    extent = ["--range", *map(repr, args.range)] if args.range else []
+    _step(landscape, [
+        *trajectory, "--directions", os.fspath(plane), "--out", os.fspath(target), "--dims", "2",
+        "--resolution", str(args.resolution), "--border", repr(args.border), "--min-extent", repr(args.min_extent),
+        *extent, "--grid-batching", args.grid_batching, *evaluation])
 
 
 def _step(module: Any, argv: list[str]) -> None:

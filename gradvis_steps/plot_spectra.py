@@ -5,8 +5,9 @@
 Writes ``density_<iteration:06d>.png`` for every checkpoint (point index for an interpolation line's spectra).
 The densities are smoothed again from the stored raw nodes with one Gaussian width for all of them (``--sigma``,
 else range/500 over all the checkpoints: the same width the frames of that file use) and drawn with common axis
-limits, so the plots compare side by side; the width and its rule are in each PNG's text. The folder appears
-whole (filled as a hidden sibling, then renamed).
+limits, so the plots compare side by side; the width and its rule are in each PNG's text. A checkpoint the spectrum
+step skipped (non-finite: the run diverged there) gets a blank plot saying so. The folder appears whole (filled as a
+hidden sibling, then renamed).
 """
 
 from __future__ import annotations
@@ -34,26 +35,40 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.check_sigma(args.sigma)
     from .core.plots import save_figure
-    from .render.spectrum_plots import common_density, density_title, density_ylim, plot_density, sigma_record
+    from .render.spectrum_plots import (
+        common_density,
+        density_title,
+        density_ylim,
+        plot_density,
+        plot_skipped,
+        sigma_record,
+    )
     from .storage.atomic import atomic_folder
     from .storage.spectra import load_spectra
 
     spectra = load_spectra(args.spectra)
-    if not spectra.entries:
+    if not spectra.entries and not spectra.skipped:
         raise ValueError(f"{args.spectra} holds no spectra")
-    density = common_density(spectra, args.sigma)
     label = "point" if "t" in spectra.attrs else "iteration"  # the interpolate step keys its spectra by point
-    xlim = (float(density.grid[0]), float(density.grid[-1]))
-    ylim = density_ylim(density.top, args.log_scale)
     out = Path(args.out_dir)
     with atomic_folder(out) as staging:
+        for key, reason in spectra.skipped.items():
+            save_figure(plot_skipped(f"{label} {key}", reason), staging / f"density_{key:06d}.png", dpi=args.dpi)
+        if not spectra.entries:
+            print(f"warning: {args.spectra} holds only skipped (non-finite) checkpoints: wrote {len(spectra.skipped)} "
+                  f"blank plots to {out}", file=sys.stderr)
+            return 0
+        density = common_density(spectra, args.sigma)
+        xlim = (float(density.grid[0]), float(density.grid[-1]))
+        ylim = density_ylim(density.top, args.log_scale)
         for key, values in density.densities.items():
             fig = plot_density(density.grid, values, log_scale=args.log_scale, xlim=xlim, ylim=ylim,
                                title=density_title(spectra.entries[key], label), sigma=density.sigma)
             save_figure(fig, staging / f"density_{key:06d}.png", dpi=args.dpi,
                         metadata=sigma_record(density.sigma, density.rule))
-    print(f"wrote {len(density.densities)} density plots to {out} (sigma {density.sigma:.3g}, {density.rule})",
-          file=sys.stderr)
+    skipped = f" and {len(spectra.skipped)} blank ones of skipped (non-finite) points" if spectra.skipped else ""
+    print(f"wrote {len(density.densities)} density plots{skipped} to {out} (sigma {density.sigma:.3g}, "
+          f"{density.rule})", file=sys.stderr)
     return 0
 
 

@@ -6,7 +6,9 @@
 For each selected checkpoint: k normalized random starting vectors (stream depends only on seed and
 vector index), m Lanczos steps each with full reorthogonalization on exact Hessian-vector products
 over the evaluation subset; the raw nodes and weights, the smoothed density (eq. 4-8) and derived
-figures (Hutchinson trace, extreme eigenvalues, negative mass) are stored. Under ``mpiexec -n R`` the k
+figures (Hutchinson trace, extreme eigenvalues, negative mass) are stored. A checkpoint whose parameters,
+recorded batch loss, evaluated loss or Hessian-vector products are not finite (the run diverged there) is skipped
+with a warning and listed in the file's ``skipped`` attribute. Under ``mpiexec -n R`` the k
 starting vectors of each checkpoint are split over the ranks (``--parallel iteration``, Algorithm 5; the
 result equals the serial one bitwise), or every rank runs all chains over a shard of the evaluation
 batches (``--parallel data``, Algorithm 4), or both (``--parallel hybrid --ranks-per-group D``); rank 0
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.check_sigma(args.sigma)
 
     from .backends import backend_for_trajectory
-    from .checkpoints import select_rows
+    from .checkpoints import UnusableCheckpoint, checkpoint_problem, loss_problem, select_rows, skip_checkpoint
     from .core.parallel import parallel_layout, world
     from .provenance import provenance
     from .storage import runs
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         attrs = {"dim": traj.dim, "k": args.k, "m": m, "seed": args.seed, "vector_kind": args.vector,
                  "sigma_rule": stored_sigma_rule(args.sigma),
                  "group_size": group_size, "config": {**config, "run": traj.config},
-                 "provenance": provenance(config, ranks=comm.size, **layout.record()), runs.ATTRIBUTE: [traj.run]}
+                 "provenance": provenance(config, ranks=comm.size, **layout.record()), runs.ATTRIBUTE: [traj.run],
+                 "skipped": []}
         done = Spectra({}, attrs)
         if comm.rank == 0 and partial.exists():
             try:
@@ -107,16 +110,28 @@ def main(argv: list[str] | None = None) -> int:
             iteration = int(traj.iterations[row])
             if iteration in finished:
                 continue
-            if traj.buffer_layout:
-                objective.set_buffers(traj.buffers(int(row)), traj.buffer_layout)
-            theta = objective.from_numpy(traj.params(int(row)))
-            if "hvp" not in attrs["provenance"]:  # the first point computed: resolve hvp_mode "auto" there
-                attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size,
-                                                             everyone=layout.ranks_per_group > 1)
-            entry = point_spectrum(comm, objective, theta, iteration, k=args.k, m=m, seed=args.seed,
-                                   kind=args.vector, sigma=args.sigma, group_size=group_size,
-                                   ranks_per_group=layout.ranks_per_group)
+            reason = checkpoint_problem(traj, int(row))  # the same on every rank: they skip together
+            if reason is None:
+                if traj.buffer_layout:
+                    objective.set_buffers(traj.buffers(int(row)), traj.buffer_layout)
+                theta = objective.from_numpy(traj.params(int(row)))
+                reason = loss_problem(objective.evaluate(theta).loss)  # one forward pass, identical on every rank
+            if reason is None:
+                if "hvp" not in attrs["provenance"]:  # the first point computed: resolve hvp_mode "auto" there
+                    attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size,
+                                                                 everyone=layout.ranks_per_group > 1)
+                try:
+                    entry = point_spectrum(comm, objective, theta, iteration, k=args.k, m=m, seed=args.seed,
+                                           kind=args.vector, sigma=args.sigma, group_size=group_size,
+                                           ranks_per_group=layout.ranks_per_group)
+                except UnusableCheckpoint as error:  # rank 0 only, after the point's last collective
+                    reason = error.reason
             if comm.rank != 0:
+                continue
+            if reason is not None:
+                skip_checkpoint(attrs["skipped"], args.trajectory, iteration, reason)
+                if args.plot_dir:
+                    write_skipped_plot(iteration, reason, Path(args.plot_dir))
                 continue
             done.entries[iteration] = entry
             save_spectra(done, partial)
@@ -125,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         if comm.rank == 0:
             save_spectra(done, out)
             partial.unlink(missing_ok=True)
-            print(f"wrote spectra of {len(done.entries)} checkpoint(s) (k={args.k}, m={m}) to {out}", file=sys.stderr)
+            skipped = f", {len(attrs['skipped'])} skipped (non-finite)" if attrs["skipped"] else ""
+            print(f"wrote spectra of {len(done.entries)} checkpoint(s){skipped} (k={args.k}, m={m}) to {out}",
+                  file=sys.stderr)
     comm.barrier()
     return 0
 
@@ -164,7 +181,9 @@ def point_spectrum(comm: SerialComm | MPIComm, objective: Objective, theta: Arra
     """SLQ (Algorithm 2) of the Hessian at ``theta``, the chains of each group of ``group_size`` starting vectors
     in lockstep; under MPI the groups are split over the rank groups of ``ranks_per_group`` ranks (Algorithm 5;
     inside a rank group the objective is data parallel, Algorithm 4) and the raw quadratures gathered on rank 0.
-    Rank 0 gets a CheckpointSpectrum stored under ``key``, the other ranks None."""
+    Rank 0 gets a CheckpointSpectrum stored under ``key``, the other ranks None; where the Hessian-vector products
+    were not finite, rank 0 gets an :class:`~.checkpoints.UnusableCheckpoint` instead."""
+    from .checkpoints import UnusableCheckpoint
     from .core.parallel import distributed_values
     from .core.slq import SLQResult, resolve_sigma, slq, spectral_density, spectrum_summary
     from .storage.spectra import CheckpointSpectrum
@@ -179,6 +198,9 @@ def point_spectrum(comm: SerialComm | MPIComm, objective: Objective, theta: Arra
     seconds = time.perf_counter() - start
     if rows is None:
         return None
+    if not np.isfinite(rows).all():
+        reason = "non-finite Hessian-vector products"
+        raise UnusableCheckpoint(f"point {key}: {reason}", key, reason)
     result = SLQResult(nodes=rows[:, :m], weights=rows[:, m:2 * m], alpha1=rows[:, 2 * m], dim=objective.dim,
                        seed=seed, indices=np.arange(k), kind=kind)
     width, _ = resolve_sigma(result.nodes, sigma)  # the stored density shows this point alone
@@ -197,6 +219,14 @@ def stored_sigma_rule(sigma: float | None) -> str:
     if sigma is not None:
         return f"explicit --sigma {sigma!r}"
     return f"range/{round(1 / SIGMA_REL)} of each point's own nodes"
+
+
+def write_skipped_plot(iteration: int, reason: str, folder: Path) -> None:
+    """The density figure of a skipped checkpoint: a blank panel saying why, so the sequence shows the gap."""
+    from .core.plots import save_figure
+    from .render.spectrum_plots import plot_skipped
+
+    save_figure(plot_skipped(f"iteration {iteration}", reason), folder / f"iter_{iteration:06d}.png", dpi=100)
 
 
 def write_plot(entry: CheckpointSpectrum, folder: Path, log_scale: bool, sigma_rule: str) -> None:

@@ -5,6 +5,13 @@
 
 The output is an HDF5 trajectory (see ``gradvis_steps.storage.trajectory``) holding the flat
 parameters of every checkpoint, the parameter layout, iteration, epoch, batch loss and this config.
+
+Divergence: the first iteration whose batch loss (or whose parameters) is not finite ends training. By default
+(``--on-divergence stop``) the step exits with status 2 and one line naming the iteration, epoch, loss and
+learning rate; no trajectory is written (``<out>.partial`` stays, so ``--resume --on-divergence keep`` continues
+from its last epoch boundary). With ``--on-divergence keep`` the trajectory is written with the checkpoints
+before that iteration, ending at the last point with a finite batch loss (added when it was not a stored
+checkpoint), with the attribute ``diverged_at``; a warning goes to stderr and the status is 0.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-iterations", type=cli.positive_int, default=None,
                         help="stop after this many iterations (default: all epochs)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--on-divergence", choices=("stop", "keep"), default="stop",
+                        help="when the batch loss becomes non-finite: stop with an error (no trajectory), or keep the "
+                             "checkpoints before it as the trajectory (not part of the run config: a run resumes "
+                             "either way)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from <out>.partial (same settings required)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -68,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     config = run_config(args)
 
-    from .core.training import TrainSettings
+    from .core.training import TrainingDiverged, TrainSettings
     from .data import load_dataset
     from .storage.trajectory import TrajectoryWriter
 
@@ -80,14 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     writer = TrajectoryWriter(args.out, layout, framework.buffer_layout(model), config,
                               provenance(config, device=str(device)), resume=args.resume)
     start = time.perf_counter()
+    diverged = None
     try:
         summary = framework.train(model, dataset, TrainSettings(**config["train"]), writer, device=device,
                                   progress=not args.no_progress)
+    except TrainingDiverged as error:
+        if args.on_divergence != "keep" or not error.kept:
+            writer.close()  # <out>.partial stays: --resume --on-divergence keep continues from its last epoch
+            raise
+        diverged, summary = error, error.keep(writer)
     except BaseException:
         writer.close()  # keep <out>.partial (with its resume state) for --resume
         raise
     summary["seconds"] = round(time.perf_counter() - start, 3)
     path = writer.commit(summary)
+    if diverged is not None:
+        print(f"warning: {diverged.describe()}; kept the {summary['checkpoints']} checkpoint(s) before it "
+              f"(iterations 0..{summary['iterations']}) in {path}", file=sys.stderr)
     print(f"wrote {summary['checkpoints']} checkpoints ({summary['iterations']} iterations, "
           f"{layout.size} parameters) to {path} in {summary['seconds']:.1f} s", file=sys.stderr)
     return 0

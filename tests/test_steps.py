@@ -455,14 +455,15 @@ def test_landscape_resume_evaluates_only_missing_points(folder, trajectory, pca_
     out = folder / "resumed" / "landscape.h5"
     argv = ["--trajectory", trajectory, "--directions", pca_file, "--resolution", RESOLUTION, "--out", out,
             "--grid-batching", "per_point", *EVAL]
-    # Every loss evaluation, single (evaluate) or batched (evaluate_many), runs _evaluate_point once per point.
+    # Every loss evaluation, single (evaluate) or batched (evaluate_many), runs _evaluate_point once per point; the
+    # 25 checkpoints are evaluated first (a non-finite one must not span the grid), then the grid.
     original = TorchObjective._evaluate_point
-    n_points, n_done = RESOLUTION**2, 9
+    n_points, n_done, n_checkpoints = RESOLUTION**2, 9, 25
     calls = [0]
 
     def failing(self, *args):
         calls[0] += 1
-        if calls[0] > n_done:
+        if calls[0] > n_checkpoints + n_done:
             raise Interrupted
         return original(self, *args)
 
@@ -488,7 +489,7 @@ def test_landscape_resume_evaluates_only_missing_points(folder, trajectory, pca_
     monkeypatch.setattr(TorchObjective, "_evaluate_point", counting)
     capsys.readouterr()
     step(landscape, *argv)
-    assert calls[0] == (n_points - n_done) + 25 + 25  # missing grid points, projections, checkpoints
+    assert calls[0] == (n_points - n_done) + 25 + n_checkpoints  # missing grid points, projections, checkpoints
     assert f"resuming: {n_done} of {n_points} grid points restored" in capsys.readouterr().err  # --no-progress too
     resumed, full = load_landscape(out), load_landscape(landscape_2d)
     for name in ("loss", "accuracy", "trajectory", "trajectory_loss", "checkpoint_loss", "residuals"):

@@ -130,6 +130,11 @@ class Grid:
         return len(self.axes)
 
     @property
+    def non_finite_points(self) -> int:
+        """Evaluated grid points whose loss is NaN or inf (the model overflowed there)."""
+        return int(np.count_nonzero(self.filled & ~np.isfinite(self.loss)))
+
+    @property
     def shape(self) -> tuple[int, ...]:
         return tuple(a.size for a in self.axes)
 
@@ -339,6 +344,7 @@ class LandscapeResult:
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     runs: list | None = None  # the run(s) it belongs to, [{"digest", "label"}] (storage.runs); None: not recorded
+    skipped: list = field(default_factory=list)  # [{iteration, reason}]: non-finite checkpoints left out (diverged)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -401,6 +407,11 @@ class LandscapeResult:
     @property
     def ndim(self) -> int:
         return len(self.axes)
+
+    @property
+    def non_finite_points(self) -> int:
+        """Evaluated grid points whose loss is NaN or inf (the model overflowed there)."""
+        return int(np.count_nonzero(self.filled & ~np.isfinite(self.loss)))
 
     @property
     def shape(self) -> tuple[int, ...]:

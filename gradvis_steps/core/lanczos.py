@@ -472,6 +472,9 @@ def tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, n
     """
     alpha = np.asarray(alpha, dtype=np.float64)
     beta = np.asarray(beta, dtype=np.float64)
+    if not (np.isfinite(alpha).all() and np.isfinite(beta).all()):
+        raise ValueError("the Lanczos coefficients are not finite: the operator's products overflow (at a point where "
+                         "training diverged?)")
     if alpha.shape[0] == 1:
         return alpha.copy(), np.ones((1, 1))
     return eigh_tridiagonal(alpha, beta)

@@ -1,7 +1,9 @@
 """Matplotlib figures of a :class:`~.grid.LandscapeResult`: 2D contour, 3D surface, 1D line.
 
 Non-finite grid values (NaN: not evaluated or diverged; inf: overflow) are masked and never crash a
-plot; a grid with no finite value gives a figure that says so. Every function takes an optional ``ax``
+plot; levels and log scales come from the finite values only; evaluated points that are not finite are
+counted on the figure ("12 of 625 points non-finite (masked)"); a grid with no finite value gives a
+figure that says so. Every function takes an optional ``ax``
 (so the frames step can put a landscape beside a spectrum plot) and returns the Figure. The backend is
 Agg: figures are built as ``matplotlib.figure.Figure`` objects (not through pyplot), which render
 with the Agg canvas and need no screen, and leave the user's pyplot backend untouched.
@@ -22,7 +24,8 @@ from matplotlib.ticker import FormatStrFormatter
 from ..storage.atomic import atomic_path
 from .grid import LandscapeResult
 
-__all__ = ["direction_labels", "contour_levels", "plot_contour", "plot_surface", "plot_line", "save_figure"]
+__all__ = ["direction_labels", "contour_levels", "non_finite_note", "plot_contour", "plot_surface", "plot_line",
+           "save_figure"]
 
 _EMPTY_MSG = "no finite loss values"
 
@@ -88,6 +91,26 @@ def _say_empty(ax: Axes, text: str = _EMPTY_MSG) -> None:
         ax.text(0.5, 0.5, text, **kw)
 
 
+def non_finite_note(result: LandscapeResult) -> str | None:
+    """E.g. "12 of 625 points non-finite (masked)" when evaluated grid points overflowed, else None."""
+    bad = result.non_finite_points
+    return f"{bad} of {result.loss.size} points non-finite (masked)" if bad else None
+
+
+def _note_non_finite(ax: Axes, result: LandscapeResult) -> None:
+    """Write :func:`non_finite_note` in ``ax`` (a boxed line at the bottom; at the top of a 3D axes, whose bottom
+    holds the axis labels)."""
+    note = non_finite_note(result)
+    if note is None:
+        return
+    kw: dict[str, Any] = {"ha": "center", "transform": ax.transAxes, "fontsize": "small", "color": "tab:red",
+                          "bbox": {"facecolor": "white", "alpha": 0.8, "lw": 0}}
+    if getattr(ax, "name", "") == "3d":
+        ax.text2D(0.5, 0.95, note, va="top", **kw)
+    else:
+        ax.text(0.5, 0.02, note, va="bottom", **kw)
+
+
 def _trajectory(result: LandscapeResult) -> np.ndarray | None:
     t = result.trajectory
     if t is None or t.shape[0] == 0:
@@ -136,9 +159,10 @@ def plot_contour(
     if x.size > 1 and y.size > 1:
         ax.set_xlim(x[0], x[-1])
         ax.set_ylim(y[0], y[-1])
-    if levels is None:
+    _note_non_finite(ax, result)
+    if levels is None or Z.count() == 0:  # nothing finite (shared levels may still come from other landscapes)
         _say_empty(ax)
-    elif min(x.size, y.size) >= 2 and Z.count() > 0:
+    elif min(x.size, y.size) >= 2:
         norm = None
         if log_levels:
             Z = np.ma.masked_where(Z.filled(np.nan) <= 0, Z.filled(np.nan))
@@ -188,6 +212,7 @@ def plot_surface(
     if title:
         ax.set_title(title)
     finite = np.isfinite(Z)
+    _note_non_finite(ax, result)
     if not finite.any():
         _say_empty(ax)
         return fig
@@ -249,6 +274,9 @@ def plot_line(
     ax.set_ylabel("loss")
     if title:
         ax.set_title(title)
+    if x.size > 1:
+        ax.set_xlim(x[0], x[-1])  # the whole line, also where only part of it is finite
+    _note_non_finite(ax, result)
     if z.count() == 0:
         _say_empty(ax)
         return fig

@@ -122,7 +122,8 @@ def slq(
     breakdown_tol: float | None = None,
     group_size: int = 1,
 ) -> SLQResult:
-    """Algorithm 2: k Lanczos runs of m steps; returns raw nodes/weights (density via eq. 8 later).
+    """Algorithm 2: k Lanczos runs of m steps; returns raw nodes/weights (density via eq. 8 later). A chain whose
+    Hessian-vector products are not finite gets NaN nodes and weights.
 
     ``like`` fixes the vectors' array type/dtype/device (e.g. a torch tensor on the GPU); ``indices``
     (a subset of ``range(k)``) computes only those starting vectors, for Algorithm 5's split over ranks.
@@ -152,9 +153,12 @@ def slq(
         else:
             alphas, betas = _lockstep(matvec, vectors, m_eff, breakdown_tol)
         for alpha, beta in zip(alphas, betas, strict=True):
-            lam, U = tridiagonal_eigh(alpha, beta)  # eq. 6: T = U L U^T
-            nodes[row] = lam  # l_j = L_jj
-            weights[row] = U[0, :] ** 2  # eq. 7: omega_j = U_{1j}^2
+            if np.isfinite(alpha).all() and np.isfinite(beta).all():
+                lam, U = tridiagonal_eigh(alpha, beta)  # eq. 6: T = U L U^T
+                nodes[row] = lam  # l_j = L_jj
+                weights[row] = U[0, :] ** 2  # eq. 7: omega_j = U_{1j}^2
+            else:  # the products overflowed (a point where training diverged): NaN nodes tell the caller
+                nodes[row] = weights[row] = np.nan
             alpha1[row] = alpha[0]  # v^T A v with ||v|| = 1
             row += 1
     return SLQResult(

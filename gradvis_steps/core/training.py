@@ -1,8 +1,13 @@
-"""Training settings: what the train step records in a trajectory's run config, the same for every framework."""
+"""Training settings (what the train step records in a trajectory's run config) and the divergence check, the same
+for every framework."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -31,3 +36,112 @@ class TrainSettings:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.max_iterations is not None and self.max_iterations < 1:
             raise ValueError(f"max_iterations must be >= 1 or unset, got {self.max_iterations!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingPoint:
+    """One point of training: theta_t (flat parameters and buffers) and the loss of the batch the step from it used
+    (None: not known, the point after the last step)."""
+
+    params: np.ndarray
+    buffers: np.ndarray
+    iteration: int
+    epoch: int
+    batch_loss: float | None
+
+
+def non_finite_reason(point: TrainingPoint) -> str | None:
+    """Why ``point`` is not a usable checkpoint (a non-finite batch loss, parameter or buffer), or None if it is."""
+    if point.batch_loss is not None and not math.isfinite(point.batch_loss):
+        return f"batch loss {point.batch_loss}"
+    bad = int(np.count_nonzero(~np.isfinite(point.params)))
+    if bad:
+        return f"{bad} of {point.params.size} parameters non-finite"
+    if point.buffers.size and not np.isfinite(point.buffers).all():
+        return "non-finite buffers (batch-norm statistics)"
+    return None
+
+
+class TrainingDiverged(ValueError):
+    """Training reached a point with a non-finite batch loss (or parameters) at ``point.iteration``: that point and
+    every later one are unusable. ``stored`` checkpoints before it are in the writer; ``last`` is the last finite
+    point (theta_{t-1}; None at iteration 0 or right after a resume from a file without it). A ValueError, so the
+    train step reports it in one line (exit status 2)."""
+
+    def __init__(self, point: TrainingPoint, reason: str, settings: TrainSettings, stored: int,
+                 last: TrainingPoint | None):
+        self.point, self.reason, self.settings, self.stored, self.last = point, reason, settings, stored, last
+        self.last_is_stored = last is None or last.iteration % settings.checkpoint_every == 0
+        #: checkpoints a kept trajectory holds: the stored ones plus the last finite point when it was not stored
+        self.kept = stored + (0 if self.last_is_stored else 1)
+        if self.kept:
+            advice = (f"lower train.lr (--lr), or set train.on_divergence: keep (--on-divergence keep) to keep the "
+                      f"{self.kept} checkpoint(s) before it")
+        else:
+            advice = "nothing before it to keep: check the model, the data and train.lr"
+        super().__init__(f"{self.describe()}; {advice}")
+
+    def describe(self) -> str:
+        """Where and why training diverged, e.g. "training diverged at iteration 412 (epoch 3 of 6): batch loss nan
+        (lr 1e+06)"."""
+        return (f"training diverged at iteration {self.point.iteration} (epoch {self.point.epoch + 1} of "
+                f"{self.settings.epochs}): {self.reason} (lr {self.settings.lr:g})")
+
+    @property
+    def diverged_at(self) -> dict[str, Any]:
+        """The record a kept trajectory stores (attribute ``diverged_at``, JSON)."""
+        loss = self.point.batch_loss
+        return {"iteration": self.point.iteration, "epoch": self.point.epoch, "reason": self.reason,
+                "batch_loss": None if loss is None else str(loss) if not math.isfinite(loss) else loss}
+
+    def keep(self, writer: Any) -> dict[str, Any]:
+        """``--on-divergence keep``: end the trajectory in ``writer`` at the last finite point (appended when it
+        was not a stored checkpoint, with its finite batch loss); returns the run's summary."""
+        if self.kept == 0:
+            raise ValueError(f"{self.describe()}; no checkpoint before it to keep")
+        if not self.last_is_stored:
+            last = self.last
+            writer.append(last.params, last.buffers, iteration=last.iteration, epoch=last.epoch,
+                          batch_loss=last.batch_loss)
+        every = self.settings.checkpoint_every
+        final = self.last.iteration if self.last is not None else (self.point.iteration - 1) // every * every
+        return {"iterations": final, "checkpoints": len(writer),
+                "last_batch_loss": None if self.last is None else self.last.batch_loss,
+                "diverged_at": self.diverged_at}
+
+
+class DivergenceGuard:
+    """Checks every point of a training run before it may be stored, the same in every backend: the first point
+    with a non-finite batch loss, parameter or buffer raises :class:`TrainingDiverged`, so a trajectory never
+    holds one. Remembers the last finite point (part of the resume state, so a resumed run keeps the same one)."""
+
+    _RESUME_KEYS = ("last_params", "last_buffers", "last_iteration", "last_epoch", "last_loss")
+
+    def __init__(self, settings: TrainSettings):
+        self.settings = settings
+        self.last: TrainingPoint | None = None
+
+    def check(self, params: np.ndarray, buffers: np.ndarray, batch_loss: float | None, *, iteration: int,
+              epoch: int, stored: int) -> None:
+        """Pass theta_``iteration`` (``batch_loss``: the loss of the batch the step from it used; None after the
+        last step); ``stored``: checkpoints written so far."""
+        point = TrainingPoint(params, buffers, int(iteration), int(epoch), batch_loss)
+        reason = non_finite_reason(point)
+        if reason is not None:
+            raise TrainingDiverged(point, reason, self.settings, stored, self.last)
+        self.last = point
+
+    def resume_state(self) -> dict[str, Any]:
+        """The last finite point, for the writer's resume state (empty before the first point)."""
+        last = self.last
+        if last is None or last.batch_loss is None:
+            return {}
+        return {"last_params": last.params, "last_buffers": last.buffers, "last_iteration": last.iteration,
+                "last_epoch": last.epoch, "last_loss": last.batch_loss}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take the last finite point back from a resume state (files written before it was recorded lack it)."""
+        if all(key in state for key in self._RESUME_KEYS):
+            self.last = TrainingPoint(np.asarray(state["last_params"]), np.asarray(state["last_buffers"]),
+                                      int(state["last_iteration"]), int(state["last_epoch"]),
+                                      float(state["last_loss"]))

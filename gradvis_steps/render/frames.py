@@ -7,9 +7,10 @@ none is). Interpolation (Figure 8): [the plane through both minima and A's initi
 of the line] | the loss along the line with the current point | the density there.
 
 Every density of a sequence uses one grid and one Gaussian width (``render.spectrum_plots.common_density``), so
-frames stay comparable. The static parts (surface, contours, colorbar, axes) are drawn once per landscape into a
-background; each frame restores that background and draws only the moving artists (paths, markers, density
-curve, titles), so a frame costs a few artists and one PNG encoding even with a 3D axes.
+frames stay comparable. A point whose spectrum was skipped (non-finite: the run diverged there) keeps its frame,
+with a blank density panel saying so. The static parts (surface, contours, colorbar, axes) are drawn once per
+landscape into a background; each frame restores that background and draws only the moving artists (paths, markers,
+density curve, titles), so a frame costs a few artists and one PNG encoding even with a 3D axes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from ..core.grid import LandscapeResult
 from ..core.plots import plot_contour, plot_line, plot_surface
 from ..storage.atomic import atomic_path, write_json
 from ..storage.spectra import Spectra
-from .spectrum_plots import LOG_FLOOR, DensitySet, common_density, density_xlabel, density_ylim, sigma_record
+from .spectrum_plots import (
+    LOG_FLOOR,
+    DensitySet,
+    common_density,
+    density_xlabel,
+    density_ylim,
+    sigma_record,
+    skipped_note,
+)
 
 __all__ = ["landscape_for", "centre_of", "line_to_plane", "TrainingFrames", "InterpolationFrames", "write_frames"]
 
@@ -129,11 +138,19 @@ class _DensityPanel:
         ax.set_xlabel(density_xlabel(density.sigma))
         ax.set_ylabel("density (log scale)" if log_scale else "density")
         self.title = ax.set_title(" ", fontsize="small")
-        blitter.animate(self.line, self.title)
+        self.note = ax.text(0.5, 0.5, "", ha="center", va="center", transform=ax.transAxes, color="tab:red")
+        blitter.animate(self.line, self.title, self.note)
+
+    def show_skipped(self, label: str, reason: str) -> None:
+        """A blank panel for a point whose spectrum was skipped, saying why."""
+        self.line.set_ydata(np.full_like(self.density.grid, np.nan))
+        self.note.set_text(skipped_note(label, reason))
+        self.title.set_text("no spectrum (skipped)")
 
     def show(self, key: int, summary: dict[str, float]) -> None:
         """Show the density of point ``key`` and its extremes and negative mass in the title."""
         values = self.density.densities[key]
+        self.note.set_text("")
         self.line.set_ydata(np.maximum(values, LOG_FLOOR) if self.log_scale else values)
         tol = summary.get("negative_tol", 0.0)
         self.title.set_text(f"λmax={summary['lambda_max']:.3g}  λmin={summary['lambda_min']:.3g}  "
@@ -156,9 +173,11 @@ class _Sequence:
 
     def __init__(self, spectra: Spectra, figsize: tuple[float, float], dpi: int, sigma: float | None):
         if not spectra.entries:
-            raise ValueError("no spectra to draw frames from")
+            more = f" (all {len(spectra.skipped)} skipped as non-finite: the run diverged)" if spectra.skipped else ""
+            raise ValueError(f"no spectra to draw frames from{more}")
         self.spectra = spectra
-        self.keys = [int(k) for k in spectra.iterations]
+        self.skipped = spectra.skipped  # these points get a frame with a blank density panel
+        self.keys = sorted({int(k) for k in spectra.iterations} | set(self.skipped))
         self.density = common_density(spectra, sigma)
         self.figure = Figure(figsize=figsize, dpi=dpi)
         self.blitter = _Blitter(self.figure)
@@ -175,7 +194,16 @@ class _Sequence:
     def record(self) -> dict[str, Any]:
         """What the sequence shows and how its densities were smoothed (written beside the frames)."""
         return {"kind": self.kind, "keys": self.keys, "sigma": self.density.sigma, "sigma_rule": self.density.rule,
-                "size_px": [int(round(v)) for v in self.figure.get_size_inches() * self.figure.dpi]}
+                "size_px": [int(round(v)) for v in self.figure.get_size_inches() * self.figure.dpi],
+                **({"skipped": [{"iteration": k, "reason": r} for k, r in self.skipped.items()]}
+                   if self.skipped else {})}
+
+    def show_density(self, key: int, label: str) -> None:
+        """The density panel of point ``key``: its density, or a blank panel if its spectrum was skipped."""
+        if key in self.skipped:
+            self.panel.show_skipped(f"{label} {key}", self.skipped[key])
+        else:
+            self.panel.show(key, self.spectra.entries[key].summary)
 
 
 class TrainingFrames(_Sequence):
@@ -231,7 +259,8 @@ class TrainingFrames(_Sequence):
             lo, hi = self.ax3d.get_zlim()
             self.ax3d.set_zlim(min(lo, float(z[finite].min())), max(hi, float(z[finite].max())))
         self.ax3d.computed_zorder = False  # the path over the surface, not depth-sorted behind it
-        self.ax3d.plot([traj[0, 0]], [traj[0, 1]], [z[0]], "o", color="white", mec="k", ms=6, zorder=4)
+        # arrays, not lists: matplotlib's 3D lines fail to draw NaN (a skipped checkpoint) given as lists
+        self.ax3d.plot(traj[:1, 0], traj[:1, 1], z[:1], "o", color="white", mec="k", ms=6, zorder=4)
         self.ax2d.plot(traj[0, 0], traj[0, 1], "o", color="white", mec="k", ms=7, zorder=4)
         self.ax2d.plot(0.0, 0.0, "+", color="k", ms=9, mew=1.5, zorder=4)
         centre = f"centre: iteration {self.centres[index]}"
@@ -258,10 +287,10 @@ class TrainingFrames(_Sequence):
             item, row = self.landscapes[index], self.rows[index][key]
             traj, z = item.trajectory, self._heights(item)
             self.path3d.set_data_3d(traj[: row + 1, 0], traj[: row + 1, 1], z[: row + 1])
-            self.point3d.set_data_3d([traj[row, 0]], [traj[row, 1]], [z[row]])
+            self.point3d.set_data_3d(traj[row:row + 1, 0], traj[row:row + 1, 1], z[row:row + 1])
             self.path2d.set_data(traj[: row + 1, 0], traj[: row + 1, 1])
             self.point2d.set_data([traj[row, 0]], [traj[row, 1]])
-            self.panel.show(key, self.spectra.entries[key].summary)
+            self.show_density(key, "iteration")
             loss = item.checkpoint_loss[row] if item.checkpoint_loss is not None else np.nan
             self.suptitle.set_text(f"iteration {key}   loss {loss:.4g}")
             self.used.append(self.order[index])
@@ -283,7 +312,7 @@ class InterpolationFrames(_Sequence):
         if line.ndim != 1:
             raise ValueError(f"interpolation frames need a 1D line landscape, got {line.ndim}D")
         ts = line.axes[0]
-        bad = [int(key) for key in spectra.iterations if not 0 <= key < len(ts)]
+        bad = [int(key) for key in [*spectra.iterations, *spectra.skipped] if not 0 <= key < len(ts)]
         if bad:
             raise ValueError(f"spectra keys {bad[:5]} are not point indices of the line ({len(ts)} points)")
         super().__init__(spectra, (16, 5) if plane is not None else (11, 4.5), dpi, sigma)
@@ -315,7 +344,7 @@ class InterpolationFrames(_Sequence):
             self.line_point.set_data([self.ts[key]], [self.line.loss[key]])
             if self.plane is not None:
                 self.plane_point.set_data([self.plane_xy[key, 0]], [self.plane_xy[key, 1]])
-            self.panel.show(key, self.spectra.entries[key].summary)
+            self.show_density(key, "point")
             self.suptitle.set_text(f"t = {self.ts[key]:.3f}   loss {self.line.loss[key]:.4g}")
             self.used.append(0)
             yield key, self.blitter.render()

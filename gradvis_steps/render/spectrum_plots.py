@@ -85,6 +85,30 @@ def plot_density(grid: np.ndarray, density: np.ndarray, ax: Axes | None = None, 
     return ax.figure
 
 
+#: why a point of each kind has no spectrum (a checkpoint of training, a point of an interpolation line)
+SKIP_CAUSES = {"iteration": "training diverged there", "point": "the loss overflows there"}
+
+
+def skipped_note(label: str, reason: str) -> str:
+    """The text a blank density panel shows for a point without a spectrum (``label``: e.g. "iteration 5")."""
+    cause = SKIP_CAUSES.get(label.split()[0], "not finite")
+    return f"no spectrum at {label}:\nskipped, {reason}\n({cause})"
+
+
+def plot_skipped(label: str, reason: str, ax: Axes | None = None) -> Figure:
+    """A blank density panel for a point whose spectrum was skipped (non-finite), saying so (``label``: e.g.
+    "iteration 5", "point 3"); returns the figure."""
+    if ax is None:
+        fig = Figure(figsize=(5, 4))
+        ax = fig.add_subplot()
+    ax.set_xlabel("eigenvalue")
+    ax.set_yticks([])
+    ax.set_title(f"{label}: skipped", fontsize="small")
+    ax.text(0.5, 0.5, skipped_note(label, reason), ha="center", va="center", transform=ax.transAxes,
+            color="tab:red")
+    return ax.figure
+
+
 def density_xlabel(sigma: float | None) -> str:
     """The density's x label, with its Gaussian width when known."""
     return "eigenvalue" if sigma is None or not np.isfinite(sigma) else f"eigenvalue   (σ = {sigma:.3g})"

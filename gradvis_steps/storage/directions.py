@@ -9,6 +9,7 @@ Layout (format ``gradvis-directions``)::
     /explained_variance_ratio (k,)  optional
     attrs: format, version, method, labels (JSON), normalization, center_iteration, config, provenance,
            runs (JSON: the run(s) the vectors belong to, see ``storage.runs``; absent in older files)
+           skipped (JSON list of {iteration, reason}: non-finite checkpoints a PCA left out; absent in older files)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Directions:
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     runs: run_record.Runs | None = None  # the run (a pair: A, B) the vectors belong to; None: not recorded
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # non-finite checkpoints left out (diverged)
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -58,7 +60,8 @@ class Directions:
                 for name in _OPTIONAL}
         labels = tuple(self.labels[i] for i in indices) if self.labels else ()
         return Directions(self.vectors[indices], self.method, labels, self.normalization, self.center_iteration,
-                          config=self.config, provenance=self.provenance, runs=self.runs, **take)
+                          config=self.config, provenance=self.provenance, runs=self.runs, skipped=self.skipped,
+                          **take)
 
 
 def save_directions(directions: Directions, path: str | os.PathLike) -> None:
@@ -70,6 +73,7 @@ def save_directions(directions: Directions, path: str | os.PathLike) -> None:
             "center_iteration": -1 if directions.center_iteration is None else int(directions.center_iteration),
             "config": json.dumps(directions.config, sort_keys=True, default=str),
             "provenance": json.dumps(directions.provenance, sort_keys=True, default=str),
+            "skipped": json.dumps(list(directions.skipped)),
         })
         if directions.runs is not None:
             f.attrs[run_record.ATTRIBUTE] = run_record.to_attribute(directions.runs)
@@ -95,5 +99,6 @@ def load_directions_file(path: str | os.PathLike) -> Directions:
             config=json.loads(f.attrs["config"]),
             provenance=json.loads(f.attrs["provenance"]),
             runs=run_record.from_attribute(f.attrs.get(run_record.ATTRIBUTE)),
+            skipped=json.loads(f.attrs.get("skipped", "[]")),
             **{name: f[name][()] for name in _OPTIONAL if name in f},
         )

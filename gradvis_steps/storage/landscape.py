@@ -16,6 +16,8 @@ HDF5 layout (format ``gradvis-landscape``, version 1); grid arrays have shape ``
     attrs: format, version, indexing, config (JSON), provenance (JSON), center_iteration (training iteration
            of the checkpoint at the origin; absent when unknown, as in older files: read as None, "the last"),
            runs (JSON: the run, or the pair A, B of an interpolation, see ``storage.runs``; absent in older files)
+           non_finite_points (evaluated grid points whose loss is NaN or inf: overflow, masked in plots),
+           skipped (JSON list of {iteration, reason}: non-finite checkpoints left out, their values NaN)
 
 Files are written atomically: a temporary file in the same folder, then ``os.replace``.
 """
@@ -71,6 +73,8 @@ def save_landscape(result: LandscapeResult, path: str | os.PathLike) -> None:
                 f.attrs["center_iteration"] = int(result.center_iteration)
             if result.runs is not None:
                 f.attrs[runs.ATTRIBUTE] = runs.to_attribute(result.runs)
+            f.attrs["non_finite_points"] = result.non_finite_points
+            f.attrs["skipped"] = json.dumps(list(result.skipped))
             for name, ax in zip(_AXES, result.axes, strict=False):
                 f.create_dataset(name, data=ax)
             f.create_dataset("loss", data=result.loss)
@@ -126,6 +130,7 @@ def load_landscape(path: str | os.PathLike) -> LandscapeResult:
             normalization=_str(d.attrs["normalization"]),
             config=json.loads(_str(f.attrs["config"])),
             provenance=json.loads(_str(f.attrs["provenance"])),
+            skipped=json.loads(_str(f.attrs.get("skipped", "[]"))),
             **kw,
         )
 

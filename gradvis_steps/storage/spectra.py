@@ -12,7 +12,9 @@ Layout (format ``gradvis-spectra``), one group per checkpoint, plus time series 
                                        absent in older files, read as NaN)
     attrs: format, version, dim, k, m, seed, vector_kind, sigma_rule (how the widths were chosen), config,
            provenance, runs (JSON: the run, or the pair A, B of an interpolation line, see ``storage.runs``;
-           absent in older files)
+           absent in older files),
+           skipped (JSON list of {iteration, reason}: checkpoints or points left out because they
+           were not finite, the run having diverged there; absent in older files)
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ class Spectra:
         """The run(s) the spectra belong to (None: not recorded)."""
         return run_record.from_attribute(self.attrs.get(run_record.ATTRIBUTE))
 
+    @property
+    def skipped(self) -> dict[int, str]:
+        """Points left out as non-finite (the run diverged there): key -> reason."""
+        return {int(item["iteration"]): str(item["reason"]) for item in self.attrs.get("skipped") or []}
+
     def series(self, name: str) -> np.ndarray:
         """One derived figure (e.g. ``lambda_max``) over the checkpoints, in iteration order."""
         return np.array([self.entries[i].summary.get(name, np.nan) for i in self.iterations])
@@ -116,8 +123,9 @@ def load_spectra(path: str | os.PathLike) -> Spectra:
 
 
 def merge_spectra(paths: list[str | os.PathLike]) -> Spectra:
-    """Gather per-chunk files of one run into one (the attrs of the first file are kept). The files must belong to
-    one run (``storage.runs``) and agree on the settings that say what a spectrum is (:data:`RESULT_SETTINGS`)."""
+    """Gather per-chunk files of one run into one (the attrs of the first file are kept, the skipped checkpoints of
+    all files listed together). The files must belong to one run (``storage.runs``) and agree on the settings that
+    say what a spectrum is (:data:`RESULT_SETTINGS`)."""
     parts = [load_spectra(p) for p in paths]
     if not parts:
         raise ValueError("no spectra files to merge")
@@ -133,12 +141,17 @@ def merge_spectra(paths: list[str | os.PathLike]) -> Spectra:
                 f"{', '.join(f'{key}={settings[key]!r}' for key in keys)}, but {os.fspath(paths[0])} with "
                 f"{', '.join(f'{key}={first[key]!r}' for key in keys)}: chunks of one spectrum differ in --chunk only")
     entries: dict[int, CheckpointSpectrum] = {}
+    skipped: dict[int, str] = {}
     for path, part in zip(paths, parts, strict=True):
-        overlap = set(entries) & set(part.entries)
+        overlap = (set(entries) | set(skipped)) & (set(part.entries) | set(part.skipped))
         if overlap:
             raise ValueError(f"{path} repeats checkpoints {sorted(overlap)[:5]} already in another file")
         entries.update(part.entries)
-    return Spectra(entries, parts[0].attrs)
+        skipped.update(part.skipped)
+    attrs = dict(parts[0].attrs)
+    if any("skipped" in part.attrs for part in parts):
+        attrs["skipped"] = [{"iteration": key, "reason": skipped[key]} for key in sorted(skipped)]
+    return Spectra(entries, attrs)
 
 
 def _result_settings(spectra: Spectra) -> dict[str, Any]:

@@ -8,7 +8,9 @@ Layout of the file (readable with plain h5py, no gradvis needed)::
     /epoch        (n,)   int64     epoch the checkpoint was taken in
     /batch_loss   (n,)   float64   mini-batch loss evaluated at this checkpoint's parameters
     attrs: format, version, layout (JSON list of {name, shape, kind, offset, filter_axis}),
-           buffer_layout (JSON), config (JSON), provenance (JSON)
+           buffer_layout (JSON), config (JSON), provenance (JSON), summary (JSON), diverged_at (JSON
+           {iteration, epoch, reason, batch_loss}: only in a run kept with ``--on-divergence keep``, whose
+           checkpoints end at the last finite point before that iteration)
 
 The run's identity (``Trajectory.run``: a digest of the config and of checkpoint 0, see ``storage.runs``) is
 computed on read, so every trajectory has one and training writes nothing for it.
@@ -117,11 +119,14 @@ class TrajectoryWriter:
         return {key: self.file["resume"][key][()] for key in self.file["resume"]}
 
     def commit(self, summary: dict[str, Any] | None = None) -> Path:
-        """Finish the run: drop resume state, store a summary, rename ``.partial`` onto the target."""
+        """Finish the run: drop resume state, store a summary (its ``diverged_at`` also as an attribute of its own),
+        rename ``.partial`` onto the target."""
         if "resume" in self.file:
             del self.file["resume"]
         if summary is not None:
             self.file.attrs["summary"] = json.dumps(summary, sort_keys=True, default=str)
+            if summary.get("diverged_at") is not None:
+                self.file.attrs["diverged_at"] = json.dumps(summary["diverged_at"], sort_keys=True)
         self.file.close()
         os.replace(self.partial, self.path)
         return self.path
@@ -146,6 +151,9 @@ class Trajectory:
             self.buffer_layout = json.loads(self.file.attrs["buffer_layout"])
             self.config = json.loads(self.file.attrs["config"])
             self.provenance = json.loads(self.file.attrs["provenance"])
+            diverged = self.file.attrs.get("diverged_at")
+            #: where training diverged (a run kept with --on-divergence keep), else None
+            self.diverged_at = None if diverged is None else json.loads(diverged)
             self.iterations = self.file["iteration"][()]
             self.epochs = self.file["epoch"][()]
             self.batch_loss = self.file["batch_loss"][()]
@@ -188,9 +196,11 @@ class Trajectory:
         """Row of the checkpoint taken after ``iteration`` steps; error lists what exists."""
         rows = np.flatnonzero(self.iterations == iteration)
         if len(rows) == 0:
+            cut = (f"; training diverged at iteration {self.diverged_at['iteration']} and was kept up to there"
+                   if self.diverged_at else "")
             raise ValueError(
                 f"{self.path} has no checkpoint at iteration {iteration}; it has iterations "
-                f"{self.iterations.min()}..{self.iterations.max()} ({len(self)} checkpoints)"
+                f"{self.iterations.min()}..{self.iterations.max()} ({len(self)} checkpoints){cut}"
             )
         return int(rows[0])
 

@@ -153,7 +153,8 @@ def train_args(run):
     args += ["--model", model["name"]]
     args += [x for k, v in model.items() if k != "name" for x in ("--model-option", f"{k}={v}")]
     args += ["--seed", s["seed"], "--lr", s["lr"], "--batch-size", s["batch_size"], "--epochs", s["epochs"],
-             "--momentum", s["momentum"], "--checkpoint-every", planned["checkpoint_every"], "--device", cfg["device"]]
+             "--momentum", s["momentum"], "--checkpoint-every", planned["checkpoint_every"], "--device", cfg["device"],
+             "--on-divergence", cfg["train"]["on_divergence"]]
     return " ".join(shlex.quote(str(a)) for a in args)
 
 

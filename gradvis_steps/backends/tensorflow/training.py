@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ...core.training import TrainSettings
+from ...core.training import DivergenceGuard, TrainSettings
 from ...data.base import ArrayDataset
 from ...storage.trajectory import TrajectoryWriter
 from .flat import buffer_layout, flatten_parameters, layout_of, load_flat_parameters, unflatten_buffers
@@ -37,7 +37,8 @@ def train(model: keras.Model, dataset: ArrayDataset, settings: TrainSettings, wr
 
     Checkpoint t holds the parameters after t optimizer steps (t = 0 is the initial point; the final point is always
     stored) with ``batch_loss`` = loss of the mini-batch the step from t used (NaN for the final point). If ``writer``
-    holds resume state (an interrupted run), training continues from that epoch boundary.
+    holds resume state (an interrupted run), training continues from that epoch boundary. A point with a non-finite
+    batch loss or parameters raises :class:`~...core.training.TrainingDiverged` before it is stored.
     """
     layout = layout_of(model)
     buffers_layout = buffer_layout(model)
@@ -78,8 +79,10 @@ def train(model: keras.Model, dataset: ArrayDataset, settings: TrainSettings, wr
         return theta.numpy().astype(np.float32), np.concatenate(flat) if flat else np.zeros(0)
 
     iteration, start_epoch = 0, 0
+    guard = DivergenceGuard(settings)
     state = writer.resume_state()
     if state is not None:
+        guard.restore(state)
         theta.assign(np.asarray(state["params"]).astype(theta.dtype.as_numpy_dtype))
         restored = unflatten_buffers(state["buffers"], buffers_layout)
         for variable, entry in zip(buffers, buffers_layout, strict=True):
@@ -103,6 +106,7 @@ def train(model: keras.Model, dataset: ArrayDataset, settings: TrainSettings, wr
                 break
             params, flat_buffers = snapshot()  # theta_t before the step updates the batch-norm statistics
             last_loss = float(step(tf.constant(order[start:start + settings.batch_size], dtype=tf.int64)))
+            guard.check(params, flat_buffers, last_loss, iteration=iteration, epoch=epoch, stored=len(writer))
             if iteration % settings.checkpoint_every == 0:
                 writer.append(params, flat_buffers, iteration=iteration, epoch=epoch, batch_loss=last_loss)
             iteration += 1
@@ -111,11 +115,12 @@ def train(model: keras.Model, dataset: ArrayDataset, settings: TrainSettings, wr
         params, flat_buffers = snapshot()
         writer.save_resume_state({
             "params": params, "buffers": flat_buffers, "momentum": momentum.numpy().astype(np.float64),
-            "iteration": iteration, "next_epoch": epoch + 1, "n_checkpoints": len(writer),
+            "iteration": iteration, "next_epoch": epoch + 1, "n_checkpoints": len(writer), **guard.resume_state(),
         })
     bar.close()
     params, flat_buffers = snapshot()
     final_epoch = (iteration - 1) // steps_per_epoch if iteration else 0
+    guard.check(params, flat_buffers, None, iteration=iteration, epoch=final_epoch, stored=len(writer))
     writer.append(params, flat_buffers, iteration=iteration, epoch=final_epoch, batch_loss=float("nan"))
     load_flat_parameters(model, theta.numpy())
     for variable, value in zip(model.non_trainable_variables, buffers, strict=True):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ...core.training import TrainSettings
+from ...core.training import DivergenceGuard, TrainSettings
 from ...data.base import ArrayDataset
 from ...storage.trajectory import TrajectoryWriter
 from .flat import (
@@ -55,7 +55,8 @@ def train(model: nn.Module, dataset: ArrayDataset, settings: TrainSettings, writ
     Checkpoint t holds the parameters after t optimizer steps (t = 0 is the initial point; the final
     point is always stored) with ``batch_loss`` = loss of the mini-batch the step from t used (NaN for
     the final point, from which no step is taken). If ``writer`` holds resume state (an interrupted
-    run), training continues from that epoch boundary and reproduces the uninterrupted run.
+    run), training continues from that epoch boundary and reproduces the uninterrupted run. A point with a
+    non-finite batch loss or parameters raises :class:`~...core.training.TrainingDiverged` before it is stored.
     """
     device = torch.device(device)
     model.to(device)
@@ -71,8 +72,10 @@ def train(model: nn.Module, dataset: ArrayDataset, settings: TrainSettings, writ
         total = min(total, settings.max_iterations)
 
     iteration, start_epoch = 0, 0
+    guard = DivergenceGuard(settings)
     state = writer.resume_state()
     if state is not None:
+        guard.restore(state)
         load_flat_parameters(model, torch.as_tensor(state["params"]), layout)
         restored = unflatten_buffers(state["buffers"], buffer_layout(model))
         for name, buf in model.named_buffers():
@@ -106,6 +109,7 @@ def train(model: nn.Module, dataset: ArrayDataset, settings: TrainSettings, writ
             loss.backward()
             optimizer.step()
             last_loss = float(loss.detach())
+            guard.check(params, buffers, last_loss, iteration=iteration, epoch=epoch, stored=len(writer))
             if iteration % settings.checkpoint_every == 0:
                 writer.append(params, buffers, iteration=iteration, epoch=epoch, batch_loss=last_loss)
             iteration += 1
@@ -115,11 +119,12 @@ def train(model: nn.Module, dataset: ArrayDataset, settings: TrainSettings, writ
         writer.save_resume_state({
             "params": params, "buffers": buffers, "momentum": _momentum_vector(optimizer, model, layout),
             "torch_rng": torch.get_rng_state().numpy(), "iteration": iteration, "next_epoch": epoch + 1,
-            "n_checkpoints": len(writer),
+            "n_checkpoints": len(writer), **guard.resume_state(),
         })
     bar.close()
     params, buffers = snapshot()
     final_epoch = (iteration - 1) // steps_per_epoch if iteration else 0
+    guard.check(params, buffers, None, iteration=iteration, epoch=final_epoch, stored=len(writer))
     writer.append(params, buffers, iteration=iteration, epoch=final_epoch, batch_loss=float("nan"))
     return {"iterations": iteration, "checkpoints": len(writer), "last_batch_loss": last_loss,
             "steps_per_epoch": steps_per_epoch}
