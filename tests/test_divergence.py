@@ -360,7 +360,8 @@ def test_injected_nan_and_inf_are_masked_in_every_landscape_plot(runs, capsys):
 
 # ---------------------------------------------------------------------------------------------------- workflow
 def test_on_divergence_is_a_setting_of_the_runs_not_a_sweep(tmp_path):
-    from test_experiments import plan_of, shell_commands  # skipped where snakemake is missing
+    pytest.importorskip("snakemake", reason="snakemake is not installed (pip install -e .[workflow])")
+    from workflow_runner import plan_of, shell_commands
 
     default, keep = plan_of({}), plan_of({"train": {"on_divergence": "keep"}})
     assert sorted(keep.runs) == sorted(default.runs)  # same run ids, same folders

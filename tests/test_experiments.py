@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -18,14 +17,7 @@ import yaml
 pytest.importorskip("snakemake.utils", reason="snakemake is not installed (pip install -e .[workflow])")
 
 from experiments import ConfigError, digest  # noqa: E402
-from workflow_runner import BIN, ROOT, config_copy, plan_of, snakemake  # noqa: E402
-
-
-def shell_commands(*args: str) -> list[list[str]]:
-    result = snakemake("-n", "-p", "--cores", "1", *args)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [shlex.split(line.split("python -m ", 1)[1].split(" > ")[0]) for line in result.stdout.splitlines()
-            if "python -m gradvis_steps." in line]
+from workflow_runner import BIN, ROOT, config_copy, plan_of, shell_commands, snakemake  # noqa: E402
 
 
 def option(words: list[str], name: str) -> str:

@@ -16,7 +16,6 @@ import itertools
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -475,18 +474,11 @@ except ImportError:
     snakemake_utils = None
 needs_snakemake = pytest.mark.skipif(snakemake_utils is None, reason="snakemake is not installed (pip install -e "
                                      ".[workflow])")
-sys.path.insert(0, str(ROOT / "workflow"))
-from experiments import ConfigError, build_plan, deep_merge  # noqa: E402 - pure Python, no Snakemake needed
+from experiments import ConfigError  # noqa: E402 - pure Python (tests/conftest.py puts workflow/ on the path)
+from workflow_runner import DEFAULT_CONFIG as DEFAULT  # noqa: E402
+from workflow_runner import SCHEMA_PATH, plan_of  # noqa: E402
 
-SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
-DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-
-
-def plan_of(config: dict):
-    """The plan as the workflow builds it (workflow/rules/common.smk): the config over the embedded default."""
-    return build_plan(deep_merge(DEFAULT, config), SCHEMA,
-                      lambda variant: snakemake_utils.validate(variant, str(SCHEMA_PATH), set_default=True))
 
 
 def all_ids(plan) -> dict[str, list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,14 @@ def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run([str(BIN / "snakemake"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def shell_commands(*args: str) -> list[list[str]]:
+    """The step commands (``gradvis_steps.<step> ...`` as words) a dry run of the workflow would run."""
+    result = snakemake("-n", "-p", "--cores", "1", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [shlex.split(line.split("python -m ", 1)[1].split(" > ")[0]) for line in result.stdout.splitlines()
+            if "python -m gradvis_steps." in line]
 
 
 def plan_of(config: dict):
