@@ -16,7 +16,8 @@ from preflight import load_config_file  # noqa: E402
 # Snakemake's own YAML reader names no line of a syntax error; this one does (for a --configfile, Snakemake reads it
 # before this file runs: `python workflow/check_config.py FILE` names the line there).
 try:
-    load_config_file("config/config.yaml")
+    if Path("config/config.yaml").is_file():  # as for configfile: below, relative to the working directory
+        load_config_file("config/config.yaml")
 except ConfigError as error:
     raise SystemExit(f"config error: {error}") from None
 
