@@ -1,13 +1,16 @@
-"""Training settings (what the train step records in a trajectory's run config) and the divergence check, the same
-for every framework."""
+"""Training settings (what the train step records in a trajectory's run config), the divergence check and the
+training loop, the same for every framework (a backend gives the step and the state it keeps)."""
 
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -145,3 +148,70 @@ class DivergenceGuard:
             self.last = TrainingPoint(np.asarray(state["last_params"]), np.asarray(state["last_buffers"]),
                                       int(state["last_iteration"]), int(state["last_epoch"]),
                                       float(state["last_loss"]))
+
+
+def run_training(settings: TrainSettings, n_samples: int, writer: Any, *,
+                 snapshot: Callable[[], tuple[np.ndarray, np.ndarray]],
+                 order: Callable[[int], Any],
+                 step: Callable[[Any], float],
+                 optimizer_state: Callable[[], dict[str, Any]],
+                 restore: Callable[[dict[str, Any]], None],
+                 progress: bool = True) -> dict[str, Any]:
+    """The training loop of every backend: epochs of mini-batches, a checkpoint every k iterations, resume state at
+    each epoch boundary, every point checked by a :class:`DivergenceGuard` before it is stored.
+
+    Checkpoint t holds theta_t, the parameters after t optimizer steps (t = 0 is the initial point; the final point
+    is always stored), with ``batch_loss`` = the loss of the mini-batch the step from t used (NaN for the final point,
+    from which no step is taken). The backend gives: ``snapshot()`` -> (float32 parameters, float64 buffers) on the
+    host; ``order(epoch)`` -> the epoch's sample order (a function of seed and epoch only, so a resumed run repeats
+    the uninterrupted one); ``step(indices)`` -> one SGD step on those samples, returning the batch loss;
+    ``optimizer_state()`` -> what else a resume needs (momentum, RNG state); ``restore(state)`` -> put parameters,
+    buffers and that state back from the writer's resume state.
+    """
+    steps_per_epoch = math.ceil(n_samples / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    if settings.max_iterations is not None:
+        total = min(total, settings.max_iterations)
+
+    iteration, start_epoch = 0, 0
+    guard = DivergenceGuard(settings)
+    state = writer.resume_state()
+    if state is not None:
+        guard.restore(state)
+        restore(state)
+        iteration, start_epoch = int(state["iteration"]), int(state["next_epoch"])
+        writer.truncate(int(state["n_checkpoints"]))
+        print(f"resuming at iteration {iteration} (epoch {start_epoch + 1} of {settings.epochs}) from "
+              f"{int(state['n_checkpoints'])} checkpoints", file=sys.stderr)
+    elif len(writer):
+        writer.truncate(0)
+
+    bar = tqdm(total=total, initial=iteration, disable=not progress, desc="train", unit="it", mininterval=1.0)
+    last_loss = float("nan")
+    for epoch in range(start_epoch, settings.epochs):
+        if iteration >= total:
+            break
+        indices = order(epoch)
+        for start in range(0, n_samples, settings.batch_size):
+            if iteration >= total:
+                break
+            params, buffers = snapshot()  # theta_t before the step updates the batch-norm statistics
+            last_loss = float(step(indices[start:start + settings.batch_size]))
+            guard.check(params, buffers, last_loss, iteration=iteration, epoch=epoch, stored=len(writer))
+            if iteration % settings.checkpoint_every == 0:
+                writer.append(params, buffers, iteration=iteration, epoch=epoch, batch_loss=last_loss)
+            iteration += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+        params, buffers = snapshot()
+        writer.save_resume_state({
+            "params": params, "buffers": buffers, **optimizer_state(), "iteration": iteration,
+            "next_epoch": epoch + 1, "n_checkpoints": len(writer), **guard.resume_state(),
+        })
+    bar.close()
+    params, buffers = snapshot()
+    final_epoch = (iteration - 1) // steps_per_epoch if iteration else 0
+    guard.check(params, buffers, None, iteration=iteration, epoch=final_epoch, stored=len(writer))
+    writer.append(params, buffers, iteration=iteration, epoch=final_epoch, batch_loss=float("nan"))
+    return {"iterations": iteration, "checkpoints": len(writer), "last_batch_loss": last_loss,
+            "steps_per_epoch": steps_per_epoch}

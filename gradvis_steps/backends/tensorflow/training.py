@@ -9,16 +9,13 @@ depends only on (seed, epoch), so a resumed run repeats the uninterrupted one.
 
 from __future__ import annotations
 
-import math
-import sys
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
-from ...core.training import DivergenceGuard, TrainSettings
+from ...core.training import TrainSettings, run_training
 from ...data.base import ArrayDataset
 from ...storage.trajectory import TrajectoryWriter
 from .flat import buffer_layout, flatten_parameters, layout_of, load_flat_parameters, unflatten_buffers
@@ -33,22 +30,13 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 def train(model: keras.Model, dataset: ArrayDataset, settings: TrainSettings, writer: TrajectoryWriter,
           device: str = "/CPU:0", progress: bool = True) -> dict[str, Any]:
     """Train ``model`` on the dataset's training split, appending checkpoints to ``writer``; the model holds the final
-    point afterwards.
-
-    Checkpoint t holds the parameters after t optimizer steps (t = 0 is the initial point; the final point is always
-    stored) with ``batch_loss`` = loss of the mini-batch the step from t used (NaN for the final point). If ``writer``
-    holds resume state (an interrupted run), training continues from that epoch boundary. A point with a non-finite
-    batch loss or parameters raises :class:`~...core.training.TrainingDiverged` before it is stored.
+    point afterwards (the loop, its checkpoints, resume and divergence check: :func:`~...core.training.run_training`).
     """
     layout = layout_of(model)
     buffers_layout = buffer_layout(model)
     sizes, shapes = [spec.numel for spec in layout], [spec.shape for spec in layout]
     dtype = model.trainable_variables[0].dtype if model.trainable_variables else "float32"
     n = len(dataset.x_train)
-    steps_per_epoch = math.ceil(n / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
-    if settings.max_iterations is not None:
-        total = min(total, settings.max_iterations)
 
     with tf.device(device):
         theta = tf.Variable(flatten_parameters(model), dtype=dtype)
@@ -78,55 +66,24 @@ def train(model: keras.Model, dataset: ArrayDataset, settings: TrainSettings, wr
         flat = [b.numpy().astype(np.float64).reshape(-1) for b in buffers]
         return theta.numpy().astype(np.float32), np.concatenate(flat) if flat else np.zeros(0)
 
-    iteration, start_epoch = 0, 0
-    guard = DivergenceGuard(settings)
-    state = writer.resume_state()
-    if state is not None:
-        guard.restore(state)
+    def optimizer_state() -> dict[str, np.ndarray]:
+        return {"momentum": momentum.numpy().astype(np.float64)}
+
+    def restore(state: dict[str, Any]) -> None:
         theta.assign(np.asarray(state["params"]).astype(theta.dtype.as_numpy_dtype))
         restored = unflatten_buffers(state["buffers"], buffers_layout)
         for variable, entry in zip(buffers, buffers_layout, strict=True):
             variable.assign(restored[entry["name"]].astype(variable.dtype.as_numpy_dtype))
         momentum.assign(np.asarray(state["momentum"]).astype(theta.dtype.as_numpy_dtype))
-        iteration, start_epoch = int(state["iteration"]), int(state["next_epoch"])
-        writer.truncate(int(state["n_checkpoints"]))
-        print(f"resuming at iteration {iteration} (epoch {start_epoch + 1} of {settings.epochs}) from "
-              f"{int(state['n_checkpoints'])} checkpoints", file=sys.stderr)
-    elif len(writer):
-        writer.truncate(0)
 
-    bar = tqdm(total=total, initial=iteration, disable=not progress, desc="train", unit="it", mininterval=1.0)
-    last_loss = float("nan")
-    for epoch in range(start_epoch, settings.epochs):
-        if iteration >= total:
-            break
-        order = epoch_permutation(n, settings.seed, epoch)
-        for start in range(0, n, settings.batch_size):
-            if iteration >= total:
-                break
-            params, flat_buffers = snapshot()  # theta_t before the step updates the batch-norm statistics
-            last_loss = float(step(tf.constant(order[start:start + settings.batch_size], dtype=tf.int64)))
-            guard.check(params, flat_buffers, last_loss, iteration=iteration, epoch=epoch, stored=len(writer))
-            if iteration % settings.checkpoint_every == 0:
-                writer.append(params, flat_buffers, iteration=iteration, epoch=epoch, batch_loss=last_loss)
-            iteration += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
-        params, flat_buffers = snapshot()
-        writer.save_resume_state({
-            "params": params, "buffers": flat_buffers, "momentum": momentum.numpy().astype(np.float64),
-            "iteration": iteration, "next_epoch": epoch + 1, "n_checkpoints": len(writer), **guard.resume_state(),
-        })
-    bar.close()
-    params, flat_buffers = snapshot()
-    final_epoch = (iteration - 1) // steps_per_epoch if iteration else 0
-    guard.check(params, flat_buffers, None, iteration=iteration, epoch=final_epoch, stored=len(writer))
-    writer.append(params, flat_buffers, iteration=iteration, epoch=final_epoch, batch_loss=float("nan"))
+    summary = run_training(settings, n, writer, snapshot=snapshot,
+                           order=lambda epoch: epoch_permutation(n, settings.seed, epoch),
+                           step=lambda batch: step(tf.constant(batch, dtype=tf.int64)),
+                           optimizer_state=optimizer_state, restore=restore, progress=progress)
     load_flat_parameters(model, theta.numpy())
     for variable, value in zip(model.non_trainable_variables, buffers, strict=True):
         variable.assign(value.numpy())
-    return {"iterations": iteration, "checkpoints": len(writer), "last_batch_loss": last_loss,
-            "steps_per_epoch": steps_per_epoch}
+    return summary
 
 
 __all__ = ["epoch_permutation", "train"]
