@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .core.training import TrainingPoint, non_finite_reason  # the check training applies before storing a point
+
 if TYPE_CHECKING:
     from .storage.trajectory import Trajectory
 
@@ -60,12 +62,11 @@ def checkpoint_problem(trajectory: Trajectory, row: int) -> str | None:
     """Why checkpoint ``row`` cannot be analysed, judged from the file alone: non-finite parameters or buffers, or a
     non-finite batch loss recorded in training (it diverged there; the last row's NaN only means that no step was
     taken from it). None if the checkpoint is usable."""
-    params = trajectory.params(row)
-    bad = int(np.count_nonzero(~np.isfinite(params)))
-    if bad:
-        return f"{bad} of {params.size} parameters non-finite"
-    if trajectory.buffer_layout and not np.isfinite(trajectory.buffers(row)).all():
-        return "non-finite buffers (batch-norm statistics)"
+    buffers = trajectory.buffers(row) if trajectory.buffer_layout else np.zeros(0)
+    reason = non_finite_reason(TrainingPoint(trajectory.params(row), buffers, int(trajectory.iterations[row]),
+                                             int(trajectory.epochs[row]), None))
+    if reason is not None:
+        return reason
     loss = float(trajectory.batch_loss[row])
     if row % len(trajectory) != len(trajectory) - 1 and not np.isfinite(loss):
         return f"batch loss {loss} recorded in training"

@@ -474,7 +474,7 @@ except ImportError:
     snakemake_utils = None
 needs_snakemake = pytest.mark.skipif(snakemake_utils is None, reason="snakemake is not installed (pip install -e "
                                      ".[workflow])")
-from experiments import ConfigError  # noqa: E402 - pure Python (tests/conftest.py puts workflow/ on the path)
+from experiments import ConfigError, resolve_ref  # noqa: E402 - pure Python (tests/conftest.py puts workflow/ on the path)
 from workflow_runner import DEFAULT_CONFIG as DEFAULT  # noqa: E402
 from workflow_runner import SCHEMA_PATH, plan_of  # noqa: E402
 
@@ -696,13 +696,7 @@ def test_how_settings_change_no_id(entry, data):
 
 # -------------------------------------------------------------------------------------------- invalid values
 def resolve(node: dict) -> dict:
-    ref = node.get("$ref")
-    if not ref:
-        return node
-    target = SCHEMA
-    for part in ref.lstrip("#/").split("/"):
-        target = target[part]
-    return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return resolve_ref(SCHEMA, node)
 
 
 def constrained_keys(node: dict, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict]]:

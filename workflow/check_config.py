@@ -16,19 +16,11 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from experiments import ConfigError, build_plan  # noqa: E402
+from experiments import ConfigError, build_plan, deep_merge  # noqa: E402
 from preflight import load_config_file, preflight  # noqa: E402
 
 ROOT = HERE.parent
 SCHEMA = yaml.safe_load((HERE / "schemas" / "config.schema.yaml").read_text())
-
-
-def merged(base: dict, override: dict) -> dict:
-    """``override`` over ``base``, nested mappings merged (Snakemake's update_config)."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def validate(config: dict) -> None:
@@ -40,7 +32,7 @@ def validate(config: dict) -> None:
 
 def check(path: Path, base: dict, run_preflight: bool = True) -> str:
     """A line saying what the file plans; ConfigError for the first problem."""
-    config = merged(base, load_config_file(path))
+    config = deep_merge(base, load_config_file(path))  # nested mappings merged, as Snakemake does
     plan = build_plan(config, SCHEMA, validate)
     if run_preflight:
         preflight(plan)

@@ -90,7 +90,8 @@ def run_id(settings: dict[str, Any], checkpoint_every: int) -> str:
 # --- analysis sweeps ------------------------------------------------------------------------------------------------
 
 
-def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+def resolve_ref(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """A schema node with its ``$ref`` (``#/definitions/...``) replaced by the definition, its own keys kept."""
     ref = node.get("$ref")
     if not ref:
         return node
@@ -110,11 +111,11 @@ def sweep_axes(section: dict[str, Any], node: dict[str, Any], schema: dict[str, 
     """The swept keys of one analysis section: ``(dotted key, values)``. A list for a scalar key is a sweep; for a
     key whose value is itself a list (``directions.methods``, ``hessian.pick``), a list of lists is."""
     axes = []
-    properties = _resolve(schema, node).get("properties", {})
+    properties = resolve_ref(schema, node).get("properties", {})
     for key, value in section.items():
         if key not in properties:
             continue  # the schema names unknown keys when the variant is validated
-        child = _resolve(schema, properties[key])
+        child = resolve_ref(schema, properties[key])
         dotted = f"{prefix}.{key}"
         if isinstance(value, dict) and child.get("type") == "object":
             axes += sweep_axes(value, child, schema, dotted)
