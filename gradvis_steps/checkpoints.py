@@ -60,15 +60,17 @@ class UnusableCheckpoint(ValueError):
 
 def checkpoint_problem(trajectory: Trajectory, row: int) -> str | None:
     """Why checkpoint ``row`` cannot be analysed, judged from the file alone: non-finite parameters or buffers, or a
-    non-finite batch loss recorded in training (it diverged there; the last row's NaN only means that no step was
-    taken from it). None if the checkpoint is usable."""
+    non-finite batch loss recorded in training (it diverged there; a loss not known, NaN, as at the last row, from
+    which no step was taken, or in a run recorded or imported without losses, is no divergence). None if the
+    checkpoint is usable."""
     buffers = trajectory.buffers(row) if trajectory.buffer_layout else np.zeros(0)
     reason = non_finite_reason(TrainingPoint(trajectory.params(row), buffers, int(trajectory.iterations[row]),
                                              int(trajectory.epochs[row]), None))
     if reason is not None:
         return reason
+    row = row % len(trajectory)
     loss = float(trajectory.batch_loss[row])
-    if row % len(trajectory) != len(trajectory) - 1 and not np.isfinite(loss):
+    if trajectory.batch_loss_known[row] and not np.isfinite(loss):
         return f"batch loss {loss} recorded in training"
     return None
 

@@ -228,7 +228,7 @@ def _without_row(source, target, row: int) -> None:
     """A copy of trajectory ``source`` without checkpoint ``row`` (what an analysis that skips it must see)."""
     shutil.copy(source, target)
     with h5py.File(target, "r+") as f:
-        for name in ("params", "buffers", "iteration", "epoch", "batch_loss"):
+        for name in ("params", "buffers", "iteration", "epoch", "batch_loss", "batch_loss_known"):
             values = np.delete(f[name][()], row, axis=0)
             f[name].resize(len(values), axis=0)
             f[name][...] = values

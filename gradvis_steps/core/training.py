@@ -161,12 +161,12 @@ def run_training(settings: TrainSettings, n_samples: int, writer: Any, *,
     each epoch boundary, every point checked by a :class:`DivergenceGuard` before it is stored.
 
     Checkpoint t holds theta_t, the parameters after t optimizer steps (t = 0 is the initial point; the final point
-    is always stored), with ``batch_loss`` = the loss of the mini-batch the step from t used (NaN for the final point,
-    from which no step is taken). The backend gives: ``snapshot()`` -> (float32 parameters, float64 buffers) on the
-    host; ``order(epoch)`` -> the epoch's sample order (a function of seed and epoch only, so a resumed run repeats
-    the uninterrupted one); ``step(indices)`` -> one SGD step on those samples, returning the batch loss;
-    ``optimizer_state()`` -> what else a resume needs (momentum, RNG state); ``restore(state)`` -> put parameters,
-    buffers and that state back from the writer's resume state.
+    is always stored), with ``batch_loss`` = the loss of the mini-batch the step from t used (not known, NaN, for the
+    final point, from which no step is taken). The backend gives: ``snapshot()`` -> (float32 parameters, float64
+    buffers) on the host; ``order(epoch)`` -> the epoch's sample order (a function of seed and epoch only, so a
+    resumed run repeats the uninterrupted one); ``step(indices)`` -> one SGD step on those samples, returning the
+    batch loss; ``optimizer_state()`` -> what else a resume needs (momentum, RNG state); ``restore(state)`` -> put
+    parameters, buffers and that state back from the writer's resume state.
     """
     steps_per_epoch = math.ceil(n_samples / settings.batch_size)
     total = steps_per_epoch * settings.epochs
@@ -212,6 +212,6 @@ def run_training(settings: TrainSettings, n_samples: int, writer: Any, *,
     params, buffers = snapshot()
     final_epoch = (iteration - 1) // steps_per_epoch if iteration else 0
     guard.check(params, buffers, None, iteration=iteration, epoch=final_epoch, stored=len(writer))
-    writer.append(params, buffers, iteration=iteration, epoch=final_epoch, batch_loss=float("nan"))
+    writer.append(params, buffers, iteration=iteration, epoch=final_epoch, batch_loss=None)
     return {"iterations": iteration, "checkpoints": len(writer), "last_batch_loss": last_loss,
             "steps_per_epoch": steps_per_epoch}

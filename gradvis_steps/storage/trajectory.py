@@ -6,7 +6,10 @@ Layout of the file (readable with plain h5py, no gradvis needed)::
     /buffers      (n, B) float64   flat buffers (batch-norm running statistics)
     /iteration    (n,)   int64     optimizer steps taken before this checkpoint (0 = initial point)
     /epoch        (n,)   int64     epoch the checkpoint was taken in
-    /batch_loss   (n,)   float64   mini-batch loss evaluated at this checkpoint's parameters
+    /batch_loss   (n,)   float64   mini-batch loss evaluated at this checkpoint's parameters (NaN where not known)
+    /batch_loss_known (n,) bool    whether that loss was recorded: False for the final point of a run (no step is
+                                   taken from it) and for checkpoints recorded or imported without one. Files written
+                                   before it existed lack it: there every row but the last counts as known.
     attrs: format, version, layout (JSON list of {name, shape, kind, offset, filter_axis}),
            buffer_layout (JSON), config (JSON), provenance (JSON), summary (JSON), diverged_at (JSON
            {iteration, epoch, reason, batch_loss}: only in a run kept with ``--on-divergence keep``, whose
@@ -38,7 +41,8 @@ from .atomic import reading
 
 FORMAT = "gradvis-trajectory"
 VERSION = 1
-_SERIES = ("iteration", "epoch", "batch_loss")
+_SERIES = ("iteration", "epoch", "batch_loss", "batch_loss_known")
+_SERIES_DTYPES = {"iteration": "i8", "epoch": "i8", "batch_loss": "f8", "batch_loss_known": "?"}
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -81,26 +85,35 @@ class TrajectoryWriter:
         self.file.create_dataset("buffers", (0, n_buffers), maxshape=(None, None), dtype="f8",
                                  chunks=(1, max(n_buffers, 1)))
         for name in _SERIES:
-            dtype = "f8" if name == "batch_loss" else "i8"
-            self.file.create_dataset(name, (0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+            self.file.create_dataset(name, (0,), maxshape=(None,), dtype=_SERIES_DTYPES[name], chunks=(1024,))
 
     def __len__(self) -> int:
         return int(self.file["params"].shape[0])
 
     def append(self, params: np.ndarray, buffers: np.ndarray, *, iteration: int, epoch: int,
-               batch_loss: float) -> None:
-        """Add one checkpoint row."""
+               batch_loss: float | None) -> None:
+        """Add one checkpoint row; ``batch_loss`` None: not known (stored as NaN, and not taken for a divergence)."""
         n = len(self)
+        self._require_series()
         for name in ("params", "buffers", *_SERIES):
             self.file[name].resize(n + 1, axis=0)
         self.file["params"][n] = params
         self.file["buffers"][n] = buffers
         self.file["iteration"][n] = iteration
         self.file["epoch"][n] = epoch
-        self.file["batch_loss"][n] = batch_loss
+        self.file["batch_loss"][n] = np.nan if batch_loss is None else batch_loss
+        self.file["batch_loss_known"][n] = batch_loss is not None
+
+    def _require_series(self) -> None:
+        """A partial file of an older version (resumed) lacks ``batch_loss_known``: add it, every row known."""
+        if "batch_loss_known" not in self.file:
+            n = len(self)
+            self.file.create_dataset("batch_loss_known", data=np.ones(n, dtype=bool), maxshape=(None,),
+                                     chunks=(1024,))
 
     def truncate(self, n: int) -> None:
         """Drop checkpoints after the first ``n`` (used when resuming from an epoch boundary)."""
+        self._require_series()
         for name in ("params", "buffers", *_SERIES):
             self.file[name].resize(n, axis=0)
 
@@ -157,6 +170,11 @@ class Trajectory:
             self.iterations = self.file["iteration"][()]
             self.epochs = self.file["epoch"][()]
             self.batch_loss = self.file["batch_loss"][()]
+            if "batch_loss_known" in self.file:
+                #: whether each checkpoint's batch loss was recorded (NaN where not: no divergence)
+                self.batch_loss_known = self.file["batch_loss_known"][()].astype(bool)
+            else:  # written before the mask: every row's loss known but the last one's (no step from it)
+                self.batch_loss_known = np.arange(len(self.batch_loss)) < len(self.batch_loss) - 1
 
     def __enter__(self) -> Trajectory:
         return self
