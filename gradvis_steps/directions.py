@@ -28,7 +28,7 @@ import numpy as np
 
 from . import cli
 from .core.normalization import METHODS as NORMALIZATIONS
-from .core.normalization import normalize_directions
+from .core.normalization import is_normalized, normalize_directions
 
 METHODS = ("random", "pca", "hessian", "custom", "interpolation")
 DEFAULT_NORMALIZATION = {"random": "filter", "custom": "filter", "pca": "none", "hessian": "none",
@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pca-memory-mb", type=cli.positive_int, default=1024,
                         help="memory for checkpoints held at once by the streamed PCA (default 1024): the more, the "
                              "fewer passes over the trajectory; at least 3 model-sized vectors are always held")
-    parser.add_argument("--custom", help="file with the directions (method custom): .npy, .npz or .h5, (k, N)")
+    parser.add_argument("--custom", help="file with the directions (method custom): .npy, .npz or .h5, (k, N); a Li et "
+                        "al. direction file (groups xdirection, ydirection of per-tensor datasets) gives the plane")
+    parser.add_argument("--custom-key", nargs="+", default=None, metavar="KEY",
+                        help="the array(s) or group(s) of a .npz/.h5 --custom file to use, in this order (default: its "
+                             "only entry, or xdirection and ydirection of a Li et al. file)")
     parser.add_argument("--trajectory-b", help="second run (method interpolation): the plane through both final "
                         "points and the first run's initial point, centred on the first run's final point")
     parser.add_argument("--normalization", default="auto", choices=("auto", *NORMALIZATIONS),
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         center_iteration = int(traj.iterations[center_index])
         normalization = DEFAULT_NORMALIZATION[args.method] if args.normalization == "auto" else args.normalization
         extra: dict = {}
+        as_given = False  # custom directions already normalized at the centre: stored unchanged
         skipped: list[dict] = []
         if args.method == "random":
             vectors = random_directions(traj.dim, args.seed, count=args.count)
@@ -148,12 +153,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("method custom needs --custom FILE with the directions")
             custom = runs.Source("custom directions file", args.custom, runs.in_hdf5(args.custom))
             runs.check_trajectory(this_run, custom, warn=False, hint="; to use them anyway, save the vectors as .npy")
-            vectors = load_directions(args.custom, traj.dim)
+            vectors = load_directions(args.custom, traj.dim, key=args.custom_key, layout=traj.layout)
             labels = [f"custom direction {i + 1}" for i in range(len(vectors))]
-        if normalization != "none":
+            if args.normalization == "auto" and all(is_normalized(v, center, traj.layout, ignore=args.ignore)
+                                                    for v in vectors):
+                # saved filter-normalized at this centre (e.g. by Li et al.'s net_plotter): keep the file's values
+                # instead of rescaling them by rounding-sized factors (about 1e-7)
+                as_given = True
+                labels = [f"{label}, filter-normalized (as given)" for label in labels]
+        if normalization != "none" and not as_given:
             vectors = normalize_directions(np.asarray(vectors), center, traj.layout, method=normalization,
                                            ignore=args.ignore)
-        if normalization != "none":
             labels = [f"{label}, {normalization}-normalized" for label in labels]
         config = {key: value for key, value in vars(args).items() if key != "out"}
         result = Directions(np.asarray(vectors, dtype=np.float32), "eigenvector" if args.method == "hessian"

@@ -408,6 +408,8 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
             how["seed"] = directions["seed"]
         elif method == "custom":
             how["custom_file"] = directions["custom_file"]
+            if directions["custom_key"]:
+                how["custom_key"] = directions["custom_key"]
         elif method == "hessian":
             how["eigendirections"] = plan.settings("eigendirections", eig_id)
             how["pick"] = directions["hessian"]["pick"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from .layout import ParameterLayout, ParamSpec
 
-__all__ = ["METHODS", "DEFAULT_IGNORE", "normalize_direction", "normalize_directions", "unit_norms"]
+__all__ = ["METHODS", "DEFAULT_IGNORE", "is_normalized", "normalize_direction", "normalize_directions", "unit_norms"]
 
 #: ``filter``: eq. 2 per filter; ``layer``: the same per parameter tensor (||d_i|| -> ||theta_i||);
 #: ``none``: the direction is kept as is (ignored kinds are still zeroed; pass ``ignore=()`` to keep them).
@@ -108,3 +108,32 @@ def normalize_directions(
     if directions.ndim == 1:
         directions = directions[None, :]
     return np.stack([normalize_direction(d, theta, layout, method=method, ignore=ignore) for d in directions])
+
+
+def is_normalized(
+    direction: np.ndarray,
+    theta: np.ndarray,
+    layout: ParameterLayout,
+    *,
+    method: str = "filter",
+    ignore: Sequence[str] = DEFAULT_IGNORE,
+    rtol: float = 1e-5,
+) -> bool:
+    """Whether ``direction`` already satisfies eq. 2 at ``theta``: every unit (filter, or tensor for ``layer``) of a
+    kind not ignored has the norm of ``theta``'s unit to ``rtol`` (or is zero), and the ignored kinds are zero. A
+    direction saved normalized by another tool (Li et al.'s ``normalize_direction`` adds 1e-10 to each norm, and
+    their files are float32) is then taken as it is instead of being rescaled by a rounding-sized factor."""
+    if method not in ("filter", "layer"):
+        raise ValueError(f"method must be filter or layer, got {method!r}")
+    direction = np.asarray(direction)
+    for spec in layout:
+        sl = spec.slice
+        if spec.kind in tuple(ignore):
+            if np.any(direction[sl] != 0):
+                return False
+            continue
+        dn = unit_norms(direction[sl], spec, method == "filter")
+        tn = unit_norms(np.asarray(theta)[sl], spec, method == "filter")
+        if not np.all((dn == 0) | np.isclose(dn, tn, rtol=rtol, atol=0.0)):
+            return False
+    return True

@@ -34,6 +34,7 @@ import numpy as np
 from ..core.grid import LandscapeResult
 from . import runs
 from .atomic import atomic_path, reading
+from .li_files import is_li_surface, read_li_surface
 
 __all__ = ["FORMAT", "VERSION", "save_landscape", "load_landscape", "export_vtk"]
 
@@ -102,7 +103,12 @@ def _str(v: object) -> str:
 
 
 def load_landscape(path: str | os.PathLike) -> LandscapeResult:
-    """Read a file written by :func:`save_landscape`."""
+    """Read a file written by :func:`save_landscape`, or a Li et al. surface file (:mod:`.li_files`: their
+    ``[y, x]`` grids transposed, accuracy as a fraction)."""
+    with reading(path, "landscape file"), h5py.File(path, "r") as f:
+        li_surface = is_li_surface(f)
+    if li_surface:
+        return read_li_surface(path)
     with reading(path, "landscape file"), h5py.File(path, "r") as f:
         if _str(f.attrs.get("format", "")) != FORMAT:
             raise ValueError(f"{os.fspath(path)}: not a {FORMAT} file")

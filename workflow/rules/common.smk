@@ -184,7 +184,9 @@ def directions_args(wildcards, input):
     if how["method"] == "hessian":
         return f"{args} --eigendirections {shlex.quote(input.eig)} --pick {' '.join(map(str, how['pick']))}"
     if how["method"] == "custom":
-        return f"{args} --custom {shlex.quote(input.custom)}"
+        keys = how.get("custom_key")
+        keys = f" --custom-key {' '.join(shlex.quote(k) for k in keys)}" if keys else ""
+        return f"{args} --custom {shlex.quote(input.custom)}{keys}"
     return args
 
 
