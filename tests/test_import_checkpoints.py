@@ -6,6 +6,7 @@ error line and writes nothing."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -150,6 +151,22 @@ def test_iterations_from_names_in_natural_order_or_given(tmp_path):
             import_step.find_checkpoints([str(tmp_path)], iterations)
 
 
+def test_files_without_numbers_import_with_given_iterations(torch_run, tmp_path):
+    folder, trained, states = torch_run
+    rows = (0, 5, 10)
+    for name, row in zip(("a_start", "b_middle", "c_end"), rows, strict=True):
+        torch.save(states[row][1], tmp_path / f"{name}.pt")
+    paths = [str(tmp_path / "c_end.pt"), str(tmp_path / "[ab]_*.pt")]  # given in any order: natural order of names
+    spec = {"framework": "torch", "dataset": {"name": "digits"}, "model": {"name": "resnet", "depth": 8, "width": 2}}
+    assert [i for i, _ in import_step.check_checkpoints(paths, **spec, iterations=[0, 50, 100])] == [0, 50, 100]
+    imported = _import(tmp_path / "given.h5", "torch", *paths, extra=("--iterations", 0, 50, 100, "--"))
+    assert imported.iterations.tolist() == [0, 50, 100]
+    assert [f["name"] for f in imported.config["source"]["files"]] == ["a_start.pt", "b_middle.pt", "c_end.pt"]
+    for index, row in enumerate(rows):
+        assert np.array_equal(imported.params(index), trained.params(row))
+        assert np.array_equal(imported.buffers(index), trained.buffers(row))
+
+
 def test_float64_files_are_rounded_with_a_record(torch_run, tmp_path, capsys):
     folder, trained, states = torch_run
     for iteration, state in states:
@@ -178,6 +195,8 @@ def _bad_torch_files(folder: Path, state: dict[str, torch.Tensor]) -> list[tuple
     torch.save({k: v for k, v in state.items() if k != first}, case("missing_1.pt", ["missing 1 key", first]))
     torch.save({**state, "head.extra": torch.zeros(3)}, case("extra_1.pt", ["unexpected 1 key", "head.extra"]))
     torch.save({**state, first: torch.zeros(1, 2, 3)}, case("shape_1.pt", ["shape mismatch", first, "(1, 2, 3)"]))
+    for path, _ in cases:  # a good checkpoint before the bad one: a row is written to <out>.partial first
+        torch.save(state, path.with_name(path.name.replace("_1", "_0")))
     case("unreadable_1.pt", ["not a readable torch checkpoint"]).write_bytes(b"not a checkpoint at all")
     good = folder / "good.pt"
     torch.save(state, good)
@@ -206,6 +225,9 @@ def test_every_bad_file_is_one_line_and_writes_nothing(torch_run, tmp_path, caps
                                     path.parent], capsys)
         assert all(word in error for word in words), (words, error)
         assert list(out.iterdir()) == [], error
+        with pytest.raises(ValueError, match=re.escape(path.name)):  # the pre-flight check finds it too
+            import_step.check_checkpoints([str(path.parent)], framework="torch", dataset={"name": "digits"},
+                                          model={"name": "resnet", "depth": 8, "width": 2})
 
 
 @pytest.fixture(scope="module")
