@@ -360,12 +360,13 @@ def _provenance(config: dict[str, Any], files: list[dict[str, Any]], rounded: di
     return json.dumps(record, sort_keys=True, default=str)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the module docstring (file kinds, iterations, conversions) as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.import_checkpoints",
-                                     description=__doc__.split("\n\n")[0],
-                                     epilog="File kinds, iterations and conversions: see the module docstring "
-                                            "(pydoc gradvis_steps.import_checkpoints).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m gradvis_steps.import_checkpoints", description=__doc__,
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files, folders or glob patterns")
     parser.add_argument("--out", required=True, help="trajectory file to write (.h5)")
     parser.add_argument("--framework", required=True, choices=known_backends(), help="the framework of the files")

@@ -211,6 +211,7 @@ def _bad_torch_files(folder: Path, state: dict[str, torch.Tensor]) -> list[tuple
     torch.save(state, twice)
     torch.save(state, twice.with_name("twice_03.pt"))
     torch.save(state, case("final.pt", ["without a number", "--iterations"]))
+    case("keras_1.weights.h5", ["Keras .weights.h5 files: --framework tensorflow"]).write_bytes(b"")
     good.unlink()
     good.with_suffix(".safetensors").unlink()
     return cases
