@@ -60,17 +60,18 @@ def suffix_of(name: str) -> str | None:
 
 
 def _stem(path: Path) -> str:
-    return path.name[: -len(suffix_of(path.name) or "")] if suffix_of(path.name) else path.name
+    """The file name without its checkpoint ending (``model_10.t7`` -> ``model_10``: the 7 is no iteration)."""
+    return path.name[: len(path.name) - len(suffix_of(path.name) or "")]
+
+
+def _natural(text: str) -> tuple:
+    """Sort key comparing digit runs as numbers: ``model_9`` before ``model_10``."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text))
 
 
 def _natural_key(path: Path) -> tuple:
-    """Sort key putting ``model_9`` before ``model_10`` (digit runs compared as numbers), then by the whole path."""
-    parts = re.split(r"(\d+)", path.name)
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts), _natural_path(path)
-
-
-def _natural_path(path: Path) -> tuple:
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", str(path)))
+    """Files in natural order of their names, then of their whole paths."""
+    return _natural(path.name), _natural(str(path))
 
 
 def _listing(items: list[Any]) -> str:
@@ -79,7 +80,8 @@ def _listing(items: list[Any]) -> str:
 
 
 def _pattern(path: Path) -> str:
-    return _DIGITS.sub("{N}", path.name)
+    """The name with its numbers as ``{N}`` (``model_{N}.t7``): one run's files share it."""
+    return _DIGITS.sub("{N}", _stem(path)) + (suffix_of(path.name) or "")
 
 
 def _folder_files(folder: Path) -> list[Path]:

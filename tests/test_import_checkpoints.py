@@ -149,6 +149,13 @@ def test_iterations_from_names_in_natural_order_or_given(tmp_path):
     for iterations, what in (([0, 1, 2], "gives 3 iteration"), ([0, 5, 5, 6], "strictly increasing")):
         with pytest.raises(ValueError, match=what):
             import_step.find_checkpoints([str(tmp_path)], iterations)
+    mixed = tmp_path / "lightning"  # Lightning's checkpoint folder: last.ckpt beside epoch=E-step=S.ckpt
+    mixed.mkdir()
+    for name in ("epoch=0-step=10.ckpt", "epoch=1-step=20.ckpt", "last.ckpt"):
+        (mixed / name).touch()
+    with pytest.raises(ValueError, match=r"2 name patterns \(epoch=\{N\}-step=\{N\}.ckpt, last.ckpt\)"):
+        import_step.find_checkpoints([str(mixed)])
+    assert [i for i, _ in import_step.find_checkpoints([str(mixed / "epoch=*")])] == [10, 20]
 
 
 def test_files_without_numbers_import_with_given_iterations(torch_run, tmp_path):
