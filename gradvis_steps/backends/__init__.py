@@ -40,6 +40,11 @@ class Backend:
       -> dict``: train on the dataset's training split, appending checkpoints to ``writer``; returns a summary. Every
       point passes :class:`~..core.training.DivergenceGuard` before it is stored, which raises ``TrainingDiverged`` at
       the first non-finite batch loss or parameter.
+    - ``load_checkpoint(path, model) -> (dict[str, ndarray], str | None)``: the arrays of a checkpoint file of the
+      framework's own kind (torch: ``.pt .pth .ckpt .t7``; tensorflow: Keras ``.weights.h5``), named as the model
+      names its parameters and buffers (before any wrapper prefix is stripped), in the file's dtypes, and the key the
+      state dict was nested under (None: not nested); never runs code from the file; one-line ValueError for a file
+      it cannot read. None: the backend reads no checkpoint files (the import step says so).
     """
 
     name: str
@@ -49,6 +54,7 @@ class Backend:
     parameter_layout: Callable[[Any], ParameterLayout]
     buffer_layout: Callable[[Any], list[dict]]
     train: Callable[..., dict[str, Any]]
+    load_checkpoint: Callable[[Any, Any], tuple[dict[str, Any], str | None]] | None = None
 
 
 _loaders: dict[str, Callable[[], Backend]] = {}

@@ -29,6 +29,7 @@ if keras.backend.backend() != "tensorflow":
 from ...data import ArrayDataset, load_dataset  # noqa: E402
 from ...storage.trajectory import Trajectory  # noqa: E402
 from .. import Backend  # noqa: E402
+from .checkpoint_files import load_checkpoint  # noqa: E402
 from .flat import assign_like, buffer_layout, layout_of  # noqa: E402
 from .models import build_model  # noqa: E402
 from .objective import DTYPES, HVP_MODE_CHOICES, TFHessianOperator, TFObjective, channels_last  # noqa: E402
@@ -157,6 +158,7 @@ BACKEND = Backend(
     parameter_layout=layout_of,
     buffer_layout=buffer_layout,
     train=train,
+    load_checkpoint=load_checkpoint,
 )
 
 __all__ = [

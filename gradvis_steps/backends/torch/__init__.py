@@ -16,6 +16,7 @@ from ...core.parallel import MPIComm, SerialComm, local_rank
 from ...data import ArrayDataset, load_dataset
 from ...storage.trajectory import Trajectory
 from .. import Backend
+from .checkpoint_files import load_checkpoint
 from .flat import buffer_layout, layout_of
 from .lanczos_graphs import clear_lanczos_graphs, set_cuda_graphs  # registers the CUDA-graph Lanczos loop
 from .models import build_model
@@ -101,6 +102,7 @@ BACKEND = Backend(
     parameter_layout=layout_of,
     buffer_layout=buffer_layout,
     train=train,
+    load_checkpoint=load_checkpoint,
 )
 
 __all__ = [
