@@ -226,11 +226,16 @@ def _profile_args(name: str | None, extra: list[str]) -> list[str]:
                                    f"profiles ({', '.join(shipped)})")
         args = ["--profile", str(path.resolve())]
         executor = executor or _profile_executor(path)
-    if executor == "slurm" and importlib.util.find_spec(SLURM_PLUGIN) is None:
+    if executor == "slurm" and not slurm_plugin_installed():
         raise CommandError(f"the slurm executor{f' (profile {name})' if name else ''} needs the plugin "
                            f"snakemake-executor-plugin-slurm, which {sys.executable} cannot import: "
                            f"{Path(sys.executable).parent / 'pip'} install snakemake-executor-plugin-slurm")
     return args
+
+
+def slurm_plugin_installed() -> bool:
+    """Whether this interpreter can import Snakemake's SLURM executor plugin (``--profile slurm`` needs it)."""
+    return importlib.util.find_spec(SLURM_PLUGIN) is not None
 
 
 def _profile_executor(path: Path) -> str | None:
