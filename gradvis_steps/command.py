@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from . import workflow_files
+from .entry_points import load_entry_point
 
 PROG = "gradvis"
 CONFIG = Path("config") / "config.yaml"  # Snakemake's convention for a project folder (what `init` writes)
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description="The gradvis workflow (loss landscapes, Hessian spectra, "
+                                     "trajectories) run from a folder of your own: gradvis init, then gradvis run.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = commands.add_parser("init", help="write a commented config (and with --example a model and dataset)")
@@ -207,9 +209,26 @@ def _precheck(config: Path, folder: Path) -> None:
     check_config = _workflow_module("check_config")
     _on_path(folder)
     try:
-        check_config.check(config, _base_config(config, folder))
+        base = _base_config(config, folder)
+        check_config.check(config, base)
+        _import_custom_models(check_config, config, base)
     except (check_config.ConfigError, OSError) as error:
         raise CommandError(f"{config}: {error}") from None
+
+
+def _import_custom_models(check_config: Any, config: Path, base: dict[str, Any]) -> None:
+    """Each run's custom model entry point imports. The pre-flight builds a model only for a dataset of known shape,
+    so with a custom dataset a model module that does not import would fail only in the train job."""
+    merged = _workflow_module("experiments").deep_merge(base, _load(config))
+    plan = check_config.build_plan(merged, check_config.SCHEMA, check_config.validate)
+    for run in plan.runs.values():
+        key = run["settings"]["model"]
+        spec = run["execution"]["models"][key]
+        if spec.get("name") == "custom" and spec.get("entry_point"):
+            try:
+                load_entry_point(spec["entry_point"])
+            except ValueError as error:
+                raise check_config.ConfigError(f"models.{key} {spec}: {error}") from None
 
 
 def _profile_args(name: str | None, extra: list[str]) -> list[str]:

@@ -144,6 +144,12 @@ def test_an_entry_point_that_does_not_import_is_one_line_saying_where_it_looked(
     assert "cannot import module 'mysets'" in result.stderr
     assert f"searched the folder {tmp_path}, PYTHONPATH=(not set)" in result.stderr
     assert not (tmp_path / "results").exists()
+    # a model module that does not import, beside a custom dataset (whose shape the pre-flight cannot know)
+    config.write_text(config.read_text().replace("mysets:blobs", "mydata:blobs").replace("mymodels:", "mynets:"))
+    result = _gradvis(installed, tmp_path, "run", "--cores", "1")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert "models.mlp" in result.stderr and "cannot import module 'mynets'" in result.stderr
+    assert f"searched the folder {tmp_path}" in result.stderr and not (tmp_path / "results").exists()
 
 
 @pytest.fixture
