@@ -152,6 +152,7 @@ def _unlock(args: argparse.Namespace, extra: list[str]) -> int:
 def _check(args: argparse.Namespace, extra: list[str]) -> int:
     """Each file as ``workflow/check_config.py`` checks it, over the same base config a run in this folder uses."""
     folder = Path.cwd()
+    _require_snakemake()
     check_config = _workflow_module("check_config")
     _on_path(folder)
     failed = False
@@ -176,6 +177,7 @@ def _path(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _config_path(config: Path | None, folder: Path) -> Path:
     """The run's config file, absolute; a missing one is a CommandError saying where it was looked for."""
+    _require_snakemake()
     if config is None:
         if not (folder / CONFIG).is_file():
             raise CommandError(f"no config: {folder / CONFIG} does not exist; write one with `{PROG} init` "
@@ -274,6 +276,18 @@ def _option(words: list[str], *names: str) -> str | None:
             if word.startswith(name + "="):
                 return word.split("=", 1)[1]
     return None
+
+
+def snakemake_installed() -> bool:
+    """Whether this interpreter can import Snakemake (the package's ``workflow`` extra)."""
+    return importlib.util.find_spec("snakemake") is not None
+
+
+def _require_snakemake() -> None:
+    """run, report and unlock start Snakemake, and check validates with its schema validator."""
+    if not snakemake_installed():
+        raise CommandError(f"this needs Snakemake, which {sys.executable} cannot import: install gradvis with its "
+                           "workflow extra, e.g. pip install 'gradvis[workflow]' (or pip install snakemake)")
 
 
 def _snakemake(folder: Path, config: Path, options: list[str]) -> int:
