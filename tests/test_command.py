@@ -207,6 +207,8 @@ def test_init_keeps_files_and_check_reads_the_folder(in_folder, capsys):
     assert command.main(["init", "--force"]) == 0
     text = (in_folder / "config" / "config.yaml").read_text()
     assert text.endswith((ROOT / "config" / "config.yaml").read_text()) and text.startswith("# gradvis config")
+    capsys.readouterr()
+    assert command.main(["check", "config/config.yaml"]) == 0, capsys.readouterr().err
 
 
 def test_an_entry_point_outside_the_path_says_the_folder_was_not_searched(in_folder, monkeypatch):
