@@ -1,6 +1,7 @@
 # gradvis: the GradVis pipeline (train -> directions -> landscapes, spectra, interpolation -> frames -> videos),
 # for one or more experiments with analysis sweeps (workflow/experiments.py plans them).
-# Run: snakemake --cores 2 (see README.md); config in config/config.yaml, each experiment's settings validated
+# Run: snakemake --cores 2 in the clone, or `gradvis run` in a folder of your own (see README.md); config in
+# config/config.yaml, merged over the embedded default; each experiment's settings validated
 # against workflow/schemas/config.schema.yaml before any job runs.
 
 import sys
