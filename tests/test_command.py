@@ -47,6 +47,16 @@ def _user_env(extra_path: str | None = None) -> dict[str, str]:
     return env
 
 
+def _build_isolation() -> list[str]:
+    """Build with this environment's setuptools where it is new enough (offline, fast); else let pip fetch the
+    build requirements of pyproject.toml (a venv of Python 3.12+ has no setuptools of its own)."""
+    try:
+        import setuptools
+    except ImportError:
+        return []
+    return ["--no-build-isolation"] if int(setuptools.__version__.split(".")[0]) >= 77 else []
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """The fresh venv with the wheel built from this repository's files (built in a copy: pip's in-tree build would
@@ -61,7 +71,7 @@ def installed(tmp_path_factory) -> Path:
         if (ROOT / name).is_file():
             (work / "src" / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, work / "src" / name)
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", ".",
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *_build_isolation(), "-q", ".",
                             "-w", str(work / "dist")], cwd=work / "src", capture_output=True, text=True)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     venv = work / "venv"
