@@ -1,6 +1,7 @@
 # gradvis: the GradVis pipeline (train -> directions -> landscapes, spectra, interpolation -> frames -> videos),
 # for one or more experiments with analysis sweeps (workflow/experiments.py plans them).
-# Run: snakemake --cores 2 (see README.md); config in config/config.yaml, each experiment's settings validated
+# Run: snakemake --cores 2 in the clone, or `gradvis run` in a folder of your own (see README.md); config in
+# config/config.yaml, merged over the embedded default; each experiment's settings validated
 # against workflow/schemas/config.schema.yaml before any job runs.
 
 import sys
@@ -9,8 +10,10 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 min_version("8.0")
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
-from experiments import ConfigError  # noqa: E402
+# This file's folder (not workflow.basedir, the main Snakefile's, which differs when gradvis is a Snakemake module).
+GRADVIS_ROOT = Path(str(workflow.current_basedir))
+sys.path.insert(0, str(GRADVIS_ROOT / "workflow"))
+from experiments import ConfigError, deep_merge  # noqa: E402
 from preflight import load_config_file  # noqa: E402
 
 # Snakemake's own YAML reader names no line of a syntax error; this one does (for a --configfile, Snakemake reads it
@@ -23,6 +26,16 @@ except ConfigError as error:
 
 
 configfile: "config/config.yaml"
+
+
+# Every config is merged over the embedded default (as check_config.py does), so a config of one's own, in another
+# folder or passed to this file as a Snakemake module, names only what it changes. In place: `config` is Snakemake's.
+try:
+    _merged = deep_merge(load_config_file(GRADVIS_ROOT / "config" / "config.yaml"), config)
+except ConfigError as error:
+    raise SystemExit(f"config error: {error}") from None
+config.clear()
+config.update(_merged)
 
 
 include: "workflow/rules/common.smk"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -19,7 +21,8 @@ def load_entry_point(text: str) -> Callable[..., Any]:
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"entry point {text!r}: cannot import module {module_name!r} ({error})") from None
+        raise ValueError(f"entry point {text!r}: cannot import module {module_name!r} ({error})"
+                         f"{_searched(error, module_name)}") from None
     for part in attr_path.split("."):
         if not hasattr(target, part):
             raise ValueError(f"entry point {text!r}: {module_name!r} has no attribute {attr_path!r}")
@@ -27,6 +30,22 @@ def load_entry_point(text: str) -> Callable[..., Any]:
     if not callable(target):
         raise ValueError(f"entry point {text!r} is not callable")
     return target
+
+
+def _searched(error: ImportError, module_name: str) -> str:
+    """Where Python looked, when the module itself (not one it imports) was not found: the working folder (or not)
+    and PYTHONPATH, the two places a user's own module can be."""
+    missing = getattr(error, "name", None)
+    if not isinstance(error, ModuleNotFoundError) or not missing or not (
+            module_name == missing or module_name.startswith(missing + ".")):
+        return ""
+    folder = Path.cwd()
+    searched = any(Path(entry or ".").resolve() == folder for entry in sys.path)
+    pythonpath = os.environ.get("PYTHONPATH") or "(not set)"
+    if searched:
+        return f"; searched the folder {folder}, PYTHONPATH={pythonpath} and the installed packages"
+    return (f"; searched PYTHONPATH={pythonpath} and the installed packages, not the folder {folder} (`gradvis run` "
+            "adds it; else add it to PYTHONPATH)")
 
 
 def build_from_spec(spec: dict[str, Any] | str, registry: dict[str, Callable[..., Any]], *args: Any,

@@ -12,7 +12,7 @@ from snakemake.utils import validate
 from experiments import ConfigError, build_plan, summary_settings  # noqa: E402
 from preflight import preflight  # noqa: E402
 
-SCHEMA_PATH = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(str(workflow.current_basedir)).parent / "schemas" / "config.schema.yaml"  # also as a module
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 try:
