@@ -29,12 +29,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backends.tensorflow.recorder import KerasRecorder
-    from .backends.torch.recorder import Recorder
+    from .backends.tensorflow.recorder import BatchLoss, KerasRecorder
+    from .backends.torch.recorder import Recorder, describe_optimizer
 
 _CLASSES = {
     "Recorder": ("torch", "Recorder"),
-    "describe_optimizer": ("torch", "describe_optimizer"),
+    "describe_optimizer": ("torch", "describe_optimizer"),  # a torch optimizer as JSON
     "KerasRecorder": ("tensorflow", "KerasRecorder"),
     "BatchLoss": ("tensorflow", "BatchLoss"),
 }
