@@ -186,6 +186,8 @@ def test_bad_input_is_one_clear_error(digits, tmp_path):
     with pytest.raises(ValueError, match="step must be an integer >= 0"):
         rec.record(-1)
     rec.close()
+    with pytest.raises(ValueError, match="the recording to .*t.h5 is closed: open a new recorder to append to it"):
+        rec.record(5)
     with Trajectory(tmp_path / "t.h5") as t:
         assert t.config["source"]["optimizer"] == "Adam, lr 1e-3" and t.iterations.tolist() == [4]
         assert t.batch_loss_known.tolist() == [False] and np.isnan(t.batch_loss).all()

@@ -146,6 +146,8 @@ class RecordingSession:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"step must be an integer >= 0 (optimizer steps taken), got {step!r}")
         step = int(step)
+        if not self.writer.file.id.valid:
+            raise ValueError(f"the recording to {self.path} is closed: open a new recorder to append to it")
         if self.last_step is not None and step <= self.last_step:
             raise ValueError(f"step {step} does not come after the last step recorded, {self.last_step}: steps must "
                              "increase strictly")
