@@ -14,7 +14,9 @@ One process, one model: ResNet-20 (the repository's ``resnet20``) on synthetic C
 Figures: ``overhead_paired = median(recorded step) / median(baseline step) - 1``, and ``overhead_inrun``: the time
 spent inside the recorder's calls during the recorded blocks over the baseline step time (immune to drift between
 the two blocks). The recorder's time is split into the snapshot (flat float32 parameters and float64 buffers on the
-host) and the HDF5 write of the row, each also as a share of a step.
+host) and the HDF5 write of the row, each also as a share of a step. Each figure is given in wall time and in the
+process's CPU time (``*_cpu*``: all threads' seconds, which other work on a shared machine does not inflate as it
+does wall time; ``cpu_share`` = CPU seconds / (wall seconds x threads), well below 1 on a contended machine).
 
 Run: ``python bench/recorder_overhead.py [--json bench/measured/recorder_overhead_cpu.json]`` (see ``--help``).
 """
@@ -65,15 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="recorder_bench_"))
     rec = Recorder(folder / "trajectory.h5", model, model_spec="resnet20", dataset_spec=dataset_spec,
                    optimizer=optimizer)
-    inside = {"snapshot": 0.0, "write": 0.0}
+    inside = {"snapshot": 0.0, "write": 0.0, "snapshot_cpu": 0.0, "write_cpu": 0.0}
 
     def timed_into(key: str, fn: Any) -> Any:
         def wrapper(*a: Any, **k: Any) -> Any:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             try:
                 return fn(*a, **k)
             finally:
                 inside[key] += time.perf_counter() - start
+                inside[f"{key}_cpu"] += time.process_time() - cpu
         return wrapper
 
     rec._snapshot = timed_into("snapshot", rec._snapshot)
@@ -93,28 +96,36 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
         step += 1
 
+    cpu_times: dict[bool, list[float]] = {False: [], True: []}
+
     def block(record: bool, count: int) -> float:
+        """Wall seconds per step (the process's CPU seconds per step go to ``cpu_times``)."""
         sync()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(count):
             train_step(i, record)
         sync()
+        cpu_times[record].append((time.process_time() - cpu) / count)
         return (time.perf_counter() - start) / count
 
     block(False, args.warmup)
     block(True, args.warmup)
+    cpu_times[False].clear()
+    cpu_times[True].clear()
     baseline, recorded, shares = [], [], []
     for _ in range(args.repeats):
         baseline.append(block(False, args.steps))
         before = dict(inside)
-        cpu = time.process_time()
         recorded.append(block(True, args.steps))
         shares.append({k: (inside[k] - before[k]) / args.steps for k in inside})
-        shares[-1]["cpu_share"] = (time.process_time() - cpu) / (recorded[-1] * args.steps * args.threads)
+        shares[-1]["cpu_share"] = cpu_times[True][-1] / (recorded[-1] * args.threads)
     path = rec.close()
     t_base, t_rec = C.median(baseline), C.median(recorded)
     snapshot = C.median([s["snapshot"] for s in shares])
     write = C.median([s["write"] for s in shares])
+    cpu_base, cpu_rec = C.median(cpu_times[False]), C.median(cpu_times[True])
+    snapshot_cpu = C.median([s["snapshot_cpu"] for s in shares])
+    write_cpu = C.median([s["write_cpu"] for s in shares])
     result = {
         "model": "resnet20", "parameters": rec.layout.size, "batch_size": args.batch_size,
         "baseline_step_s": t_base, "recorded_step_s": t_rec,
@@ -123,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         "snapshot_s": snapshot, "write_s": write,
         "snapshot_share": snapshot / t_base, "write_share": write / t_base,
         "baseline_steps_s": baseline, "recorded_steps_s": recorded,
+        "cpu_baseline_step_s": cpu_base, "cpu_recorded_step_s": cpu_rec,
+        "overhead_cpu_paired": cpu_rec / cpu_base - 1, "overhead_cpu_inrun": (snapshot_cpu + write_cpu) / cpu_base,
+        "snapshot_cpu_s": snapshot_cpu, "write_cpu_s": write_cpu,
+        "cpu_baseline_steps_s": cpu_times[False], "cpu_recorded_steps_s": cpu_times[True],
         "cpu_share": C.median([s["cpu_share"] for s in shares]),
         "file_mb": path.stat().st_size / 2**20,
     }
@@ -130,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                "CPU training step", "environment": C.environment(args.device), "threads": threads,
                "malloc_env": malloc_env, "args": {k: str(v) for k, v in vars(args).items()}, "results": [result]}
     C.write_json(args.json, payload)
-    C.print_table(["model", "params", "batch", "step (s)", "recorded (s)", "paired", "in-run", "snapshot", "write"],
-                  [["resnet20", result["parameters"], args.batch_size, t_base, t_rec, result["overhead_paired"],
-                    result["overhead_inrun"], result["snapshot_share"], result["write_share"]]])
+    C.print_table(["clock", "step (s)", "recorded (s)", "paired", "in-run", "snapshot", "write"],
+                  [["wall", t_base, t_rec, result["overhead_paired"], result["overhead_inrun"],
+                    snapshot / t_base, write / t_base],
+                   ["cpu", cpu_base, cpu_rec, result["overhead_cpu_paired"], result["overhead_cpu_inrun"],
+                    snapshot_cpu / cpu_base, write_cpu / cpu_base]])
+    print(f"resnet20, {rec.layout.size} parameters, batch {args.batch_size}; cpu share {result['cpu_share']:.2f}")
     path.unlink()
     folder.rmdir()
     return 0
