@@ -14,12 +14,19 @@ PyTorch (:class:`Recorder`, ``gradvis_steps.backends.torch.recorder``)::
                 rec.batch_loss(loss.item())        # the loss of the batch the step from theta_step uses
                 opt.zero_grad(); loss.backward(); opt.step()
                 step += 1
-        rec.record(step)                           # the final point (always stored)
+        rec.record(step, force=True)               # the final point (stored whatever every is)
 
-or ``rec.attach(opt)`` once, before the loop, to record after every ``every``-th ``opt.step()``.
+or ``rec.attach(opt)`` once, before the loop, to record after every ``every``-th ``opt.step()`` (then set
+``rec.epoch = epoch`` at each epoch's start, and give losses with ``rec.batch_loss``; ``rec.close()`` adds the final
+point).
 
-Keras (:class:`KerasRecorder`, ``gradvis_steps.backends.tensorflow.recorder``): a ``keras.callbacks.Callback``,
-``model.fit(..., callbacks=[KerasRecorder("runs/mine/trajectory.h5", model_spec=..., dataset_spec=...)])``.
+Keras (:class:`KerasRecorder`, ``gradvis_steps.backends.tensorflow.recorder``), a ``keras.callbacks.Callback``::
+
+    model.compile(optimizer=..., loss=loss_fn, metrics=[BatchLoss(loss_fn)])   # BatchLoss: each batch's own loss
+    model.fit(x, y, callbacks=[KerasRecorder("runs/mine/trajectory.h5", model_spec="mynets:keras_net",
+                                             dataset_spec="mydata:load", batch_loss_key="batch_loss")])
+
+(without ``batch_loss_key`` the losses are not known: Keras' ``logs["loss"]`` is the epoch's running mean.)
 
 Importing this module imports neither torch nor TensorFlow: each class loads its framework when first used.
 """

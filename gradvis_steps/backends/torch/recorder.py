@@ -6,8 +6,8 @@ model and dataset entry points that the analyses rebuild the model from (``sourc
 ``train`` key). Two ways to feed it, the same checkpoints either way:
 
 - ``rec.record(step)`` at the top of each iteration, before the forward pass (``step`` = optimizer steps taken so
-  far), then ``rec.batch_loss(loss.item())`` once the loss is known, and ``rec.record(total_steps)`` after the loop
-  for the final point (always stored, whatever ``every``);
+  far), then ``rec.batch_loss(loss.item())`` once the loss is known, and ``rec.record(total_steps, force=True)``
+  after the loop for the final point (``force``: stored whatever ``every``, as the train step stores it);
 - ``rec.attach(optimizer)``: records theta_0 now and theta_t after each t-th ``optimizer.step()`` (every ``every``
   steps, via ``Optimizer.register_step_post_hook``); ``rec.batch_loss(loss.item())`` in the next iteration gives its
   loss (else it is not known); :meth:`Recorder.close` adds the final point.
