@@ -155,6 +155,22 @@ def test_attached_to_the_optimizer_it_records_every_step(digits, tmp_path, refer
         np.testing.assert_array_equal(np.stack([t.params(i) for i in range(len(t))]),
                                       np.stack([initial, *captured]), strict=True)
     assert_same_trajectory(path, reference[1])  # the hook records what record() does (losses via batch_loss)
+    # interrupted after the first epoch and continued: the same points (the one at the break keeps no loss: its
+    # batch came after the first recorder closed)
+    resumed = tmp_path / "hooked_resumed.h5"
+    model, optimizer, x, y = user_setup(digits)
+    rec = recorder(resumed, model, optimizer).attach(optimizer)
+    step = user_loop(rec, model, optimizer, x, y, epochs=[0], hooked=True)
+    rec.close(commit=False)
+    with recorder(resumed, model, optimizer) as rec:
+        rec.attach(optimizer)
+        user_loop(rec, model, optimizer, x, y, epochs=[1], start=step, hooked=True)
+    with Trajectory(resumed) as t, Trajectory(path) as whole:
+        assert t.iterations.tolist() == whole.iterations.tolist()
+        np.testing.assert_array_equal(np.stack(list(t)), np.stack(list(whole)), strict=True)
+        known = whole.batch_loss_known.copy()
+        known[step] = False
+        assert t.batch_loss_known.tolist() == known.tolist()
     # every 5 steps of 12: 0, 5, 10 and the final point 12 (not known loss), the values of those steps
     path = tmp_path / "hooked5.h5"
     model, optimizer, x, y = user_setup(digits)

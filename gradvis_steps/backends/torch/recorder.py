@@ -145,12 +145,15 @@ class Recorder:
 
     def attach(self, optimizer: torch.optim.Optimizer, start: int | None = None) -> Recorder:
         """Record theta_``start`` now and every ``every``-th point after each ``optimizer.step()``; ``start``: steps
-        already taken (default: after the last step recorded, 0 in a new file)."""
+        already taken (default: 0 in a new file; in a file appended to, its last step, the point a run interrupted
+        there continues from, which is stored already and kept as it is)."""
         if self._hook is not None:
             raise ValueError("this recorder is already attached to an optimizer")
+        session = self.session
         if start is None:
-            start = 0 if self.session.last_step is None else self.session.last_step + 1
-        self.session.offer(start, self._snapshot)
+            start = 0 if session.last_step is None else session.last_step
+        if not (start == session.last_step == session.last_recorded):
+            session.offer(start, self._snapshot)
         self._hook_step = int(start)
 
         def after_step(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
@@ -161,13 +164,14 @@ class Recorder:
         return self
 
     def close(self, commit: bool = True) -> Path | None:
-        """Detach from the optimizer (recording its final point if it was not), write the held point and, with
-        ``commit``, rename the file onto its path (returned); ``commit=False`` keeps ``<path>.partial`` to append to
-        later."""
+        """Detach from the optimizer, write the held point and, with ``commit``, add the final point if ``every``
+        skipped it and rename the file onto its path (returned); ``commit=False`` keeps ``<path>.partial`` to append
+        to later (a recorder attached there continues from its last step)."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-            self.session.finish(self._snapshot)  # the final point, when every skipped it
+            if commit:
+                self.session.finish(self._snapshot)  # the final point, when every skipped it
         return self.session.close(commit)
 
     def __enter__(self) -> Recorder:
