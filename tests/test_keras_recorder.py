@@ -146,3 +146,14 @@ def test_without_a_batch_loss_entry_no_loss_is_stored(digits, tmp_path):
         assert not t.batch_loss_known.any() and np.isnan(t.batch_loss).all() and len(t) == 4
     with pytest.raises(ValueError, match="batch_loss_key 'nope' is not among the batch logs"):
         users_fit(digits, tmp_path / "bad.h5", [0], key="nope")
+
+
+def test_a_model_the_spec_does_not_build_is_one_clear_error(digits, tmp_path):
+    model = backend("tensorflow").build_model({"model": MODEL}, digits)
+    rec = KerasRecorder(tmp_path / "t.h5", model_spec={**MODEL, "width": 4}, dataset_spec="digits")
+    rec.set_model(model)
+    with pytest.raises(ValueError, match=r"the model does not match model_spec \{'name': 'resnet', 'depth': 8, "
+                                         r"'width': 4\}: its variables"):
+        rec.on_train_begin()
+    with pytest.raises(ValueError, match="every must be an integer >= 1, got 0"):
+        KerasRecorder(tmp_path / "t.h5", model_spec=MODEL, dataset_spec="digits", every=0)
