@@ -31,7 +31,7 @@ from ...storage.trajectory import Trajectory  # noqa: E402
 from .. import Backend  # noqa: E402
 from .checkpoint_files import load_checkpoint  # noqa: E402
 from .flat import assign_like, buffer_layout, layout_of  # noqa: E402
-from .models import build_model  # noqa: E402
+from .models import build_model, inputs_in  # noqa: E402
 from .objective import DTYPES, HVP_MODE_CHOICES, TFHessianOperator, TFObjective, channels_last  # noqa: E402
 from .training import train  # noqa: E402
 
@@ -64,18 +64,22 @@ def resolve_device(name: str | None) -> str:
 
 @contextlib.contextmanager
 def dtype_policy(dtype: str) -> Iterator[None]:
-    """Build Keras layers in ``dtype`` inside the block (Keras' global dtype policy, restored afterwards)."""
-    previous = keras.config.dtype_policy()
+    """Build Keras layers in ``dtype`` inside the block: Keras' global dtype policy, and its ``floatx``, the dtype of
+    ``keras.Input`` tensors that name none (both restored afterwards)."""
+    previous, previous_floatx = keras.config.dtype_policy(), keras.config.floatx()
     keras.config.set_dtype_policy(dtype)
+    keras.config.set_floatx(dtype)
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+        keras.config.set_floatx(previous_floatx)
 
 
 def model_for(config: dict[str, Any], dataset: ArrayDataset, dtype: str = "float32") -> keras.Model:
     """Build (and seed) the model a run config names, for the dataset's input shape. The weights are drawn in float32
-    (as training uses them); another ``dtype`` gets a copy built under that dtype policy holding the same values."""
+    (as training uses them); another ``dtype`` gets a copy built under that dtype policy holding the same values, whose
+    inputs are in that dtype too (:func:`~.models.inputs_in`: a float32 ``Input`` would round float64 data)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
     keras.utils.set_random_seed(int(config.get("train", {}).get("seed", 0)))
@@ -84,7 +88,7 @@ def model_for(config: dict[str, Any], dataset: ArrayDataset, dtype: str = "float
     if dtype == "float32":
         return model
     with dtype_policy(dtype):
-        copy = build_model(config["model"], dataset.input_shape, dataset.num_classes)
+        copy = inputs_in(build_model(config["model"], dataset.input_shape, dataset.num_classes), dtype)
     assign_like(copy, model)
     return copy
 

@@ -21,6 +21,7 @@ CPU limits that BLAS to one thread for the rest of the process (:func:`single_th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import keras
@@ -29,6 +30,7 @@ import tensorflow as tf
 
 from ...core.objective import Evaluation
 from .flat import buffer_layout, flatten_parameters, layout_of, unflatten_buffers
+from .models import float_inputs
 
 #: The exact ways to take a Hessian-vector product; ``"auto"`` is forward-over-reverse (untimed).
 HVP_MODES = ("forward_over_reverse", "double_backprop")
@@ -108,6 +110,11 @@ class TFObjective:
         if wrong:
             raise ValueError(f"the model's variables {wrong[:3]}... are not {dtype}: build the model under the "
                              f"{dtype!r} dtype policy (gradvis_steps.backends.tensorflow.model_for(..., dtype=...))")
+        rounding = [str(t.dtype) for t in float_inputs(model) if str(t.dtype) != dtype]
+        if rounding:
+            warnings.warn(f"model {model.name!r} takes {rounding[0]} inputs: its {dtype} evaluation rounds the data to "
+                          f"{rounding[0]} (rebuild it with {dtype} inputs: gradvis_steps.backends.tensorflow.model_for "
+                          "does)", stacklevel=2)
         self.model = model
         self.device = device
         if (tf.DeviceSpec.from_string(device).device_type or "CPU").upper() == "CPU":
