@@ -98,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     config = run_config(args)
 
-    from .core.training import TrainingDiverged, TrainSettings
+    from .core.training import TrainingDiverged, TrainSettings, check_schedule, total_iterations
     from .data import load_dataset
     from .storage.trajectory import TrajectoryWriter
 
     framework = backend(args.framework)
     device = framework.resolve_device(args.device)
     dataset = load_dataset(config["dataset"])
+    settings = TrainSettings(**config["train"])
+    check_schedule(settings, total_iterations(settings, len(dataset.x_train)))  # before a file is written
     model = framework.build_model(config, dataset)
     layout = framework.parameter_layout(model)
     writer = TrajectoryWriter(args.out, layout, framework.buffer_layout(model), config,
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     diverged = None
     try:
-        summary = framework.train(model, dataset, TrainSettings(**config["train"]), writer, device=device,
+        summary = framework.train(model, dataset, settings, writer, device=device,
                                   progress=not args.no_progress)
     except TrainingDiverged as error:
         if args.on_divergence != "keep" or not error.kept:
