@@ -1,7 +1,10 @@
-"""Step: train a model with SGD + momentum, writing a checkpoint every k iterations.
+"""Step: train a model with SGD + momentum, Adam or AdamW on a learning-rate schedule, writing a checkpoint every k
+iterations.
 
     python -m gradvis_steps.train --dataset digits --model lenet --epochs 2 --batch-size 64 \\
         --lr 0.01 --seed 0 --out results/run/trajectory.h5
+    python -m gradvis_steps.train --optimizer adamw --weight-decay 0.01 --lr 0.001 --schedule cosine \\
+        --warmup 20 --out results/adam/trajectory.h5
 
 The output is an HDF5 trajectory (see ``gradvis_steps.storage.trajectory``) holding the flat
 parameters of every checkpoint, the parameter layout, iteration, epoch, batch loss and this config.
@@ -24,6 +27,7 @@ from typing import Any
 
 from . import cli
 from .backends import backend, known_backends
+from .core.training import OPTIMIZERS, SCHEDULES
 from .provenance import provenance
 
 
@@ -43,7 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=cli.positive_int, default=256)
     parser.add_argument("--lr", type=float, default=0.01, help="learning rate")
     parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--weight-decay", type=float, default=0.0,
+                        help="L2 added to the gradient (sgd, adam); decoupled, theta *= 1 - lr_t * wd (adamw)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                        help="torch's SGD (with --momentum), Adam or AdamW (with --beta1, --beta2, --eps)")
+    parser.add_argument("--beta1", type=float, default=0.9, help="adam/adamw: decay of the first moment")
+    parser.add_argument("--beta2", type=float, default=0.999, help="adam/adamw: decay of the second moment")
+    parser.add_argument("--eps", type=float, default=1e-8, help="adam/adamw: added to the root of the second moment")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="learning rate per iteration: constant; step (times --step-gamma every --step-every "
+                             "iterations); cosine (from --lr down to --min-lr at the last iteration)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="linear warm-up over the first N iterations (lr (t+1)/N), then the schedule")
+    parser.add_argument("--step-every", type=cli.positive_int, default=None,
+                        help="schedule step: iterations between decays of the learning rate")
+    parser.add_argument("--step-gamma", type=float, default=0.1, help="schedule step: factor of each decay")
+    parser.add_argument("--min-lr", type=float, default=0.0, help="schedule cosine: the final learning rate")
     parser.add_argument("--checkpoint-every", type=cli.positive_int, default=1,
                         help="store a checkpoint every k iterations (the initial and final points always)")
     parser.add_argument("--max-iterations", type=cli.positive_int, default=None,
@@ -79,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     config = run_config(args)
 
-    from .core.training import TrainingDiverged, TrainSettings
+    from .core.training import TrainingDiverged, TrainSettings, check_schedule, total_iterations
     from .data import load_dataset
     from .storage.trajectory import TrajectoryWriter
 
     framework = backend(args.framework)
     device = framework.resolve_device(args.device)
     dataset = load_dataset(config["dataset"])
+    settings = TrainSettings(**config["train"])
+    check_schedule(settings, total_iterations(settings, len(dataset.x_train)))  # before a file is written
     model = framework.build_model(config, dataset)
     layout = framework.parameter_layout(model)
     writer = TrajectoryWriter(args.out, layout, framework.buffer_layout(model), config,
@@ -93,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     diverged = None
     try:
-        summary = framework.train(model, dataset, TrainSettings(**config["train"]), writer, device=device,
+        summary = framework.train(model, dataset, settings, writer, device=device,
                                   progress=not args.no_progress)
     except TrainingDiverged as error:
         if args.on_divergence != "keep" or not error.kept:

@@ -89,6 +89,10 @@ BAD_CONFIGS = [
     ("centre-not-a-checkpoint", {"train": {"checkpoint_every": 5}, "landscape": {"centre": 7}},
      "landscape.centre 7 is not a checkpoint of run"),
     ("centre-after-the-run", {"landscape": {"centre": 7000}}, "landscape.centre 7000 is not a checkpoint of run"),
+    # the trainer settings: schema, planner, pre-flight
+    ("unknown-optimizer", {"train": {"optimizer": ["rmsprop"]}}, "'rmsprop' is not one of ['sgd', 'adam', 'adamw']"),
+    ("step-schedule-without-step", {"train": {"schedule": ["step"]}}, "train.schedule step needs train.step_every"),
+    ("warmup-beyond-run", {"train": {"warmup": 144}}, "train.warmup 144 is not less than the 144 iterations of run"),
 ]
 
 

@@ -30,7 +30,17 @@ SECTIONS = (TRAIN, *ANALYSIS_SECTIONS, "resources")
 GLOBAL_KEYS = ("results", "device", "mpi_launcher", "datasets", "models")
 EXPERIMENT_KEYS = ("description", *SECTIONS)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-TRAIN_AXES = ("framework", "dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed")
+TRAIN_AXES = ("framework", "dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed", "optimizer",
+              "schedule", "weight_decay")
+#: train settings that are single values, not axes (they refine one optimizer or schedule: two values are two
+#: experiments); a run takes those that apply to its optimizer and schedule, in its settings and its id
+TRAIN_OPTIONS = {"sgd": (), "adam": ("beta1", "beta2", "eps"), "adamw": ("beta1", "beta2", "eps"),
+                 "constant": ("warmup",), "step": ("warmup", "step_every", "step_gamma"),
+                 "cosine": ("warmup", "min_lr")}
+#: the train step's defaults of the trainer settings, and their options: a run passes only what differs, so a run
+#: with the defaults has the command line (and the id) it always had
+TRAINER_DEFAULTS = {"optimizer": "sgd", "schedule": "constant", "weight_decay": 0.0, "warmup": 0, "beta1": 0.9,
+                    "beta2": 0.999, "eps": 1e-8, "step_every": None, "step_gamma": 0.1, "min_lr": 0.0}
 DEFAULT_EXPERIMENT = "main"
 
 # the settings that say what an output is (in its folder's id); the rest of a section says how it is computed
@@ -82,9 +92,42 @@ def run_id(settings: dict[str, Any], checkpoint_every: int) -> str:
     refused when the plan is built)."""
     base = (f"{settings['dataset']}-{settings['model']}-lr{_number(settings['lr'])}-bs{settings['batch_size']}-"
             f"e{settings['epochs']}-m{_number(settings['momentum'])}-s{settings['seed']}")
+    base += "".join(f"-{part}" for part in _trainer_parts(settings))
     if checkpoint_every != 1:
         base += f"-ce{checkpoint_every}"
     return base if settings.get("framework", "torch") == "torch" else f"{base}-{settings['framework']}"
+
+
+def _trainer_parts(settings: dict[str, Any]) -> list[str]:
+    """The run id's parts for the optimizer, schedule and weight decay, each only where it is not the default (so
+    every earlier run keeps its id): ``wd0.0005``, ``adam`` (``b0.8_0.99``, ``eps1e-06``), ``step500x0.1``,
+    ``cosine`` (``cosine-min0.001``), ``wu100``."""
+    value = {**TRAINER_DEFAULTS, **settings}
+    parts = [f"wd{_number(value['weight_decay'])}"] if value["weight_decay"] else []
+    if value["optimizer"] != "sgd":
+        parts.append(value["optimizer"])
+        if (value["beta1"], value["beta2"]) != (0.9, 0.999):
+            parts.append(f"b{_number(value['beta1'])}_{_number(value['beta2'])}")
+        if value["eps"] != TRAINER_DEFAULTS["eps"]:
+            parts.append(f"eps{_number(value['eps'])}")
+    if value["schedule"] == "step":
+        parts.append(f"step{value['step_every']}x{_number(value['step_gamma'])}")
+    elif value["schedule"] == "cosine":
+        parts.append("cosine" + (f"-min{_number(value['min_lr'])}" if value["min_lr"] else ""))
+    if value["warmup"]:
+        parts.append(f"wu{value['warmup']}")
+    return parts
+
+
+def trainer_args(settings: dict[str, Any]) -> list[str]:
+    """The train step's options for a run's optimizer, schedule and weight decay: only those that differ from the
+    step's defaults (a run with the defaults keeps the command line, so Snakemake's parameter check does not
+    retrain it)."""
+    args = []
+    for key, default in TRAINER_DEFAULTS.items():
+        if key in settings and settings[key] != default:
+            args += [f"--{key.replace('_', '-')}", str(settings[key])]
+    return args
 
 
 # --- analysis sweeps ------------------------------------------------------------------------------------------------
@@ -313,11 +356,27 @@ def _check_variant(where: str, config: dict[str, Any]) -> None:
                           f"got {hessian['count']}")
     if hessian["count"] > hessian["steps"]:
         raise ConfigError(f"{where}directions.hessian.count {hessian['count']} exceeds steps {hessian['steps']}")
+    _check_trainer(where, config[TRAIN])
     interpolation = config["interpolation"]
     if interpolation["enabled"]:
         missing = [s for s in interpolation["seeds"] if s not in config[TRAIN]["seed"]]
         if missing:
             raise ConfigError(f"{where}interpolation.seeds {missing} are not in train.seed {config[TRAIN]['seed']}")
+
+
+def _check_trainer(where: str, train: dict[str, Any]) -> None:
+    """The trainer settings' rules across keys: what a schedule needs, and no sweep that trains one run twice."""
+    if "step" in train["schedule"] and train["step_every"] is None:
+        raise ConfigError(f"{where}train.schedule step needs train.step_every (iterations between decays of the "
+                          "learning rate, an integer >= 1)")
+    if "cosine" in train["schedule"] and train["min_lr"] > min(train["lr"]):
+        raise ConfigError(f"{where}train.min_lr {train['min_lr']} exceeds train.lr {min(train['lr'])}: the cosine "
+                          f"schedule decays from lr down to min_lr; accepted: 0..{min(train['lr'])}")
+    others = [name for name in train["optimizer"] if name != "sgd"]
+    if others and len(train["momentum"]) > 1:
+        raise ConfigError(f"{where}train.momentum {train['momentum']} is a sweep, but {others[0]} does not use "
+                          f"momentum (its beta1 is train.beta1): its runs would be trained once per value; sweep "
+                          "momentum in an experiment with train.optimizer [sgd]")
 
 
 def _pick(section: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -364,6 +423,8 @@ def _runs_of(plan: Plan, variant: Variant) -> dict[str, dict[str, Any]]:
     runs = {}
     for combo in itertools.product(*(train[key] for key in TRAIN_AXES)):
         settings = dict(zip(TRAIN_AXES, combo, strict=True))
+        for key in (*TRAIN_OPTIONS[settings["optimizer"]], *TRAIN_OPTIONS[settings["schedule"]]):
+            settings[key] = train[key]
         rid = run_id(settings, train["checkpoint_every"])
         known = plan.runs.get(rid, {}).get("settings")
         # one folder for two different runs (names that run together): one of them would be silently lost; before

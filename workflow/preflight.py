@@ -102,6 +102,15 @@ def _check_checkpoints(where: str, rid: str, run: dict[str, Any], config: dict[s
     if every > total:
         raise ConfigError(f"{where}train.checkpoint_every {every} is more than the {total} iterations of {run_text}: "
                           f"its trajectory would hold only the initial and final points; accepted: 1..{total - 1}")
+    warmup = settings.get("warmup", 0)
+    if warmup >= total:
+        raise ConfigError(f"{where}train.warmup {warmup} is not less than the {total} iterations of {run_text}: its "
+                          f"learning rate would never reach lr; accepted: 0..{total - 1}")
+    step_every = settings.get("step_every")
+    if step_every is not None and step_every >= total - warmup:
+        raise ConfigError(f"{where}train.step_every {step_every}: the step schedule of {run_text} would never decay "
+                          f"the learning rate ({total - warmup} iterations after a warm-up of {warmup}); accepted: "
+                          f"1..{total - warmup - 1}")
     methods = config["directions"]["methods"]
     if "pca" in methods and stored < 3:
         raise ConfigError(f"{where}directions.methods includes pca, which needs at least 3 checkpoints, but "

@@ -37,7 +37,9 @@ class Backend:
     - ``parameter_layout(model) -> ParameterLayout`` and ``buffer_layout(model) -> list[dict]``: how the model's
       trainable parameters and its buffers (batch-norm statistics) are laid out in flat vectors.
     - ``train(model, dataset, settings: TrainSettings, writer: TrajectoryWriter, *, device, progress: bool)
-      -> dict``: train on the dataset's training split, appending checkpoints to ``writer``; returns a summary. Every
+      -> dict``: train on the dataset's training split with the optimizer and learning-rate schedule ``settings``
+      name (the step of :func:`~..core.training.run_training`; its resume state holds the optimizer's, so a resumed
+      run equals the uninterrupted one bitwise), appending checkpoints to ``writer``; returns a summary. Every
       point passes :class:`~..core.training.DivergenceGuard` before it is stored, which raises ``TrainingDiverged`` at
       the first non-finite batch loss or parameter.
     - ``load_checkpoint(path, model) -> (dict[str, ndarray], str | None)``: the arrays of a checkpoint file of the

@@ -12,10 +12,21 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+#: the optimizers and learning-rate schedules of the train step (the first of each is the default)
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimizer and checkpoint settings (paper section 3.3: batch 256, lr 0.01/0.001, momentum 0.9)."""
+    """Optimizer, schedule and checkpoint settings (paper section 3.3: SGD, batch 256, lr 0.01/0.001, momentum 0.9).
+
+    ``optimizer``: ``sgd`` (torch's SGD: ``momentum``), ``adam`` or ``adamw`` (torch's Adam/AdamW: ``beta1``,
+    ``beta2``, ``eps``, torch's defaults; ``momentum`` is not used). ``weight_decay``: coupled L2 (added to the
+    gradient) for sgd and adam, decoupled (``theta *= 1 - lr_t * weight_decay``) for adamw, as torch does.
+    ``schedule``: the learning rate of each iteration, :func:`learning_rate` (``warmup``, ``step_every``,
+    ``step_gamma``, ``min_lr``). The defaults (sgd, constant, no warm-up) train as the step always has.
+    """
 
     epochs: int = 1
     batch_size: int = 256
@@ -25,6 +36,15 @@ class TrainSettings:
     checkpoint_every: int = 1
     max_iterations: int | None = None
     seed: int = 0
+    optimizer: str = "sgd"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: str = "constant"
+    warmup: int = 0
+    step_every: int | None = None
+    step_gamma: float = 0.1
+    min_lr: float = 0.0
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every}
@@ -35,10 +55,66 @@ class TrainSettings:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
+        if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.max_iterations is not None and self.max_iterations < 1:
             raise ValueError(f"max_iterations must be >= 1 or unset, got {self.max_iterations!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if isinstance(self.warmup, bool) or int(self.warmup) != self.warmup or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0 (iterations), got {self.warmup!r}")
+        if self.schedule == "step" and (self.step_every is None or int(self.step_every) != self.step_every
+                                        or self.step_every < 1):
+            raise ValueError(f"schedule step needs step_every, an integer >= 1 (iterations between decays), got "
+                             f"{self.step_every!r}")
+        if not 0 < self.step_gamma <= 1:
+            raise ValueError(f"step_gamma must be in (0, 1], got {self.step_gamma!r}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be in [0, lr = {self.lr!r}], got {self.min_lr!r}")
+
+
+def total_iterations(settings: TrainSettings, n_samples: int) -> int:
+    """The optimizer steps of a run: ``epochs`` x ceil(n / batch size), or ``max_iterations`` if fewer."""
+    total = math.ceil(n_samples / settings.batch_size) * settings.epochs
+    return total if settings.max_iterations is None else min(total, settings.max_iterations)
+
+
+def check_schedule(settings: TrainSettings, total: int) -> None:
+    """Refuse a warm-up that does not end before the run's ``total`` iterations (a ValueError naming both)."""
+    if settings.warmup and settings.warmup >= total:
+        raise ValueError(f"warmup {settings.warmup} is not less than the run's {total} iterations: the learning rate "
+                         f"would never reach lr; accepted: 0..{total - 1}")
+
+
+def learning_rate(settings: TrainSettings, iteration: int, total: int) -> float:
+    """The learning rate of the step from theta_t to theta_{t+1} (t = ``iteration``) of a run of ``total`` steps: a
+    pure function of t, so a resumed run needs no scheduler state. With W = ``warmup``, u = t - W, U = total - W:
+
+    - warm-up, t < W:  lr_t = lr * (t + 1) / W  (linear, reaching lr at t = W - 1)
+    - constant:        lr_t = lr
+    - step:            lr_t = lr * step_gamma ** floor(u / step_every)
+    - cosine:          lr_t = min_lr + (lr - min_lr) * (1 + cos(pi * u / U)) / 2  (lr at u = 0, min_lr at u = U)
+
+    The schedule starts where the warm-up ends. Computed in float64 (Python floats); a constant schedule after the
+    warm-up returns ``settings.lr`` itself, so the default trains bitwise as a fixed learning rate does.
+    """
+    t, warmup = int(iteration), int(settings.warmup)
+    if t < warmup:
+        return settings.lr * (t + 1) / warmup
+    u = t - warmup
+    if settings.schedule == "step":
+        return settings.lr * settings.step_gamma ** (u // int(settings.step_every))
+    if settings.schedule == "cosine":
+        span = max(int(total) - warmup, 1)
+        return settings.min_lr + (settings.lr - settings.min_lr) * (1 + math.cos(math.pi * min(u, span) / span)) / 2
+    return settings.lr
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,8 +148,9 @@ class TrainingDiverged(ValueError):
     train step reports it in one line (exit status 2)."""
 
     def __init__(self, point: TrainingPoint, reason: str, settings: TrainSettings, stored: int,
-                 last: TrainingPoint | None):
+                 last: TrainingPoint | None, total: int | None = None):
         self.point, self.reason, self.settings, self.stored, self.last = point, reason, settings, stored, last
+        self.total = total  # the run's iterations (the schedule's horizon); None: not known
         self.last_is_stored = last is None or last.iteration % settings.checkpoint_every == 0
         #: checkpoints a kept trajectory holds: the stored ones plus the last finite point when it was not stored
         self.kept = stored + (0 if self.last_is_stored else 1)
@@ -86,9 +163,18 @@ class TrainingDiverged(ValueError):
 
     def describe(self) -> str:
         """Where and why training diverged, e.g. "training diverged at iteration 412 (epoch 3 of 6): batch loss nan
-        (lr 1e+06)"."""
-        return (f"training diverged at iteration {self.point.iteration} (epoch {self.point.epoch + 1} of "
-                f"{self.settings.epochs}): {self.reason} (lr {self.settings.lr:g})")
+        (lr 1e+06)"; with a schedule or warm-up, the learning rate of the step that led there and the peak lr
+        ("(lr 0.0873 at the step before it; schedule cosine, warm-up 100, peak lr 0.1)")."""
+        where = (f"training diverged at iteration {self.point.iteration} (epoch {self.point.epoch + 1} of "
+                 f"{self.settings.epochs}): {self.reason}")
+        settings = self.settings
+        if (settings.schedule == "constant" and not settings.warmup) or self.total is None:
+            return f"{where} (lr {settings.lr:g})"
+        before = max(self.point.iteration - 1, 0)
+        step = "at the step before it" if self.point.iteration else "at its first step"
+        warmup = f", warm-up {settings.warmup}" if settings.warmup else ""
+        return (f"{where} (lr {learning_rate(settings, before, self.total):g} {step}; schedule {settings.schedule}"
+                f"{warmup}, peak lr {settings.lr:g})")
 
     @property
     def diverged_at(self) -> dict[str, Any]:
@@ -120,8 +206,8 @@ class DivergenceGuard:
 
     _RESUME_KEYS = ("last_params", "last_buffers", "last_iteration", "last_epoch", "last_loss")
 
-    def __init__(self, settings: TrainSettings):
-        self.settings = settings
+    def __init__(self, settings: TrainSettings, total: int | None = None):
+        self.settings, self.total = settings, total
         self.last: TrainingPoint | None = None
 
     def check(self, params: np.ndarray, buffers: np.ndarray, batch_loss: float | None, *, iteration: int,
@@ -131,7 +217,7 @@ class DivergenceGuard:
         point = TrainingPoint(params, buffers, int(iteration), int(epoch), batch_loss)
         reason = non_finite_reason(point)
         if reason is not None:
-            raise TrainingDiverged(point, reason, self.settings, stored, self.last)
+            raise TrainingDiverged(point, reason, self.settings, stored, self.last, self.total)
         self.last = point
 
     def resume_state(self) -> dict[str, Any]:
@@ -153,7 +239,7 @@ class DivergenceGuard:
 def run_training(settings: TrainSettings, n_samples: int, writer: Any, *,
                  snapshot: Callable[[], tuple[np.ndarray, np.ndarray]],
                  order: Callable[[int], Any],
-                 step: Callable[[Any], float],
+                 step: Callable[[Any, float], float],
                  optimizer_state: Callable[[], dict[str, Any]],
                  restore: Callable[[dict[str, Any]], None],
                  progress: bool = True) -> dict[str, Any]:
@@ -164,17 +250,18 @@ def run_training(settings: TrainSettings, n_samples: int, writer: Any, *,
     is always stored), with ``batch_loss`` = the loss of the mini-batch the step from t used (not known, NaN, for the
     final point, from which no step is taken). The backend gives: ``snapshot()`` -> (float32 parameters, float64
     buffers) on the host; ``order(epoch)`` -> the epoch's sample order (a function of seed and epoch only, so a
-    resumed run repeats the uninterrupted one); ``step(indices)`` -> one SGD step on those samples, returning the
-    batch loss; ``optimizer_state()`` -> what else a resume needs (momentum, RNG state); ``restore(state)`` -> put
-    parameters, buffers and that state back from the writer's resume state.
+    resumed run repeats the uninterrupted one); ``step(indices, lr)`` -> one optimizer step on those samples with
+    learning rate ``lr`` (:func:`learning_rate` of the iteration, a Python float), returning the batch loss;
+    ``optimizer_state()`` -> what else a resume needs (the optimizer's state: momentum, Adam's moments and step
+    count; RNG state); ``restore(state)`` -> put parameters, buffers and that state back from the writer's resume
+    state.
     """
     steps_per_epoch = math.ceil(n_samples / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
-    if settings.max_iterations is not None:
-        total = min(total, settings.max_iterations)
+    total = total_iterations(settings, n_samples)
+    check_schedule(settings, total)
 
     iteration, start_epoch = 0, 0
-    guard = DivergenceGuard(settings)
+    guard = DivergenceGuard(settings, total)
     state = writer.resume_state()
     if state is not None:
         guard.restore(state)
@@ -196,7 +283,8 @@ def run_training(settings: TrainSettings, n_samples: int, writer: Any, *,
             if iteration >= total:
                 break
             params, buffers = snapshot()  # theta_t before the step updates the batch-norm statistics
-            last_loss = float(step(indices[start:start + settings.batch_size]))
+            lr = learning_rate(settings, iteration, total)
+            last_loss = float(step(indices[start:start + settings.batch_size], lr))
             guard.check(params, buffers, last_loss, iteration=iteration, epoch=epoch, stored=len(writer))
             if iteration % settings.checkpoint_every == 0:
                 writer.append(params, buffers, iteration=iteration, epoch=epoch, batch_loss=last_loss)

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from experiments import ConfigError, build_plan, summary_settings  # noqa: E402
+from experiments import ConfigError, build_plan, summary_settings, trainer_args  # noqa: E402
 from preflight import preflight  # noqa: E402
 
 SCHEMA_PATH = Path(str(workflow.current_basedir)).parent / "schemas" / "config.schema.yaml"  # also as a module
@@ -154,7 +154,7 @@ def train_args(run):
     args += [x for k, v in model.items() if k != "name" for x in ("--model-option", f"{k}={v}")]
     args += ["--seed", s["seed"], "--lr", s["lr"], "--batch-size", s["batch_size"], "--epochs", s["epochs"],
              "--momentum", s["momentum"], "--checkpoint-every", planned["checkpoint_every"], "--device", cfg["device"],
-             "--on-divergence", cfg["train"]["on_divergence"]]
+             "--on-divergence", cfg["train"]["on_divergence"], *trainer_args(s)]
     return " ".join(shlex.quote(str(a)) for a in args)
 
 
