@@ -70,7 +70,7 @@ def preflight(plan: Plan) -> None:
         for variant in experiment.variants:
             for rid in variant.runs:
                 if rid in stored:
-                    _check_stored(where, rid, stored[rid], variant.config)
+                    _check_stored(where, rid, plan.external[rid]["spec"], stored[rid], variant.config)
                     continue
                 run = plan.runs[rid]
                 dataset = facts[run["settings"]["dataset"]]
@@ -131,7 +131,8 @@ def _external_checkpoints(name: str, external: dict[str, Any], facts: dict[str, 
         with Trajectory(path) as trajectory:
             run, layout, iterations = trajectory.config, trajectory.layout, trajectory.iterations.tolist()
     except (ValueError, OSError, KeyError) as error:
-        raise ConfigError(f"{where}: trajectory {path}: {_first_line(error)}") from None
+        message = _first_line(error)
+        raise ConfigError(f"{where}: {message if path in message else f'trajectory {path}: {message}'}") from None
     model, dataset = run.get("model"), run.get("dataset")
     if not isinstance(model, dict) or not isinstance(dataset, dict):
         raise ConfigError(f"{where}: trajectory {path} records no model and dataset in its run config (attribute "
@@ -174,19 +175,22 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _check_stored(where: str, name: str, stored: list[int] | int, config: dict[str, Any]) -> None:
+def _check_stored(where: str, name: str, spec: dict[str, Any], stored: list[int] | int, config: dict[str, Any]
+                  ) -> None:
     """An external run's checkpoints (their iterations, or only their number) against what its analyses need."""
     count = stored if isinstance(stored, int) else len(stored)
+    files = spec["kind"] if spec["kind"] == "checkpoints" else "trajectory"
+    run = f"external run {name} ({files} {', '.join(spec.get('checkpoints') or [spec.get('trajectory', '')])})"
     methods = config["directions"]["methods"]
     if "pca" in methods and count < 3:
-        raise ConfigError(f"{where}directions.methods includes pca, which needs at least 3 checkpoints, but external "
-                          f"run {name} holds {count}; accepted: a run of 3 or more checkpoints, or methods without "
+        raise ConfigError(f"{where}directions.methods includes pca, which needs at least 3 checkpoints, but "
+                          f"{run} holds {count}; accepted: a run of 3 or more checkpoints, or methods without "
                           "pca")
     centre = config["landscape"]["centre"]
     if methods and centre != "last" and isinstance(stored, list) and centre not in stored:
         shown = ", ".join(map(str, stored)) if len(stored) <= 8 else (
             f"{', '.join(map(str, stored[:4]))}, ..., {', '.join(map(str, stored[-2:]))}")
-        raise ConfigError(f"{where}landscape.centre {centre} is not a checkpoint of external run {name}: it holds "
+        raise ConfigError(f"{where}landscape.centre {centre} is not a checkpoint of {run}: it holds "
                           f"iterations {shown} ({count} checkpoints); accepted: last or one of those")
 
 
