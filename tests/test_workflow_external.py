@@ -192,3 +192,61 @@ def test_a_changed_file_reruns_its_runs_jobs_only(external_run, files):
     jobs = planned(path)
     assert jobs["external_trajectory"] == 2 and jobs["experiment_summary"] == 2 and jobs["interpolate"] == 1
     assert jobs["directions"] == jobs["landscape"] == jobs["spectrum_chunk"] == jobs["training_video"] == 1
+
+
+def save_checkpoints(trajectory: Path, folder: Path) -> list[Path]:
+    """The trajectory's checkpoints as the torch ``state_dict`` files a user's loop saves, ``model_<iteration>.pth``
+    (LeNet has no buffers: its parameters are its whole state)."""
+    import torch
+
+    from gradvis_steps.storage.trajectory import Trajectory
+
+    folder.mkdir()
+    paths = []
+    with Trajectory(trajectory) as traj:
+        for row, iteration in enumerate(traj.iterations):
+            flat = traj.params(row)
+            state = {spec.name: torch.from_numpy(flat[spec.slice].reshape(spec.shape).copy()) for spec in traj.layout}
+            paths.append(folder / f"model_{iteration}.pth")
+            torch.save(state, paths[-1])
+    return paths
+
+
+def test_imported_runs_interpolate_and_a_changed_checkpoint_reruns_its_run_only(files, tmp_path):
+    """Two folders of checkpoint files (Li et al.'s layout) imported with no train job, the interpolation between
+    them; then one file of B rewritten: B's import and the pair's jobs rerun, A's import does not."""
+    pytest.importorskip("gradvis_steps.import_checkpoints", reason="the import step (part 'import') is not merged")
+    import torch
+
+    from gradvis_steps.storage.landscape import load_landscape
+    from gradvis_steps.storage.trajectory import Trajectory
+
+    made = {name: save_checkpoints(files[key], tmp_path / name) for name, key in (("li_a", "a"), ("li_b", "b"))}
+    config = config_for(tmp_path / "results", external_runs={
+        name: {"checkpoints": str(tmp_path / name / "model_*.pth"), "model": "small", "dataset": "digits"}
+        for name in made}, runs=["li_a", "li_b"], directions={"methods": []}, spectra={"enabled": False},
+        interpolation={"enabled": True, "between": ["li_a", "li_b"], "points": 4, "resolution": 5},
+        frames={"interpolation": False})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--cores", "2", "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = tmp_path / "results"
+    assert not list(results.rglob("train.log"))
+    for name, key in (("li_a", "a"), ("li_b", "b")):
+        with Trajectory(results / name / "trajectory.h5") as imported, Trajectory(files[key]) as trained:
+            assert imported.iterations.tolist() == trained.iterations.tolist() == list(range(13))
+            for row in range(len(trained)):
+                np.testing.assert_array_equal(imported.params(row), trained.params(row))
+            source = imported.config["source"]
+            assert source["kind"] == "imported" and len(source["files"]) == 13
+    pair = next((results / "li_a" / "interpolation" / "li_b").iterdir())
+    assert np.isfinite(load_landscape(pair / "line.h5").loss).all()
+    assert planned(path) == {}
+    changed = made["li_b"][5]
+    state = torch.load(changed, weights_only=True)
+    state["fc3.bias"] = state["fc3.bias"] + 0.01
+    torch.save(state, changed)
+    assert planned(path) == {"import_checkpoints": 1, "interpolate": 1, "plot_interpolation_line": 1,
+                             "interpolation_plane_directions": 1, "interpolation_plane": 1,
+                             "plot_interpolation_plane": 1, "experiment_summary": 1, "all": 1}
