@@ -278,6 +278,8 @@ def test_an_imported_run_is_one_import_command_and_no_train_job(tmp_path):
         ({"external_runs": {"digits-lenet-lr0.05-bs64-e6-m0.9-S0": {"trajectory": "a.h5"}}},
          "the folder 'digits-lenet-lr0.05-bs64-e6-m0.9-S0' is also that of the trained run "
          "'digits-lenet-lr0.05-bs64-e6-m0.9-s0'"),
+        ({"external_runs": {"Mine": {"trajectory": "a.h5"}, "mine": {"trajectory": "b.h5"}}},
+         "external_runs.mine: the name differs from 'Mine' only in case"),
         ({"experiments": {"x": {"runs": ["trained", "mine"]}}},
          "experiments.x: runs names 'mine', which is neither 'trained' (the runs of train:) nor declared under "
          "external_runs: (declared: [])"),

@@ -403,10 +403,15 @@ def _check_run_folders(plan: Plan, declared: dict[str, Any]) -> None:
     """Every run has a folder of its own: an external run's name is no trained run's id, not even in another case
     (one folder on a case-insensitive file system)."""
     trained = {rid.casefold(): rid for rid in plan.runs}
+    seen: dict[str, str] = {}
     for name in declared:
         if name.casefold() in trained:
             raise ConfigError(f"{EXTERNAL}.{name}: the folder {name!r} is also that of the trained run "
                               f"{trained[name.casefold()]!r}; rename the external run")
+        if name.casefold() in seen:
+            raise ConfigError(f"{EXTERNAL}.{name}: the name differs from {seen[name.casefold()]!r} only in case (one "
+                              "folder on a case-insensitive file system); rename one of them")
+        seen[name.casefold()] = name
 
 
 def external_run(name: str, spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

@@ -144,7 +144,7 @@ def _external_checkpoints(name: str, external: dict[str, Any], facts: dict[str, 
         framework = run.get("framework", DEFAULT_FRAMEWORK)
         built = _build_model({"model": name, "framework": framework, "dataset": dataset.get("name", "?")}, config,
                              shapes, model, f"{where}: trajectory {path}: model")
-        mismatch = _layout_mismatch(layout, built)
+        mismatch = _layout_mismatch(layout, built, by_name=framework != "tensorflow")
         if mismatch:
             raise ConfigError(f"{where}: trajectory {path} does not fit the model its run config names ({model}, "
                               f"{framework}): {mismatch}")
@@ -160,8 +160,17 @@ def _facts(where: str, spec: dict[str, Any]) -> Any:
         raise ConfigError(f"{where} {spec}: {error}") from None
 
 
-def _layout_mismatch(stored: Any, built: Any) -> str:
-    """What differs between a file's parameter layout and the model's (names and shapes), or ''."""
+def _layout_mismatch(stored: Any, built: Any, by_name: bool = True) -> str:
+    """What differs between a file's parameter layout and the model's (names and shapes), or ''. Without
+    ``by_name`` (Keras, whose variable names carry a per-process counter) the parameters in order, by shape."""
+    if not by_name:
+        have, want = [tuple(p.shape) for p in stored], [tuple(p.shape) for p in built]
+        if have == want:
+            return ""
+        first = next(i for i in range(max(len(have), len(want))) if have[i:i + 1] != want[i:i + 1])
+        return (f"the file holds {len(have)} parameter tensors, the model {len(want)}; tensor {first} has shape "
+                f"{have[first] if first < len(have) else 'none'} (the model's: "
+                f"{want[first] if first < len(want) else 'none'})")
     have, want = {p.name: p.shape for p in stored}, {p.name: p.shape for p in built}
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     shapes = [f"{name} {have[name]} (the model's: {want[name]})" for name in want if name in have
