@@ -212,10 +212,50 @@ def save_checkpoints(trajectory: Path, folder: Path) -> list[Path]:
     return paths
 
 
+def needs_import_step() -> None:
+    """Skip where this checkout has no import step (part 'import'; an editable install may find another's)."""
+    module = pytest.importorskip("gradvis_steps.import_checkpoints", reason="the import step is not merged")
+    if not Path(module.__file__).resolve().is_relative_to(ROOT / "gradvis_steps"):
+        pytest.skip(f"the import step is not merged here (found {module.__file__})")
+
+
+@pytest.mark.parametrize(("pattern", "extra", "message"), [
+    ("model_*.pth", {"iterations": [1, 5]},
+     "external_runs.x: iterations: gives 2 iteration(s) for 3 checkpoint file(s)"),
+    ("", {}, "external_runs.x: folder {folder} holds no checkpoint"),  # the import step's words, the run's key
+    ("model_[12].pth", {}, "directions.methods includes pca, which needs at least 3 checkpoints, but external run x "
+                           "(checkpoints {folder}/model_[12].pth) holds 2"),
+    ("", {}, "landscape.centre 3 is not a checkpoint of external run x (checkpoints {folder}/): it holds "
+             "iterations 1, 2, 10 (3 checkpoints)"),
+])
+def test_checkpoint_runs_are_counted_as_the_import_step_lists_them(tmp_path, pattern, extra, message):
+    """The pre-flight (as the workflow runs it, through check_config) lists a checkpoint run's files with the import
+    step's find_checkpoints: their number for PCA, their iterations for the centre, its errors in one line."""
+    needs_import_step()
+    from check_config import check
+    from experiments import ConfigError
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    if "holds no" not in message:
+        for i in (1, 2, 10):
+            (folder / f"model_{i}.pth").write_bytes(b"only the names are read")
+    config = config_for(tmp_path / "results", external_runs={"x": {
+        "checkpoints": f"{folder}/{pattern}", "model": "small", "dataset": "digits", **extra}}, runs=["x"],
+        landscape={"resolution": 5, "line": False, "centre": 3})
+    if "holds no" in message:  # an empty folder: it exists, and the import step finds no checkpoint in it
+        config["external_runs"]["x"]["checkpoints"] = [str(folder)]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as error:
+        check(path, yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    assert message.format(folder=folder) in str(error.value) and "\n" not in str(error.value)
+
+
 def test_imported_runs_interpolate_and_a_changed_checkpoint_reruns_its_run_only(files, tmp_path):
     """Two folders of checkpoint files (Li et al.'s layout) imported with no train job, the interpolation between
     them; then one file of B rewritten: B's import and the pair's jobs rerun, A's import does not."""
-    pytest.importorskip("gradvis_steps.import_checkpoints", reason="the import step (part 'import') is not merged")
+    needs_import_step()
     import torch
 
     from gradvis_steps.storage.landscape import load_landscape

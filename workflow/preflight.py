@@ -110,8 +110,9 @@ def _external_checkpoints(name: str, external: dict[str, Any], facts: dict[str, 
     if spec["kind"] == "checkpoints":
         try:
             found = checkpoint_files(spec)
-        except (ValueError, OSError) as error:
-            raise ConfigError(f"{where}: {_first_line(error)}") from None
+        except (ValueError, OSError) as error:  # the import step's words, with its option named as the config's key
+            message = _first_line(error).replace("--iterations N [N ...]", f"{where}.iterations: [N, ...]")
+            raise ConfigError(f"{where}: {message.replace('--iterations', 'iterations:')}") from None
         if not found:
             raise ConfigError(f"{where}: checkpoints {spec['checkpoints']} match no file")
         key = spec["dataset"]
