@@ -41,6 +41,7 @@ config.update(_merged)
 include: "workflow/rules/common.smk"
 include: "workflow/rules/settings.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/external.smk"
 include: "workflow/rules/directions.smk"
 include: "workflow/rules/landscape.smk"
 include: "workflow/rules/spectra.smk"

@@ -16,7 +16,7 @@ import yaml
 
 pytest.importorskip("snakemake.utils", reason="snakemake is not installed (pip install -e .[workflow])")
 
-from experiments import ConfigError, digest  # noqa: E402
+from experiments import ConfigError, digest, summary_settings  # noqa: E402
 from workflow_runner import BIN, ROOT, config_copy, plan_of, shell_commands, snakemake  # noqa: E402
 
 
@@ -173,3 +173,125 @@ def test_train_job_resumes_after_a_kill(tmp_path):
         assert len(resumed) == len(uninterrupted) == 6 * 47 + 1
         for i in range(len(resumed)):
             np.testing.assert_array_equal(resumed.params(i), uninterrupted.params(i))
+
+
+# --- external runs (runs trained elsewhere: a trajectory file or checkpoint files) -----------------------------------
+
+EXTERNAL = {"mine": {"trajectory": "runs/mine/trajectory.h5"},
+            "li_a": {"checkpoints": "li/a/model_*.pth", "model": "lenet", "dataset": "digits"},
+            "li_b": {"checkpoints": ["li/b/model_1.pth", "li/b/model_2.pth"], "iterations": [10, 20],
+                     "framework": "tensorflow", "model": "lenet", "dataset": "digits",
+                     "loss": {"name": "custom", "entry_point": "mylosses:huber", "delta": 0.5}}}
+
+
+def test_external_runs_alone_train_nothing_and_pair_by_name():
+    plan = plan_of({"external_runs": EXTERNAL, "runs": ["mine", "li_a"],
+                    "interpolation": {"between": ["li_a", "mine"]}})
+    assert plan.runs == {} and list(plan.external) == ["mine", "li_a"]  # declared but unused: li_b not planned
+    assert plan.external["mine"]["spec"] == {"kind": "trajectory", "trajectory": "runs/mine/trajectory.h5",
+                                             "description": None}
+    assert plan.external["li_a"]["spec"] == {
+        "kind": "checkpoints", "checkpoints": ["li/a/model_*.pth"], "iterations": None, "framework": "torch",
+        "model": "lenet", "dataset": "digits", "loss": {"name": "cross_entropy"}, "description": None}
+    experiment = plan.experiments["main"]
+    assert experiment.runs == ["mine", "li_a"] and plan.pairs == {("li_a", "mine"): None}
+    # every analysis of each run, in the run's folder named after it; the pair's in A's folder
+    paths = [item["path"] for item in experiment.outputs]
+    for run in ("mine", "li_a"):
+        assert f"{run}/trajectory.h5" in paths
+        assert [p for p in paths if p.startswith(f"{run}/spectra/") and p.endswith("spectra.h5")]
+        assert len([p for p in paths if p.startswith(f"{run}/landscape/") and p.endswith("contour.png")]) == 3
+        assert [p for p in paths if p.startswith(f"{run}/videos/") and p.endswith("training.mp4")]
+    pair = [p for p in paths if "/interpolation/" in p]  # line, plane, video
+    assert len(pair) == 3 and all(p.startswith("li_a/interpolation/mine/") for p in pair)
+    # the report page lists each external run by its declaration
+    runs = summary_settings(plan, experiment)["runs"]
+    assert runs == {"mine": {"external": "trajectory", "trajectory": "runs/mine/trajectory.h5"},
+                    "li_a": {"external": "checkpoints", "checkpoints": ["li/a/model_*.pth"], "framework": "torch",
+                             "model": "lenet", "dataset": "digits", "loss": {"name": "cross_entropy"}}}
+
+
+def test_external_runs_beside_trained_ones_and_shared_between_experiments():
+    plan = plan_of({"external_runs": EXTERNAL, "experiments": {
+        "both": {"runs": ["trained", "li_b"], "directions": {"methods": ["pca"]}, "frames": {"direction": "pca"}},
+        "imported": {"runs": ["li_a", "li_b"], "interpolation": {"between": [["li_a", "li_b"], ["li_b", "li_a"]]},
+                     "directions": {"methods": ["pca"]}, "frames": {"direction": "pca"}}}})
+    assert sorted(plan.runs) == ["digits-lenet-lr0.05-bs64-e6-m0.9-s0", "digits-lenet-lr0.05-bs64-e6-m0.9-s1"]
+    assert list(plan.external) == ["li_b", "li_a"]
+    assert plan.external["li_b"]["spec"]["loss"] == {"name": "custom", "entry_point": "mylosses:huber", "delta": 0.5}
+    assert plan.experiments["both"].runs == [*sorted(plan.runs), "li_b"]
+    # trained runs pair by seed; a sweep over between gives one pair per variant
+    assert list(plan.pairs) == [tuple(sorted(plan.runs)), ("li_a", "li_b"), ("li_b", "li_a")]
+    assert [v.label for v in plan.experiments["imported"].variants] == [
+        "interpolation.between=['li_a', 'li_b']", "interpolation.between=['li_b', 'li_a']"]
+    # what an analysis is does not depend on its run: li_b's PCA landscape folder is the trained runs' one
+    assert len(plan.ids("landscape")) == 1
+
+
+def test_an_imported_run_is_one_import_command_and_no_train_job(tmp_path):
+    """A dry run: the checkpoint files become the import step's paths, with the model, dataset and loss options
+    (the import step's command line, as fixed for all parts); no training."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for i in (10, 2, 1):
+        (folder / f"model_{i}.pth").write_bytes(b"not read by a dry run")
+    config = {"results": str(tmp_path / "results"), "models": {"small": {"name": "lenet", "widths": [3, 4, 16, 12]}},
+              "external_runs": {"imported": {"checkpoints": str(folder / "model_*.pth"), "model": "small",
+                                             "dataset": "digits", "loss": "mse"}},
+              "runs": ["imported"], "directions": {"methods": ["random"]}, "spectra": {"enabled": False},
+              "frames": {"training": False}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    commands = shell_commands("--configfile", str(path))
+    steps = [words[0] for words in commands]
+    assert "gradvis_steps.train" not in steps and steps.count("gradvis_steps.import_checkpoints") == 1
+    (words,) = [w for w in commands if w[0] == "gradvis_steps.import_checkpoints"]
+    assert option(words, "--out") == str(tmp_path / "results" / "imported" / "trajectory.h5")
+    assert (option(words, "--framework"), option(words, "--dataset"), option(words, "--model")) == (
+        "torch", "digits", "lenet")
+    assert option(words, "--model-option") == "widths=[3, 4, 16, 12]" and option(words, "--loss") == "mse"
+    files = words[words.index("--no-progress") + 1:]
+    assert sorted(files) == sorted(str(folder / f"model_{i}.pth") for i in (1, 2, 10))
+    landscape = [w for w in commands if w[0] == "gradvis_steps.landscape"]
+    assert {option(w, "--trajectory") for w in landscape} == {option(words, "--out")}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"external_runs": {"x": {}}}, "external_runs.x: give either trajectory: (a gradvis trajectory file) or "
+                                       "checkpoints: (files, folders or glob patterns of saved models), one"),
+        ({"external_runs": {"x": {"trajectory": "a.h5", "checkpoints": "b/*"}}}, "external_runs.x: give either"),
+        ({"external_runs": {"x": {"trajectory": "a.h5", "model": "lenet"}}},
+         "external_runs.x: model is read from the trajectory file's own run config; remove model"),
+        ({"external_runs": {"x": {"checkpoints": "b/*", "dataset": "digits"}}},
+         "external_runs.x: a run declared by checkpoints needs model: (a key of models:)"),
+        ({"external_runs": {"x": {"checkpoints": "b/*", "model": "vgg", "dataset": "digits"}}},
+         "external_runs.x.model names 'vgg', which is not defined under models: (defined: ['lenet'])"),
+        ({"external_runs": {"x": {"checkpoints": "b/*", "model": "lenet", "dataset": "digits",
+                                  "framework": "jax"}}}, "'jax' is not one of ['torch', 'tensorflow']"),
+        ({"external_runs": {"x": {"checkpoints": 5, "model": "lenet", "dataset": "digits"}}},
+         "external_runs.x.checkpoints: 5 is not of type 'string', 'array'"),
+        ({"external_runs": {"trained": {"trajectory": "a.h5"}}}, "name 'trained' must be letters"),
+        ({"external_runs": {"experiments": {"trajectory": "a.h5"}}}, "name 'experiments' must be letters"),
+        ({"external_runs": {"a/b": {"trajectory": "a.h5"}}}, "name 'a/b' must be letters"),
+        ({"external_runs": {"digits-lenet-lr0.05-bs64-e6-m0.9-S0": {"trajectory": "a.h5"}}},
+         "the folder 'digits-lenet-lr0.05-bs64-e6-m0.9-S0' is also that of the trained run "
+         "'digits-lenet-lr0.05-bs64-e6-m0.9-s0'"),
+        ({"external_runs": {"Mine": {"trajectory": "a.h5"}, "mine": {"trajectory": "b.h5"}}},
+         "external_runs.mine: the name differs from 'Mine' only in case"),
+        ({"experiments": {"x": {"runs": ["trained", "mine"]}}},
+         "experiments.x: runs names 'mine', which is neither 'trained' (the runs of train:) nor declared under "
+         "external_runs: (declared: [])"),
+        ({"runs": []}, "runs: [] should be non-empty"),
+        ({"external_runs": {"a": {"trajectory": "a.h5"}}, "runs": ["a"], "interpolation": {"between": ["a", "b"]}},
+         "interpolation.between names 'b', which is not among the external runs this experiment analyses"),
+        ({"external_runs": {"a": {"trajectory": "a.h5"}}, "runs": ["a"], "interpolation": {"between": ["a", "a"]}},
+         "has non-unique elements"),
+    ],
+)
+def test_bad_external_run_configs_name_the_run_and_value(config, message):
+    with pytest.raises(ConfigError) as error:
+        plan_of(config)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)

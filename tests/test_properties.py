@@ -701,13 +701,14 @@ def resolve(node: dict) -> dict:
 
 def constrained_keys(node: dict, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict]]:
     """Every key of the schema with its resolved schema, and every mapping (for an unknown key in it), walking the
-    sections and nested mappings (``experiments``, free-form ``description`` and the dataset/model specs aside)."""
+    sections and nested mappings (``experiments``, free-form ``description``, the dataset/model specs and the
+    external runs' declarations aside)."""
     node = resolve(node)
     if node.get("type") != "object" or "properties" not in node:
         return [(path, node)]
     found = [(path, node)]
     for key, child in node["properties"].items():
-        if path or key not in ("experiments", "description", "datasets", "models"):
+        if path or key not in ("experiments", "description", "datasets", "models", "external_runs"):
             found += constrained_keys(child, (*path, key))
     return found
 
@@ -757,7 +758,7 @@ def bad_values(path: tuple[str, ...], node: dict):
     if node.get("type") == "object":  # an unknown key in this mapping
         known = set(node["properties"])
         return names.filter(lambda v: v not in known).map(lambda key: ((*path, key), 1))
-    if node.get("type") == "array":
+    if node.get("type") in ("array", ["array", "null"]):  # (interpolation.between: two names, or null)
         options = [bad_scalars(resolve(node["items"])).map(lambda v: [v]), st.integers()]  # a bad item; no list
         if node.get("minItems", 0) >= 1 and path[0] == "train":  # (an empty analysis list is a sweep of nothing)
             options.append(st.just([]))

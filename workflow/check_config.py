@@ -37,7 +37,8 @@ def check(path: Path, base: dict, run_preflight: bool = True) -> str:
     if run_preflight:
         preflight(plan)
     jobs = sum(len(kind) for kind in plan.jobs.values())
-    return (f"{path}: ok: {len(plan.experiments)} experiment(s), {len(plan.runs)} run(s), {jobs} analysis "
+    external = f", {len(plan.external)} external run(s)" if plan.external else ""
+    return (f"{path}: ok: {len(plan.experiments)} experiment(s), {len(plan.runs)} run(s){external}, {jobs} analysis "
             "folder(s)")
 
 

@@ -8,6 +8,10 @@ jobs beside the existing ones and never overwrites them, and two experiments ask
 same run share one job. Execution settings (device, MPI ranks, chunks, lockstep groups, HVP mode and memory, grid
 batching, resources) change how a result is computed, not what it is (to float rounding), and are not in the ids.
 
+Runs come from the ``train`` grid (their folder is a readable id of their settings) and from ``external_runs``
+(runs trained elsewhere, by a trajectory file or checkpoint files; their folder is their declared name): an
+experiment's ``runs`` picks them, ``trained`` standing for the grid.
+
 Pure Python (no Snakemake objects), so the tests can check a plan without running Snakemake.
 """
 
@@ -27,9 +31,18 @@ from typing import Any
 TRAIN = "train"
 ANALYSIS_SECTIONS = ("evaluation", "directions", "landscape", "spectra", "interpolation", "frames")
 SECTIONS = (TRAIN, *ANALYSIS_SECTIONS, "resources")
-GLOBAL_KEYS = ("results", "device", "mpi_launcher", "datasets", "models")
-EXPERIMENT_KEYS = ("description", *SECTIONS)
+#: which runs an experiment analyses: TRAINED (the `train` grid) and/or names declared under EXTERNAL
+RUNS = "runs"
+TRAINED = "trained"
+EXTERNAL = "external_runs"
+GLOBAL_KEYS = ("results", "device", "mpi_launcher", "datasets", "models", EXTERNAL)
+EXPERIMENT_KEYS = ("description", RUNS, *SECTIONS)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: names an external run cannot have: the word for the trained runs, and the results folder's own subfolder
+RESERVED_NAMES = (TRAINED, "experiments")
+#: keys of an external run declared by its checkpoint files; a trajectory file's run config already holds them
+CHECKPOINT_KEYS = ("checkpoints", "iterations", "framework", "model", "dataset", "loss")
+DEFAULT_LOSS = "cross_entropy"
 TRAIN_AXES = ("framework", "dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed", "optimizer",
               "schedule", "weight_decay")
 #: train settings that are single values, not axes (they refine one optimizer or schedule: two values are two
@@ -237,7 +250,9 @@ class Plan:
     """Everything the rules need: runs, the jobs of each kind by id, each experiment's targets."""
 
     def __init__(self) -> None:
-        self.runs: dict[str, dict[str, Any]] = {}  # run id -> {settings, checkpoint_every, execution}
+        self.runs: dict[str, dict[str, Any]] = {}  # trained run id -> {settings, checkpoint_every, execution}
+        # external run name -> {spec (external_run's), execution}: runs some experiment analyses, not trained here
+        self.external: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Job]] = {kind: {} for kind in (
             "eigendirections", "directions", "landscape", "spectra", "video", "moving", "interpolation",
             "interpolation_video")}
@@ -260,6 +275,14 @@ class Plan:
 
     def job(self, kind: str, job_id: str) -> Job:
         return self.jobs[kind][job_id]
+
+    def all_runs(self) -> list[str]:
+        """Every run folder the plan writes: the trained runs' ids and the external runs' names."""
+        return [*self.runs, *self.external]
+
+    def external_names(self, kind: str) -> list[str]:
+        """The planned external runs declared by a ``trajectory`` file or by ``checkpoints``."""
+        return [name for name, run in self.external.items() if run["spec"]["kind"] == kind]
 
 
 def _experiments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -325,8 +348,16 @@ def _check_variant(where: str, config: dict[str, Any]) -> None:
     if bad:
         raise ConfigError(f"{where}{bad[0]}: {_lookup(config, bad[0])} is not a finite number; give a value within "
                           "the schema's bounds (config/README.md)")
+    declared = config.get(EXTERNAL) or {}
+    for name, spec in declared.items():
+        external_run(name, spec, config)
+    unknown = [name for name in config[RUNS] if name != TRAINED and name not in declared]
+    if unknown:
+        raise ConfigError(f"{where}{RUNS} names {unknown[0]!r}, which is neither {TRAINED!r} (the runs of train:) "
+                          f"nor declared under {EXTERNAL}: (declared: {sorted(declared)})")
+    trains = TRAINED in config[RUNS]
     for key, known in (("dataset", config["datasets"]), ("model", config["models"])):
-        for name in config[TRAIN][key]:
+        for name in config[TRAIN][key] if trains else ():
             if name not in known:
                 raise ConfigError(f"{where}train.{key} names {name!r}, which is not defined under {key}s: "
                                   f"(defined: {sorted(known)})")
@@ -358,7 +389,14 @@ def _check_variant(where: str, config: dict[str, Any]) -> None:
         raise ConfigError(f"{where}directions.hessian.count {hessian['count']} exceeds steps {hessian['steps']}")
     _check_trainer(where, config[TRAIN])
     interpolation = config["interpolation"]
-    if interpolation["enabled"]:
+    between = interpolation["between"]
+    if interpolation["enabled"] and between is not None:
+        analysed = [name for name in config[RUNS] if name != TRAINED]
+        outside = [name for name in between if name not in analysed]
+        if outside:
+            raise ConfigError(f"{where}interpolation.between names {outside[0]!r}, which is not among the external "
+                              f"runs this experiment analyses ({RUNS}: {config[RUNS]}); add it to {RUNS}")
+    elif interpolation["enabled"] and trains:
         missing = [s for s in interpolation["seeds"] if s not in config[TRAIN]["seed"]]
         if missing:
             raise ConfigError(f"{where}interpolation.seeds {missing} are not in train.seed {config[TRAIN]['seed']}")
@@ -390,10 +428,11 @@ def _centre(value: Any) -> str:
 def build_plan(config: dict[str, Any], schema: dict[str, Any],
                validate: Callable[[dict[str, Any]], None]) -> Plan:
     """The plan of a config: ``validate`` checks one complete variant against ``schema`` and fills defaults."""
-    unknown = sorted(set(config) - {*GLOBAL_KEYS, *SECTIONS, "experiments", "description"})
+    allowed = {*GLOBAL_KEYS, RUNS, *SECTIONS, "experiments", "description"}
+    unknown = sorted(set(config) - allowed)
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}: '{unknown[0]}' was unexpected (allowed: "
-                          f"{sorted({*GLOBAL_KEYS, *SECTIONS, 'experiments', 'description'})})")
+                          f"{sorted(allowed)})")
     plan = Plan()
     shared = {key: value for key, value in config.items() if key not in ("experiments", "description")}
     for name, body in _experiments(config).items():
@@ -415,12 +454,66 @@ def build_plan(config: dict[str, Any], schema: dict[str, Any],
             _plan_variant(plan, experiment, variant)
         experiment.runs = list(dict.fromkeys(experiment.runs))
         _plan_comparisons(plan, experiment)
+    _check_run_folders(plan, config.get(EXTERNAL) or {})
     return plan
 
 
+def _check_run_folders(plan: Plan, declared: dict[str, Any]) -> None:
+    """Every run has a folder of its own: an external run's name is no trained run's id, not even in another case
+    (one folder on a case-insensitive file system)."""
+    trained = {rid.casefold(): rid for rid in plan.runs}
+    seen: dict[str, str] = {}
+    for name in declared:
+        if name.casefold() in trained:
+            raise ConfigError(f"{EXTERNAL}.{name}: the folder {name!r} is also that of the trained run "
+                              f"{trained[name.casefold()]!r}; rename the external run")
+        if name.casefold() in seen:
+            raise ConfigError(f"{EXTERNAL}.{name}: the name differs from {seen[name.casefold()]!r} only in case (one "
+                              "folder on a case-insensitive file system); rename one of them")
+        seen[name.casefold()] = name
+
+
+def external_run(name: str, spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The normalized declaration of an external run (schema-checked ``spec``): ``{"kind": "trajectory",
+    "trajectory": path}`` or ``{"kind": "checkpoints", "checkpoints": [paths or globs], "iterations": [...] | None,
+    "framework", "model", "dataset" (keys of models/datasets), "loss": {name, **options}}``; ConfigError naming
+    the key for what the schema cannot say."""
+    where = f"{EXTERNAL}.{name}"
+    if not NAME.match(name) or name in RESERVED_NAMES:
+        raise ConfigError(f"{EXTERNAL}: name {name!r} must be letters, digits, '_', '.' or '-' (it names the run's "
+                          f"folder), starting with a letter or digit, and not one of {list(RESERVED_NAMES)}")
+    if ("trajectory" in spec) == ("checkpoints" in spec):
+        raise ConfigError(f"{where}: give either trajectory: (a gradvis trajectory file) or checkpoints: (files, "
+                          f"folders or glob patterns of saved models), {'not both' if 'trajectory' in spec else 'one'}")
+    if "trajectory" in spec:
+        extra = [key for key in CHECKPOINT_KEYS if key in spec]
+        if extra:
+            raise ConfigError(f"{where}: {extra[0]} is read from the trajectory file's own run config; remove "
+                              f"{', '.join(extra)} (a trajectory run takes trajectory: and description: only)")
+        return {"kind": "trajectory", "trajectory": spec["trajectory"], "description": spec.get("description")}
+    missing = [key for key in ("model", "dataset") if key not in spec]
+    if missing:
+        raise ConfigError(f"{where}: a run declared by checkpoints needs {' and '.join(missing)}: (a key of "
+                          f"{' and '.join(key + 's:' for key in missing)})")
+    for key in ("model", "dataset"):
+        if spec[key] not in config[f"{key}s"]:
+            raise ConfigError(f"{where}.{key} names {spec[key]!r}, which is not defined under {key}s: (defined: "
+                              f"{sorted(config[f'{key}s'])})")
+    patterns = spec["checkpoints"]
+    loss = spec.get("loss", DEFAULT_LOSS)
+    if isinstance(loss, str):  # a key of a top-level `losses:` where there is one, else a loss name
+        loss = dict((config.get("losses") or {}).get(loss, {"name": loss}))
+    return {"kind": "checkpoints", "checkpoints": [patterns] if isinstance(patterns, str) else list(patterns),
+            "iterations": spec.get("iterations"), "framework": spec.get("framework", "torch"),
+            "model": spec["model"], "dataset": spec["dataset"], "loss": loss, "description": spec.get("description")}
+
+
 def _runs_of(plan: Plan, variant: Variant) -> dict[str, dict[str, Any]]:
+    """The trained runs of a variant (none unless its ``runs`` holds ``trained``), registered in the plan."""
     train = variant.config[TRAIN]
-    runs = {}
+    runs: dict[str, dict[str, Any]] = {}
+    if TRAINED not in variant.config[RUNS]:
+        return runs
     for combo in itertools.product(*(train[key] for key in TRAIN_AXES)):
         settings = dict(zip(TRAIN_AXES, combo, strict=True))
         for key in (*TRAIN_OPTIONS[settings["optimizer"]], *TRAIN_OPTIONS[settings["schedule"]]):
@@ -446,7 +539,11 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
     centre = _centre(landscape["centre"])
     hessian = {**_pick(directions["hessian"], HESSIAN_WHAT), "evaluation": evaluation}
     runs = _runs_of(plan, variant)
-    variant.runs = list(runs)
+    external = [name for name in config[RUNS] if name != TRAINED]
+    for name in external:
+        plan.external.setdefault(name, {"spec": external_run(name, config[EXTERNAL][name], config),
+                                        "execution": config})
+    variant.runs = [*runs, *external]
     label = variant.label
 
     def output(path: str, kind: str, run: str) -> None:
@@ -505,7 +602,7 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
                                                  "frames": _pick(frames, FRAMES_WHAT)},
                 config, interpolation=interpolation_id)
     log = "_log" if landscape["log_levels"] else ""
-    for run, settings in runs.items():
+    for run in variant.runs:
         experiment.runs.append(run)
         output(f"{run}/trajectory.h5", "trajectory", run)
         if spectra_id:
@@ -522,14 +619,21 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
                 output(f"{folder}/line{log}.png", f"{method} line", run)
         if video_id:
             output(f"{run}/videos/{video_id}/training.mp4", "training video", run)
-        if interpolation_id and settings["seed"] == interpolation["seeds"][0]:
-            twin = run_id({**settings, "seed": interpolation["seeds"][1]}, config[TRAIN]["checkpoint_every"])
-            plan.pairs[(run, twin)] = None
-            folder = f"{run}/interpolation/{twin}/{interpolation_id}"
-            output(f"{folder}/line.png", "interpolation line", run)
-            output(f"{folder}/plane_contour.png", "interpolation plane", run)
-            if interpolation_video_id:
-                output(f"{folder}/videos/{interpolation_video_id}/interpolation.mp4", "interpolation video", run)
+    if not interpolation_id:
+        return
+    if interpolation["between"] is not None:  # two named runs
+        pairs = [tuple(interpolation["between"])]
+    else:  # each trained run with the first seed and its twin with the second, all else equal
+        first, second = interpolation["seeds"]
+        pairs = [(run, run_id({**settings, "seed": second}, config[TRAIN]["checkpoint_every"]))
+                 for run, settings in runs.items() if settings["seed"] == first]
+    for run, twin in pairs:
+        plan.pairs[(run, twin)] = None
+        folder = f"{run}/interpolation/{twin}/{interpolation_id}"
+        output(f"{folder}/line.png", "interpolation line", run)
+        output(f"{folder}/plane_contour.png", "interpolation plane", run)
+        if interpolation_video_id:
+            output(f"{folder}/videos/{interpolation_video_id}/interpolation.mp4", "interpolation video", run)
 
 
 def _plan_comparisons(plan: Plan, experiment: Experiment) -> None:
@@ -553,10 +657,18 @@ def summary_settings(plan: Plan, experiment: Experiment) -> dict[str, Any]:
     return {
         "name": experiment.name,
         "description": experiment.description,
-        "runs": {run: {**plan.runs[run]["settings"], "checkpoint_every": plan.runs[run]["checkpoint_every"]}
-                 for run in experiment.runs},
+        "runs": {run: run_summary(plan, run) for run in experiment.runs},
         "variants": [{"swept": list(variant.swept), **{section: variant.config[section]
                                                         for section in ANALYSIS_SECTIONS}}
                      for variant in experiment.variants],
         "outputs": outputs,
     }
+
+
+def run_summary(plan: Plan, run: str) -> dict[str, Any]:
+    """A run's row on the report page: a trained run's training settings, an external run's declaration."""
+    if run in plan.external:
+        spec = plan.external[run]["spec"]
+        return {"external": spec["kind"], **{key: value for key, value in spec.items()
+                                             if key != "kind" and value is not None}}
+    return {**plan.runs[run]["settings"], "checkpoint_every": plan.runs[run]["checkpoint_every"]}

@@ -10,6 +10,7 @@ import yaml
 from snakemake.utils import validate
 
 from experiments import ConfigError, build_plan, summary_settings, trainer_args  # noqa: E402
+from external_files import checkpoint_files, fingerprint, run_files  # noqa: E402
 from preflight import preflight  # noqa: E402
 
 SCHEMA_PATH = Path(str(workflow.current_basedir)).parent / "schemas" / "config.schema.yaml"  # also as a module
@@ -33,9 +34,14 @@ def ids(kind):
     return "|".join(re.escape(i) for i in PLAN.ids(kind)) or "NO_JOBS"
 
 
+def one_of(names):
+    """Wildcard constraint: exactly these names (runs: trained ids, external names of one kind, or all)."""
+    return "|".join(re.escape(name) for name in names) or "NO_RUNS"
+
+
 wildcard_constraints:
-    run="|".join(re.escape(r) for r in PLAN.runs) or "NO_RUNS",
-    other="|".join(re.escape(r) for r in PLAN.runs) or "NO_RUNS",
+    run=one_of(PLAN.all_runs()),
+    other=one_of(PLAN.all_runs()),
     experiment="|".join(re.escape(e) for e in PLAN.experiments),
     sid=ids("spectra"),
     eid=ids("eigendirections"),
@@ -160,6 +166,36 @@ def train_args(run):
 
 def run_resource(name):
     return lambda w: PLAN.runs[w.run]["execution"]["resources"][name]
+
+
+def external_resource(name):
+    return lambda w: PLAN.external[w.run]["execution"]["resources"][name]
+
+
+def external_inputs(w):
+    """An external run's files: its trajectory file, or the checkpoint files the import step reads."""
+    return [str(path) for path in run_files(PLAN.external[w.run]["spec"])]
+
+
+def external_fingerprint(w):
+    """Paths, sizes and modification times of an external run's files: a changed file reruns its jobs."""
+    return fingerprint(run_files(PLAN.external[w.run]["spec"]))
+
+
+def import_args(run):
+    """The import step's options for a run declared by checkpoints (its files are the rule's input)."""
+    planned = PLAN.external[run]
+    spec, cfg = planned["spec"], planned["execution"]
+    dataset, model, loss = cfg["datasets"][spec["dataset"]], cfg["models"][spec["model"]], spec["loss"]
+    args = ["--framework", spec["framework"], "--dataset", dataset["name"]]
+    args += [x for k, v in dataset.items() if k != "name" for x in ("--dataset-option", f"{k}={v}")]
+    args += ["--model", model["name"]]
+    args += [x for k, v in model.items() if k != "name" for x in ("--model-option", f"{k}={v}")]
+    args += ["--loss", loss["name"]]
+    args += [x for k, v in loss.items() if k != "name" for x in ("--loss-option", f"{k}={v}")]
+    if spec["iterations"] is not None:
+        args += ["--iterations", *spec["iterations"]]
+    return " ".join(shlex.quote(str(a)) for a in args)
 
 
 def centre_arg(option, centre):

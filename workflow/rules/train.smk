@@ -8,6 +8,8 @@ rule train:
         f"{R}/{{run}}/trajectory.h5",
     log:
         f"{R}/{{run}}/logs/train.log",
+    wildcard_constraints:
+        run=one_of(PLAN.runs),
     params:
         args=lambda w: train_args(w.run),
     threads: run_resource("threads")
