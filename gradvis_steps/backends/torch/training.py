@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...core.training import TrainSettings, run_training
@@ -20,6 +19,7 @@ from .flat import (
     load_flat_parameters,
     unflatten_buffers,
 )
+from .losses import TorchLoss
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -46,9 +46,11 @@ def _restore_momentum(optimizer: torch.optim.SGD, model: nn.Module, layout: Any,
 
 
 def train(model: nn.Module, dataset: ArrayDataset, settings: TrainSettings, writer: TrajectoryWriter,
-          device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
+          device: torch.device | str = "cpu", progress: bool = True,
+          loss: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` on the dataset's training split with torch's SGD, appending checkpoints to ``writer``
-    (the loop, its checkpoints, resume and divergence check: :func:`~...core.training.run_training`)."""
+    (the loop, its checkpoints, resume and divergence check: :func:`~...core.training.run_training`), on the mean
+    of the run's ``loss`` over each batch (a spec of :mod:`gradvis_steps.losses`; None: cross-entropy)."""
     device = torch.device(device)
     model.to(device)
     model.train()
@@ -56,17 +58,18 @@ def train(model: nn.Module, dataset: ArrayDataset, settings: TrainSettings, writ
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
     x = torch.as_tensor(dataset.x_train).to(device)
-    y = torch.as_tensor(dataset.y_train).to(device=device, dtype=torch.long)
+    criterion = TorchLoss(loss)
+    y = criterion.targets(dataset.y_train, device, x.dtype)
 
     def snapshot() -> tuple[np.ndarray, np.ndarray]:
         return flatten_parameters(model, layout).cpu().float().numpy(), flatten_buffers(model)
 
     def step(batch: torch.Tensor) -> float:
-        loss = F.cross_entropy(model(x[batch]), y[batch])
+        batch_loss = criterion.mean(model(x[batch]), y[batch])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch_loss.backward()
         optimizer.step()
-        return float(loss.detach())
+        return float(batch_loss.detach())
 
     def optimizer_state() -> dict[str, np.ndarray]:
         return {"momentum": _momentum_vector(optimizer, model, layout), "torch_rng": torch.get_rng_state().numpy()}
