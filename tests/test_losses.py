@@ -171,3 +171,54 @@ def test_mse_training_lowers_the_loss_and_landscape_and_spectrum_run(mse_run):
     loaded = load_spectra(spectra)
     assert sorted(loaded.entries) == [0, 4, 8]
     assert all(np.isfinite(entry.nodes).all() for entry in loaded.entries.values())
+
+
+# -- the workflow ------------------------------------------------------------------------------------------------
+
+def test_run_ids_name_the_loss_only_when_it_is_not_cross_entropy():
+    from workflow_runner import plan_of
+
+    plan = plan_of({"train": {"loss": ["cross_entropy", "mse", "mine"]},
+                    "losses": {"mine": {"name": "custom", "entry_point": "custom_losses:torch_log_cosh"}}})
+    base = "digits-lenet-lr0.05-bs64-e6-m0.9-s"
+    assert sorted(plan.runs) == sorted(f"{base}{seed}{suffix}" for seed in (0, 1) for suffix in ("", "-mine", "-mse"))
+    assert plan.runs[f"{base}0-mse"]["settings"]["loss"] == "mse"
+    assert sorted(plan_of({}).runs) == [f"{base}0", f"{base}1"]  # the ids they always had
+
+
+def test_the_workflow_trains_and_analyses_an_mse_run_on_diabetes(tmp_path):
+    """One real Snakemake run of a tiny regression config: train, PCA directions, landscapes, spectra, summary."""
+    import shutil
+
+    import yaml
+    from workflow_runner import BIN, snakemake
+
+    if shutil.which("snakemake", path=str(BIN)) is None:
+        pytest.skip("snakemake is not installed in this environment")
+    results = tmp_path / "results"
+    config = {
+        "results": str(results), "device": "cpu",
+        "datasets": {"diabetes": {"name": "diabetes"}}, "models": {"mlp_small": {"name": "mlp", "hidden": [4]}},
+        "losses": {"smooth": {"name": "custom", "entry_point": "custom_losses:torch_log_cosh", "scale": 0.5}},
+        "train": {"dataset": ["diabetes"], "model": ["mlp_small"], "loss": ["mse"], "seed": [0], "lr": [0.05],
+                  "batch_size": [100], "epochs": [1], "momentum": [0.9]},
+        "evaluation": {"fraction": 0.25, "seed": 0, "batch_size": 1024, "dtype": "float32"},
+        "directions": {"methods": ["pca"]},
+        "landscape": {"resolution": 3, "line": False},
+        "spectra": {"every": 2, "k": 1, "m": 4, "chunks": 1},
+        "interpolation": {"enabled": False},
+        "frames": {"training": False, "direction": "pca"},
+        "resources": {"gpu": 0, "threads": 1, "mem_mb": 1000, "runtime": 10},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--cores", "2", "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = results / "diabetes-mlp_small-lr0.05-bs100-e1-m0.9-s0-mse"
+    with Trajectory(run / "trajectory.h5") as trajectory:
+        assert trajectory.config["loss"] == {"name": "mse"} and len(trajectory) == 5
+    (land_file,) = run.glob("landscape/*/landscape_2d.h5")
+    land = load_landscape(land_file)
+    assert land.loss.shape == (3, 3) and np.isfinite(land.loss).all() and np.isnan(land.accuracy).all()
+    (spectra_file,) = run.glob("spectra/*/spectra.h5")
+    assert sorted(load_spectra(spectra_file).entries) == [0, 2, 4]

@@ -58,7 +58,7 @@ BAD_CONFIGS = [
      "hybrid needs spectra.ranks_per_group"),
     # the pre-flight: datasets, models, entry points, data folders, checkpoints
     ("unknown-dataset-name", {"datasets": {"digits": {"name": "mnist"}}},
-     "unknown dataset 'mnist'; accepted: ['cifar10', 'digits', 'synthetic', 'custom']"),
+     "unknown dataset 'mnist'; accepted: ['cifar10', 'diabetes', 'digits', 'synthetic', 'custom']"),
     ("unknown-dataset-option", {"datasets": {"digits": {"name": "digits", "root": "data"}}},
      "dataset 'digits': options ['root'] do not fit"),
     ("ill-typed-dataset-option", {"datasets": {"digits": {"name": "synthetic", "n_train": "many"}}},
@@ -89,6 +89,16 @@ BAD_CONFIGS = [
     ("centre-not-a-checkpoint", {"train": {"checkpoint_every": 5}, "landscape": {"centre": 7}},
      "landscape.centre 7 is not a checkpoint of run"),
     ("centre-after-the-run", {"landscape": {"centre": 7000}}, "landscape.centre 7000 is not a checkpoint of run"),
+    # the losses: names, custom entry points, a classification loss on float targets
+    ("unknown-loss", {"train": {"loss": ["hinge"]}},
+     "train.loss names 'hinge', which is neither a built-in loss (cross_entropy, mse, bce_with_logits)"),
+    ("loss-entry-point-does-not-import", {"losses": {"mine": {"name": "custom", "entry_point": "no_such_loss_x:f"}},
+                                          "train": {"loss": ["mine"]}}, "cannot import module 'no_such_loss_x'"),
+    ("loss-entry-point-not-given", {"losses": {"mine": {"name": "custom"}}, "train": {"loss": ["mine"]}},
+     "losses.mine {'name': 'custom'}: loss 'custom' needs entry_point"),
+    ("classification-loss-on-float-targets", {"datasets": {"digits": {"name": "diabetes"}},
+                                              "models": {"lenet": {"name": "mlp"}}},
+     "train.loss 'cross_entropy' is a classification loss, but datasets.digits has float (regression) targets"),
 ]
 
 
