@@ -165,6 +165,13 @@ def test_mse_training_lowers_the_loss_and_landscape_and_spectrum_run(mse_run):
     assert np.isnan(result.checkpoint_accuracy).all()
     step(plot_landscape, "--landscape", land, "--contour", folder / "landscape.png")
     assert (folder / "landscape.png").stat().st_size > 0
+    line = folder / "line.h5"
+    step(landscape, "--trajectory", trajectory, "--directions", pca, "--dims", 1, "--resolution", 3,
+         "--eval-fraction", 0.25, "--no-progress", "--out", line)
+    step(plot_landscape, "--landscape", line, "--line", folder / "line.png")
+    from gradvis_steps.core.plots import plot_line
+
+    assert len(plot_line(load_landscape(line)).axes) == 1  # no accuracy axis of NaN values
     spectra = folder / "spectra.h5"
     step(spectrum, "--trajectory", trajectory, "--every", 4, "--k", 1, "--m", 4, "--dtype", "float64",
          "--eval-fraction", 0.25, "--no-progress", "--out", spectra)
