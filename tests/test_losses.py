@@ -77,6 +77,20 @@ def test_a_custom_loaders_float_targets_stay_float():
     assert y.dtype == np.float64 and y.tolist() == FLOAT_TARGETS
 
 
+def test_num_classes_is_the_output_width_the_targets_need():
+    from gradvis_steps.data import ArrayDataset
+
+    x = np.zeros((3, 2), np.float32)
+    assert ArrayDataset("binary", x, np.array([0, 1, 1]), 1).num_classes == 1  # one logit for bce_with_logits
+    assert ArrayDataset("pairs", x, np.ones((3, 2)), 2).is_regression
+    with pytest.raises(ValueError, match=r"targets of shape \(3,\) need num_classes .* 1, got 10"):
+        ArrayDataset("floats", x, np.array(FLOAT_TARGETS), 10)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\), got \[0, 5\]"):
+        ArrayDataset("labels", x, np.array([0, 1, 5]), 2)
+    with pytest.raises(ValueError, match="must be 0/1 labels"):
+        ArrayDataset("multi", x, np.array([[0, 2], [1, 0], [0, 0]]), 2)
+
+
 @pytest.mark.parametrize("framework", ["torch", "tensorflow"])
 def test_float_targets_refuse_cross_entropy_and_train_with_mse(framework, tmp_path, capsys):
     if framework == "tensorflow":

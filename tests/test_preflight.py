@@ -185,7 +185,7 @@ def test_the_train_step_rejects_bad_model_options_as_the_preflight_does(tmp_path
 
 
 @pytest.mark.parametrize("spec", [{"name": "digits"}, {"name": "synthetic", "n_train": 300, "shape": [2, 5, 5],
-                                                       "num_classes": 4}])
+                                                       "num_classes": 4}, {"name": "diabetes"}])
 def test_dataset_facts_agree_with_the_loaded_dataset(spec):
     """The pre-flight sizes runs without loading their data: its facts must be the loaded dataset's."""
     from gradvis_steps.data import dataset_facts, load_dataset
@@ -193,3 +193,4 @@ def test_dataset_facts_agree_with_the_loaded_dataset(spec):
     facts, dataset = dataset_facts(spec), load_dataset(spec)
     assert (facts.input_shape, facts.num_classes, facts.n_train) == (dataset.input_shape, dataset.num_classes,
                                                                      len(dataset.x_train))
+    assert facts.regression == dataset.is_regression
