@@ -137,8 +137,9 @@ class TFObjective:
             #: the run's loss (targets in the form it takes them)
             self.criterion = TFLoss(loss)
             ys = self.criterion.targets(y, self.tf_dtype)
-        check_targets(self.criterion.spec, np.asarray(y), int(model.outputs[0].shape[-1]) if getattr(
-            model, "outputs", None) else int(model(xs[:1], training=False).shape[-1]))
+        # the model's output width (a functional model says it; a subclassed one tells by one sample's outputs)
+        width = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else model(xs[:1]).shape[-1]
+        check_targets(self.criterion.spec, np.asarray(y), int(width))
         self.reduction = BatchReduction(xs, ys, self.batch_size)
         point = tf.TensorSpec([self.dim], self.tf_dtype)
         batch = (tf.TensorSpec([None, *xs.shape[1:]], self.tf_dtype), tf.TensorSpec([None, *ys.shape[1:]], ys.dtype))
