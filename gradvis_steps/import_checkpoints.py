@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from . import cli
 from .backends import backend, known_backends
+from .losses import normalize
 from .provenance import provenance
 
 #: file name endings of checkpoint files (folders are scanned for these)
@@ -256,7 +257,7 @@ def run_config(framework: str, dataset: dict[str, Any], model: dict[str, Any], l
         "framework": framework,
         "dataset": dict(dataset),
         "model": dict(model),
-        "loss": dict(loss) if loss is not None else dict(DEFAULT_LOSS),
+        "loss": normalize(loss),  # checked as the train step checks --loss (None: cross-entropy)
         "source": {
             "kind": "imported",
             "files": [{"name": path.name, "sha256": digest} for (_, path), digest in zip(checkpoints, hashes,

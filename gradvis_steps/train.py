@@ -1,5 +1,5 @@
-"""Step: train a model with SGD + momentum, Adam or AdamW on a learning-rate schedule, writing a checkpoint every k
-iterations.
+"""Step: train a model with SGD + momentum, Adam or AdamW on a learning-rate schedule and a loss (``--loss``),
+writing a checkpoint every k iterations.
 
     python -m gradvis_steps.train --dataset digits --model lenet --epochs 2 --batch-size 64 \\
         --lr 0.01 --seed 0 --out results/run/trajectory.h5
@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="lenet", help="lenet | mlp | resnet20 | resnet | custom")
     parser.add_argument("--model-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
                         help="model option, e.g. widths=[6,16,120,84] or entry_point=mymod:net (repeatable)")
+    parser.add_argument("--loss", default="cross_entropy", help="cross_entropy | mse | bce_with_logits | custom")
+    parser.add_argument("--loss-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
+                        help="loss option, e.g. entry_point=mymod:loss for --loss custom (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialization and data order")
     parser.add_argument("--epochs", type=cli.positive_int, default=1)
     parser.add_argument("--batch-size", type=cli.positive_int, default=256)
@@ -82,15 +85,20 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The framework-neutral run config stored in the trajectory (device excluded: it does not change results
     on CPU and must not change the config hash when a run moves to a GPU)."""
     from .core.training import TrainSettings
+    from .losses import DEFAULT_LOSS, normalize
 
     names = {f.name for f in fields(TrainSettings)}
     settings = TrainSettings(**{k: v for k, v in vars(args).items() if k in names})
-    return {
+    config = {
         "framework": args.framework,
         "dataset": cli.spec(args.dataset, args.dataset_option),
         "model": cli.spec(args.model, args.model_option),
         "train": asdict(settings),
     }
+    loss = normalize(cli.spec(args.loss, args.loss_option))
+    # the default (cross-entropy) is not written: a config without ``loss`` means it, so a cross-entropy run keeps
+    # the config, hash and run identity it had before losses existed
+    return config if loss == {"name": DEFAULT_LOSS} else {**config, "loss": loss}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .core.training import TrainingDiverged, TrainSettings, check_schedule, total_iterations
     from .data import load_dataset
+    from .losses import check_targets, loss_of
     from .storage.trajectory import TrajectoryWriter
 
     framework = backend(args.framework)
@@ -107,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = load_dataset(config["dataset"])
     settings = TrainSettings(**config["train"])
     check_schedule(settings, total_iterations(settings, len(dataset.x_train)))  # before a file is written
+    loss = loss_of(config)
+    check_targets(loss, dataset.y_train, dataset.num_classes)
     model = framework.build_model(config, dataset)
     layout = framework.parameter_layout(model)
     writer = TrajectoryWriter(args.out, layout, framework.buffer_layout(model), config,
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     diverged = None
     try:
         summary = framework.train(model, dataset, settings, writer, device=device,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, loss=loss)
     except TrainingDiverged as error:
         if args.on_divergence != "keep" or not error.kept:
             writer.close()  # <out>.partial stays: --resume --on-divergence keep continues from its last epoch

@@ -108,3 +108,9 @@ MODELS: dict[str, dict[str, Any]] = {
     "mlp": {"name": "mlp", "hidden": [8]},
     "resnet-bn": {"name": "resnet", "depth": 8, "width": 2},  # CIFAR ResNet (6n+2, n=1) with batch-norm
 }
+
+#: a user's custom loss per backend (``tests/custom_losses.py``), with an option, as a run config names it
+CUSTOM_LOSSES: dict[str, dict[str, Any]] = {
+    "torch": {"name": "custom", "entry_point": "custom_losses:torch_log_cosh", "scale": 0.5},
+    "tensorflow": {"name": "custom", "entry_point": "custom_losses:tf_log_cosh", "scale": 0.5},
+}

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from contract_cases import CASES, MODELS, BackendCase
+from contract_cases import CASES, CUSTOM_LOSSES, MODELS, BackendCase
 
 from gradvis_steps.backends import Backend, backend
 from gradvis_steps.core.layout import KINDS, WEIGHT_KINDS, ParameterLayout
@@ -299,3 +299,176 @@ def test_buffers_change_the_loss_of_batch_norm_models_and_restore_bitwise(setup)
     objective.set_buffers(setup.buffers, json.dumps(setup.buffer_layout))  # the stored (JSON) form
     assert objective.loss(theta) == loss
     assert np.array_equal(objective.to_numpy(objective.grad(theta)), grad)
+
+
+# -- losses ------------------------------------------------------------------------------------------------------
+# Every loss in every backend, on an mlp over 30 diabetes samples in batches of 7 (an uneven last batch), float64.
+# The truths: the loss of the model's own outputs in numpy, and the gradient and dense Hessian that
+# torch.autograd.functional.hessian takes of an independent torch re-implementation of the mlp (from the layout and
+# the flat vector, its output checked against the model's own forward pass) and of the loss (written out below).
+
+LOSS_NAMES = ("cross_entropy", "mse", "bce_with_logits", "custom")
+LOSS_FRACTION = 30 / 400  # 30 of the 400 diabetes training samples
+
+
+def _loss_dataset(name: str):
+    """Diabetes features with targets of the kind the loss takes: 3 classes, binary labels, the float target, two
+    float targets."""
+    from gradvis_steps.data import ArrayDataset, load_dataset
+
+    base = load_dataset("diabetes")
+    t = base.y_train
+    targets = {"cross_entropy": (np.digitize(t, np.quantile(t, [1 / 3, 2 / 3])).astype(np.int64), 3),
+               "bce_with_logits": ((t > 0).astype(np.int64), 1),
+               "mse": (t, 1),
+               "custom": (np.stack([t, 0.5 * t**2 - 0.5], axis=1), 2)}[name]
+    return ArrayDataset(f"diabetes-{name}", base.x_train, targets[0], targets[1])
+
+
+def _numpy_losses(name: str, z: np.ndarray, y: np.ndarray, scale: float) -> np.ndarray:
+    if name == "cross_entropy":
+        top = z.max(axis=1, keepdims=True)
+        return np.log(np.exp(z - top).sum(axis=1)) + top[:, 0] - z[np.arange(len(y)), y]
+    t = y.reshape(len(y), -1).astype(np.float64)
+    if name == "mse":
+        return ((z - t) ** 2).mean(axis=1)
+    if name == "bce_with_logits":
+        return (np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))).mean(axis=1)
+    return (scale * np.log(np.cosh((z - t) / scale))).sum(axis=1)
+
+
+def _torch_losses(torch, name: str, z, y, scale: float):  # noqa: ANN001, ANN202 (torch imported lazily)
+    if name == "cross_entropy":
+        top = z.max(dim=1, keepdim=True).values
+        return torch.log(torch.exp(z - top).sum(dim=1)) + top[:, 0] - z[torch.arange(len(y)), y]
+    t = y.reshape(len(y), -1).to(torch.float64)
+    if name == "mse":
+        return ((z - t) ** 2).mean(dim=1)
+    if name == "bce_with_logits":
+        return (torch.clamp(z, min=0) - z * t + torch.log1p(torch.exp(-z.abs()))).mean(dim=1)
+    return (scale * torch.log(torch.cosh((z - t) / scale))).sum(dim=1)
+
+
+def _torch_mlp(torch, layout: ParameterLayout, theta, x):  # noqa: ANN001, ANN202
+    """The mlp's forward pass from the flat vector alone: weight (y = x W, or x W^T where the output units are the
+    first axis) and bias pairs in layout order, ReLU between them."""
+    specs = list(layout)
+    pairs = list(zip(specs[0::2], specs[1::2], strict=True))
+    h = x.reshape(len(x), -1)
+    for index, (weight, bias) in enumerate(pairs):
+        w = theta[weight.slice].view(weight.shape)
+        h = h @ (w if weight.filter_axis % 2 == 1 else w.T) + theta[bias.slice]
+        if index < len(pairs) - 1:
+            h = torch.relu(h)
+    return h
+
+
+@dataclass
+class LossSetup:
+    case: BackendCase
+    loss: dict
+    model: Any
+    objective: Objective
+    x: np.ndarray
+    y: np.ndarray
+    theta: np.ndarray
+    truth_grad: np.ndarray
+    truth_hessian: np.ndarray
+
+
+@pytest.fixture(scope="module", params=[(b, n) for b in CASES for n in LOSS_NAMES], ids=lambda p: f"{p[0]}-{p[1]}")
+def loss_setup(request, tmp_path_factory) -> LossSetup:
+    torch = pytest.importorskip("torch")
+    backend_name, name = request.param
+    case = CASES[backend_name]()
+    chosen = backend(backend_name)
+    dataset = _loss_dataset(name)
+    loss = CUSTOM_LOSSES[backend_name] if name == "custom" else {"name": name}
+    config = {"framework": backend_name, "model": MODELS["mlp"], "dataset": {"name": "diabetes"}, "loss": loss,
+              "train": {"seed": 0}}
+    model = chosen.build_model(config, dataset)
+    layout = chosen.parameter_layout(model)
+    named = case.named_parameters(model)
+    params = np.concatenate([named[spec.name].reshape(-1) for spec in layout])
+    path = tmp_path_factory.mktemp(f"loss-{backend_name}-{name}") / "trajectory.h5"
+    writer = TrajectoryWriter(path, layout, chosen.buffer_layout(model), config, {})
+    writer.append(params, np.zeros(0), iteration=0, epoch=0, batch_loss=float("nan"))
+    writer.commit()
+    with Trajectory(path) as trajectory:
+        objective = chosen.objective_for_trajectory(trajectory, fraction=LOSS_FRACTION, subset_seed=0,
+                                                    batch_size=BATCH, device=case.device, dtype="float64",
+                                                    dataset=dataset)
+    x, y = dataset.evaluation_subset(LOSS_FRACTION, 0)
+    assert len(x) == 30 and objective.n_samples == 30
+    theta = params + 0.1 * _rng(9).standard_normal(len(params))  # off the initial point: outputs of every sign
+    scale = float(loss.get("scale", 1.0))
+    xt, yt = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y)
+    outputs = _torch_mlp(torch, layout, torch.as_tensor(theta), xt).numpy()
+    assert np.abs(outputs - case.logits(model, theta, x)).max() <= 1e-12 * np.abs(outputs).max()
+
+    def mean_loss(t):  # noqa: ANN001, ANN202
+        return _torch_losses(torch, name, _torch_mlp(torch, layout, t, xt), yt, scale).mean()
+
+    point = torch.as_tensor(theta).requires_grad_(True)
+    (grad,) = torch.autograd.grad(mean_loss(point), point)
+    hessian = torch.autograd.functional.hessian(mean_loss, torch.as_tensor(theta))
+    return LossSetup(case, loss, model, objective, x, y, theta, grad.numpy(), hessian.numpy())
+
+
+def test_each_loss_and_accuracy_equal_numpy_of_the_models_own_outputs(loss_setup):
+    s = loss_setup
+    z = s.case.logits(s.model, s.theta, s.x)
+    expected = float(np.mean(_numpy_losses(s.loss["name"], z, s.y, float(s.loss.get("scale", 1.0)))))
+    evaluation = s.objective.evaluate(s.objective.from_numpy(s.theta))
+    assert evaluation.loss == pytest.approx(expected, rel=1e-12)
+    if s.loss["name"] == "cross_entropy":
+        assert evaluation.accuracy == pytest.approx(float(np.mean(z.argmax(axis=1) == s.y)), abs=1e-12)
+    elif s.loss["name"] == "bce_with_logits":
+        assert evaluation.accuracy == pytest.approx(float(np.mean((z[:, 0] > 0) == (s.y == 1))), abs=1e-12)
+        assert 0 < evaluation.accuracy < 1
+    else:
+        assert np.isnan(evaluation.accuracy)  # no classes: accuracy means nothing
+
+
+def test_each_loss_gradient_equals_the_independent_one(loss_setup):
+    s = loss_setup
+    assert _relative(_grad(s.objective, s.theta), s.truth_grad) <= 1e-10
+
+
+@pytest.mark.parametrize("mode", ["double_backprop", "forward_over_reverse"])
+def test_each_loss_hessian_products_equal_the_independent_dense_hessian(loss_setup, mode):
+    s = loss_setup
+    objective = s.objective
+    objective.hvp_mode = mode
+    H = s.truth_hessian
+    V = _rng(10).standard_normal((3, objective.dim))
+    operator = objective.hvp_operator(objective.from_numpy(s.theta))
+    block = objective.to_numpy(operator.matmat(objective.from_numpy(V)))
+    for v, row in zip(V, block, strict=True):
+        assert _relative(_hvp(objective, s.theta, v), H @ v) <= 1e-10
+        assert _relative(objective.to_numpy(operator(objective.from_numpy(v))), H @ v) <= 1e-10
+        assert _relative(row, H @ v) <= 1e-10
+    eye = np.eye(objective.dim)
+    dense = objective.to_numpy(operator.matmat(objective.from_numpy(eye)))
+    assert np.abs(dense - H).max() <= 1e-10 * np.abs(H).max()
+
+
+def test_each_loss_batched_evaluation_equals_point_by_point(loss_setup):
+    objective = loss_setup.objective
+    evaluate_many = batched_evaluation(objective)
+    if evaluate_many is None:
+        pytest.skip(f"{loss_setup.case.name} objectives do not offer batched evaluation (optional)")
+    rng = _rng(11)
+    directions = [0.1 * rng.standard_normal(objective.dim) for _ in range(2)]
+    coeffs = np.array([[0.0, 0.0], [1.0, -0.5], [-0.3, 0.7]])
+    modes = ["per_point", "vmap"] if hasattr(objective, "grid_batching_mode") else [None]
+    for mode in modes:
+        if mode is not None:
+            objective.grid_batching_mode = mode
+        got = evaluate_many(objective.from_numpy(loss_setup.theta), [objective.from_numpy(d) for d in directions],
+                            coeffs)
+        for row, evaluation in zip(coeffs, got, strict=True):
+            point = loss_setup.theta + row[0] * directions[0] + row[1] * directions[1]
+            expected = objective.evaluate(objective.from_numpy(point))
+            assert evaluation.loss == pytest.approx(expected.loss, rel=1e-12), mode
+            np.testing.assert_allclose(evaluation.accuracy, expected.accuracy, atol=1e-12)  # NaN equals NaN

@@ -58,7 +58,7 @@ BAD_CONFIGS = [
      "hybrid needs spectra.ranks_per_group"),
     # the pre-flight: datasets, models, entry points, data folders, checkpoints
     ("unknown-dataset-name", {"datasets": {"digits": {"name": "mnist"}}},
-     "unknown dataset 'mnist'; accepted: ['cifar10', 'digits', 'synthetic', 'custom']"),
+     "unknown dataset 'mnist'; accepted: ['cifar10', 'diabetes', 'digits', 'synthetic', 'custom']"),
     ("unknown-dataset-option", {"datasets": {"digits": {"name": "digits", "root": "data"}}},
      "dataset 'digits': options ['root'] do not fit"),
     ("ill-typed-dataset-option", {"datasets": {"digits": {"name": "synthetic", "n_train": "many"}}},
@@ -93,6 +93,16 @@ BAD_CONFIGS = [
     ("unknown-optimizer", {"train": {"optimizer": ["rmsprop"]}}, "'rmsprop' is not one of ['sgd', 'adam', 'adamw']"),
     ("step-schedule-without-step", {"train": {"schedule": ["step"]}}, "train.schedule step needs train.step_every"),
     ("warmup-beyond-run", {"train": {"warmup": 144}}, "train.warmup 144 is not less than the 144 iterations of run"),
+    # the losses: names, custom entry points, a classification loss on float targets
+    ("unknown-loss", {"train": {"loss": ["hinge"]}},
+     "train.loss names 'hinge', which is neither a built-in loss (cross_entropy, mse, bce_with_logits)"),
+    ("loss-entry-point-does-not-import", {"losses": {"mine": {"name": "custom", "entry_point": "no_such_loss_x:f"}},
+                                          "train": {"loss": ["mine"]}}, "cannot import module 'no_such_loss_x'"),
+    ("loss-entry-point-not-given", {"losses": {"mine": {"name": "custom"}}, "train": {"loss": ["mine"]}},
+     "losses.mine {'name': 'custom'}: loss 'custom' needs entry_point"),
+    ("classification-loss-on-float-targets", {"datasets": {"digits": {"name": "diabetes"}},
+                                              "models": {"lenet": {"name": "mlp"}}},
+     "train.loss 'cross_entropy' is a classification loss, but datasets.digits has float (regression) targets"),
 ]
 
 
@@ -179,7 +189,7 @@ def test_the_train_step_rejects_bad_model_options_as_the_preflight_does(tmp_path
 
 
 @pytest.mark.parametrize("spec", [{"name": "digits"}, {"name": "synthetic", "n_train": 300, "shape": [2, 5, 5],
-                                                       "num_classes": 4}])
+                                                       "num_classes": 4}, {"name": "diabetes"}])
 def test_dataset_facts_agree_with_the_loaded_dataset(spec):
     """The pre-flight sizes runs without loading their data: its facts must be the loaded dataset's."""
     from gradvis_steps.data import dataset_facts, load_dataset
@@ -187,3 +197,4 @@ def test_dataset_facts_agree_with_the_loaded_dataset(spec):
     facts, dataset = dataset_facts(spec), load_dataset(spec)
     assert (facts.input_shape, facts.num_classes, facts.n_train) == (dataset.input_shape, dataset.num_classes,
                                                                      len(dataset.x_train))
+    assert facts.regression == dataset.is_regression

@@ -507,6 +507,8 @@ def valid_configs(draw) -> dict:
         "momentum": [draw(floats(0, 1, exclude_max=True))],
         "checkpoint_every": draw(st.integers(1, 100)),
         "framework": draw(st.sampled_from([["torch"], ["tensorflow"], ["torch", "tensorflow"]])),
+        "loss": draw(st.lists(st.sampled_from(["cross_entropy", "mse", "bce_with_logits"]), min_size=1, max_size=2,
+                              unique=True)),
     }
     methods = draw(st.lists(st.sampled_from(["random", "pca", "hessian"]), unique=True, max_size=3))
     count = draw(st.integers(2, 6))
@@ -588,7 +590,7 @@ def test_valid_configs_plan_with_stable_ids(config, seed):
             canonical = json.dumps(job.settings, sort_keys=True, default=str).encode()
             assert ID.match(job_id) and job_id.endswith("-" + hashlib.sha256(canonical).hexdigest()[:8])
     n_runs = math.prod(len(config["train"].get(axis, DEFAULT["train"].get(axis, [None])))
-                       for axis in ("seed", "lr", "batch_size", "epochs", "momentum", "framework"))
+                       for axis in ("seed", "lr", "batch_size", "epochs", "momentum", "framework", "loss"))
     assert len(first.runs) == n_runs  # one run per combination of the training lists, none merged
 
 

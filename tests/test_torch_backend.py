@@ -209,12 +209,14 @@ def test_bad_inputs_are_named():
     model = tiny_lenet()
     x = np.zeros((4, 1, 8, 8))
     with pytest.raises(ValueError, match="batch_size"):
-        TorchObjective(model, x, np.zeros(4), batch_size=0)
+        TorchObjective(model, x, np.zeros(4, dtype=np.int64), batch_size=0)
     with pytest.raises(ValueError, match="hvp_mode 'bogus'"):
-        TorchObjective(model, x, np.zeros(4), hvp_mode="bogus")
+        TorchObjective(model, x, np.zeros(4, dtype=np.int64), hvp_mode="bogus")
     with pytest.raises(ValueError, match="hvp_memory_mb must be >= 0.*got -1"):
-        TorchObjective(model, x, np.zeros(4), hvp_memory_mb=-1)
-    objective = TorchObjective(model, x, np.zeros(4), dtype=torch.float64)
+        TorchObjective(model, x, np.zeros(4, dtype=np.int64), hvp_memory_mb=-1)
+    with pytest.raises(ValueError, match="loss 'cross_entropy' needs integer class targets, got float64 targets"):
+        TorchObjective(model, x, np.zeros(4))  # float labels are not cast to classes
+    objective = TorchObjective(model, x, np.zeros(4, dtype=np.int64), dtype=torch.float64)
     with pytest.raises(ValueError, match=rf"expected \({objective.dim},\)"):
         objective.loss(torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="unknown model 'vgg'"):

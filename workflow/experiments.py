@@ -35,16 +35,15 @@ SECTIONS = (TRAIN, *ANALYSIS_SECTIONS, "resources")
 RUNS = "runs"
 TRAINED = "trained"
 EXTERNAL = "external_runs"
-GLOBAL_KEYS = ("results", "device", "mpi_launcher", "datasets", "models", EXTERNAL)
+GLOBAL_KEYS = ("results", "device", "mpi_launcher", "datasets", "models", "losses", EXTERNAL)
 EXPERIMENT_KEYS = ("description", RUNS, *SECTIONS)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: names an external run cannot have: the word for the trained runs, and the results folder's own subfolder
 RESERVED_NAMES = (TRAINED, "experiments")
 #: keys of an external run declared by its checkpoint files; a trajectory file's run config already holds them
 CHECKPOINT_KEYS = ("checkpoints", "iterations", "framework", "model", "dataset", "loss")
-DEFAULT_LOSS = "cross_entropy"
 TRAIN_AXES = ("framework", "dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed", "optimizer",
-              "schedule", "weight_decay")
+              "schedule", "weight_decay", "loss")
 #: train settings that are single values, not axes (they refine one optimizer or schedule: two values are two
 #: experiments); a run takes those that apply to its optimizer and schedule, in its settings and its id
 TRAIN_OPTIONS = {"sgd": (), "adam": ("beta1", "beta2", "eps"), "adamw": ("beta1", "beta2", "eps"),
@@ -54,6 +53,10 @@ TRAIN_OPTIONS = {"sgd": (), "adam": ("beta1", "beta2", "eps"), "adamw": ("beta1"
 #: with the defaults has the command line (and the id) it always had
 TRAINER_DEFAULTS = {"optimizer": "sgd", "schedule": "constant", "weight_decay": 0.0, "warmup": 0, "beta1": 0.9,
                     "beta2": 0.999, "eps": 1e-8, "step_every": None, "step_gamma": 0.1, "min_lr": 0.0}
+#: the loss of runs whose train.loss is not given (their run ids name no loss)
+DEFAULT_LOSS = "cross_entropy"
+#: the losses train.loss may name without a ``losses:`` entry (custom ones need one, with their entry point)
+BUILTIN_LOSSES = ("cross_entropy", "mse", "bce_with_logits")
 DEFAULT_EXPERIMENT = "main"
 
 # the settings that say what an output is (in its folder's id); the rest of a section says how it is computed
@@ -102,13 +105,17 @@ def _number(value: float) -> str:
 def run_id(settings: dict[str, Any], checkpoint_every: int) -> str:
     """Readable, stable id of a training run: the same settings always give the same folder, different ones
     different folders (names that run together, e.g. datasets ``a-b`` and ``a`` with models ``c`` and ``b-c``, are
-    refused when the plan is built)."""
+    refused when the plan is built). A loss other than cross-entropy is appended (``-mse``), so the ids of
+    cross-entropy runs are those they had before losses could be chosen."""
     base = (f"{settings['dataset']}-{settings['model']}-lr{_number(settings['lr'])}-bs{settings['batch_size']}-"
             f"e{settings['epochs']}-m{_number(settings['momentum'])}-s{settings['seed']}")
     base += "".join(f"-{part}" for part in _trainer_parts(settings))
     if checkpoint_every != 1:
         base += f"-ce{checkpoint_every}"
-    return base if settings.get("framework", "torch") == "torch" else f"{base}-{settings['framework']}"
+    if settings.get("framework", "torch") != "torch":
+        base += f"-{settings['framework']}"
+    loss = settings.get("loss", DEFAULT_LOSS)
+    return base if loss == DEFAULT_LOSS else f"{base}-{loss}"
 
 
 def _trainer_parts(settings: dict[str, Any]) -> list[str]:
@@ -361,6 +368,11 @@ def _check_variant(where: str, config: dict[str, Any]) -> None:
             if name not in known:
                 raise ConfigError(f"{where}train.{key} names {name!r}, which is not defined under {key}s: "
                                   f"(defined: {sorted(known)})")
+    for name in config[TRAIN]["loss"] if trains else ():
+        if name not in config["losses"] and name not in BUILTIN_LOSSES:
+            raise ConfigError(f"{where}train.loss names {name!r}, which is neither a built-in loss "
+                              f"({', '.join(BUILTIN_LOSSES)}) nor defined under losses: (defined: "
+                              f"{sorted(config['losses'])})")
     directions, frames = config["directions"], config["frames"]
     if "custom" in directions["methods"] and not directions["custom_file"]:
         raise ConfigError(f"{where}directions.methods includes 'custom' but directions.custom_file is not set")

@@ -3,10 +3,12 @@
 The schema (``workflow/schemas/config.schema.yaml``) checks each key's type and range, and the planner
 (``experiments.py``) the rules between keys. What needs the package is checked here: every run's dataset and model
 (names, option names and types, the CIFAR-10 files, custom entry points that must import, the model built once for
-the dataset's input) and the checkpoints a run will store against what its analyses ask of them. Without this, each
-of these failed only inside a job, hours into a cluster run, in the job's log. External runs (``external_runs:``):
-their files exist, a trajectory file is one and fits the model its own run config names, checkpoint files are
-found with their iterations (the import step's ``find_checkpoints``), and they hold what the analyses ask of them.
+the dataset's input), every run's loss (names, a custom loss's entry point, a classification loss on a dataset whose
+facts say its targets are floats) and the checkpoints a run will store against what its analyses ask of them.
+Without this, each of these failed only inside a job, hours into a cluster run, in the job's log. External runs
+(``external_runs:``): their files exist, a trajectory file is one and fits the model its own run config names,
+checkpoint files are found with their iterations (the import step's ``find_checkpoints``), and they hold what the
+analyses ask of them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def preflight(plan: Plan) -> None:
         key = settings["dataset"]
         if key not in facts:
             facts[key] = _facts(f"datasets.{key}", config["datasets"][key])
+        _check_loss(settings, config, facts[key])
         model = (settings["framework"], settings["model"], key)
         if model not in built and facts[key] is not None:
             _build_model(settings, config, facts[key])
@@ -76,6 +79,22 @@ def preflight(plan: Plan) -> None:
                 dataset = facts[run["settings"]["dataset"]]
                 if dataset is not None:  # a custom loader's size is known only once it has run
                     _check_checkpoints(where, rid, run, variant.config, dataset.n_train)
+
+
+def _check_loss(settings: dict[str, Any], config: dict[str, Any], facts: Any) -> None:
+    """The run's loss spec as the train job would take it, and against the dataset's targets where its facts tell."""
+    from gradvis_steps.losses import is_classification, normalize
+
+    name = settings["loss"]
+    where = f"losses.{name}" if name in config["losses"] else "train.loss"
+    spec = config["losses"].get(name, {"name": name})
+    try:
+        spec = normalize(spec)
+    except ValueError as error:
+        raise ConfigError(f"{where} {spec}: {error}") from None
+    if facts is not None and facts.regression and is_classification(spec):
+        raise ConfigError(f"{where} {spec['name']!r} is a classification loss, but datasets.{settings['dataset']} has "
+                          "float (regression) targets; use a regression loss (mse, or a custom one)")
 
 
 def _build_model(settings: dict[str, Any], config: dict[str, Any], facts: Any, spec: dict[str, Any] | None = None,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..core.layout import ParameterLayout
+from ..losses import normalize
 from ..storage.trajectory import Trajectory, TrajectoryWriter, partial_path
 
 
@@ -36,12 +37,10 @@ def as_spec(value: str | dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def loss_spec(value: str | dict[str, Any]) -> dict[str, Any]:
-    """The run's loss spec: a name (``"cross_entropy"``) -> ``{"name": name}``, a dict (with a ``name``) as given."""
-    if isinstance(value, str) and value:
-        return {"name": value}
-    if isinstance(value, dict) and isinstance(value.get("name"), str):
-        return dict(value)
-    raise ValueError(f"loss must be a name such as 'cross_entropy' or a dict with a 'name', got {value!r}")
+    """The run's loss spec: a name (``"cross_entropy"``) -> ``{"name": name}``, a dict (with a ``name``) as given;
+    checked as the train step checks its ``--loss`` (:func:`gradvis_steps.losses.normalize`), so a recording never
+    starts with a loss the analyses could not evaluate."""
+    return normalize(value)
 
 
 def recorded_config(framework: str, dataset: dict[str, Any], model: dict[str, Any], loss: dict[str, Any],

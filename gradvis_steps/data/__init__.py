@@ -1,8 +1,9 @@
 """Datasets behind one interface: ``load_dataset(spec) -> ArrayDataset``.
 
 ``spec`` is a dict from the config: ``{"name": "digits"}``, ``{"name": "cifar10", "root": "data"}``,
-``{"name": "synthetic", "n_train": 2048}``, or a user's own loader ``{"name": "custom",
-"entry_point": "my_module:load", ...kwargs}``.
+``{"name": "synthetic", "n_train": 2048}``, ``{"name": "diabetes"}`` (regression), or a user's own loader
+``{"name": "custom", "entry_point": "my_module:load", ...kwargs}``. Targets are never cast: a custom loader's float
+targets stay float (regression), its integer ones are class labels.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from ..entry_points import check_options, load_entry_point
-from . import cifar10, digits
+from ..losses import target_width
+from . import cifar10, diabetes, digits
 from .base import ArrayDataset, evaluation_indices
 from .cifar10 import DatasetNotFoundError, download_cifar10, load_cifar10
+from .diabetes import load_diabetes
 from .digits import load_digits
 from .synthetic import load_synthetic
 
@@ -25,6 +28,7 @@ LOADERS: dict[str, Callable[..., ArrayDataset]] = {
     "digits": load_digits,
     "cifar10": load_cifar10,
     "synthetic": load_synthetic,
+    "diabetes": load_diabetes,
 }
 
 __all__ = [
@@ -55,11 +59,13 @@ def load_dataset(spec: dict[str, Any] | str) -> ArrayDataset:
 
 @dataclass(frozen=True)
 class DatasetFacts:
-    """What a run needs to know of its dataset before training: the model's input and the iterations per epoch."""
+    """What a run needs to know of its dataset before training: the model's input and output width
+    (``num_classes``), the iterations per epoch, and whether the targets are floats (a regression set)."""
 
     input_shape: tuple[int, ...]
     num_classes: int
     n_train: int
+    regression: bool = False
 
 
 def dataset_facts(spec: dict[str, Any] | str) -> DatasetFacts | None:
@@ -84,6 +90,9 @@ def dataset_facts(spec: dict[str, Any] | str) -> DatasetFacts | None:
     if name == "synthetic":
         options = {**_defaults(load_synthetic), **spec}
         return DatasetFacts(tuple(options["shape"]), int(options["num_classes"]), int(options["n_train"]))
+    if name == "diabetes":
+        return DatasetFacts(diabetes.INPUT_SHAPE, diabetes.NUM_CLASSES, diabetes.SAMPLES - diabetes.TEST_SIZE,
+                            regression=True)
     return DatasetFacts(digits.INPUT_SHAPE, digits.NUM_CLASSES, digits.SAMPLES - digits.TEST_SIZE)
 
 
@@ -92,7 +101,9 @@ def _defaults(function: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _load_custom(spec: dict[str, Any]) -> ArrayDataset:
-    """A user's loader ``module:function(**kwargs)`` returning an ArrayDataset, dict or tuple."""
+    """A user's loader ``module:function(**kwargs)`` returning an ArrayDataset, dict or tuple. Targets keep their
+    dtype (float targets are regression targets); ``num_classes`` defaults to ``max + 1`` for integer labels and to
+    the target width (1 or ``d``) for float targets."""
     entry = spec.pop("entry_point", None)
     if not entry:
         raise ValueError("dataset 'custom' needs entry_point: 'module:function'")
@@ -110,15 +121,17 @@ def _load_custom(spec: dict[str, Any]) -> ArrayDataset:
             "with x_train/y_train[/x_test/y_test/num_classes], or a tuple (x_train, y_train[, x_test, y_test])"
         )
     x_train = np.asarray(fields["x_train"], dtype=np.float32)
-    y_train = np.asarray(fields["y_train"], dtype=np.int64)
+    y_train = np.asarray(fields["y_train"])
     x_test = fields.get("x_test")
     y_test = fields.get("y_test")
+    integer = np.issubdtype(y_train.dtype, np.integer) or y_train.dtype == np.bool_
+    default_classes = int(y_train.max()) + 1 if integer and y_train.ndim == 1 else target_width(y_train)
     return ArrayDataset(
         name=fields.get("name", entry),
         x_train=x_train,
         y_train=y_train,
-        num_classes=int(fields.get("num_classes", int(y_train.max()) + 1)),
+        num_classes=int(fields.get("num_classes", default_classes)),
         x_test=None if x_test is None else np.asarray(x_test, dtype=np.float32),
-        y_test=None if y_test is None else np.asarray(y_test, dtype=np.int64),
+        y_test=None if y_test is None else np.asarray(y_test),
         meta={"entry_point": entry},
     )

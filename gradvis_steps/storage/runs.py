@@ -62,7 +62,8 @@ def identity(config: dict[str, Any], params0: np.ndarray | None = None,
 
 
 def label(config: dict[str, Any]) -> str:
-    """A readable name of a run from its config: dataset/model, seed, learning rate, batch size, epochs."""
+    """A readable name of a run from its config: dataset/model, seed, learning rate, batch size, epochs, and the loss
+    where it is not cross-entropy."""
     dataset, model = (config.get(key) or {} for key in ("dataset", "model"))
     train = config.get("train") or {}
     text = f"{dataset.get('name', '?')}/{model.get('name', '?')}"
@@ -70,6 +71,9 @@ def label(config: dict[str, Any]) -> str:
         if key in train:
             value = train[key]
             text += f" {short} {value:g}" if isinstance(value, float) else f" {short} {value}"
+    loss = (config.get("loss") or {}).get("name", "cross_entropy")
+    if loss != "cross_entropy":
+        text += f" loss {loss}"
     framework = config.get("framework", "torch")
     return text if framework == "torch" else f"{text} ({framework})"
 

@@ -158,6 +158,9 @@ def train_args(run):
     args += [x for k, v in dataset.items() if k != "name" for x in ("--dataset-option", f"{k}={v}")]
     args += ["--model", model["name"]]
     args += [x for k, v in model.items() if k != "name" for x in ("--model-option", f"{k}={v}")]
+    loss = cfg["losses"].get(s["loss"], {"name": s["loss"]})
+    args += ["--loss", loss["name"]]
+    args += [x for k, v in loss.items() if k != "name" for x in ("--loss-option", f"{k}={v}")]
     args += ["--seed", s["seed"], "--lr", s["lr"], "--batch-size", s["batch_size"], "--epochs", s["epochs"],
              "--momentum", s["momentum"], "--checkpoint-every", planned["checkpoint_every"], "--device", cfg["device"],
              "--on-divergence", cfg["train"]["on_divergence"], *trainer_args(s)]

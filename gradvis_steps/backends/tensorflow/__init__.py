@@ -27,6 +27,7 @@ if keras.backend.backend() != "tensorflow":
                       "on TensorFlow; unset KERAS_BACKEND or set it to 'tensorflow'")
 
 from ...data import ArrayDataset, load_dataset  # noqa: E402
+from ...losses import loss_of  # noqa: E402
 from ...storage.trajectory import Trajectory  # noqa: E402
 from .. import Backend  # noqa: E402
 from .checkpoint_files import load_checkpoint  # noqa: E402
@@ -114,7 +115,8 @@ def objective_for_trajectory(
     hvp_mode: str = "auto",
     data_comm: Any = None,
 ) -> TFObjective:
-    """The objective of a trained run: its Keras model and data, evaluated on the deterministic subset.
+    """The objective of a trained run: its Keras model, data and loss (the run config's ``loss``; cross-entropy where
+    it has none), evaluated on the deterministic subset.
 
     Batch-norm moving statistics are taken from checkpoint ``buffers_from`` (default: the last one). ``hvp_mode`` is
     one of :data:`~.objective.HVP_MODE_CHOICES`; ``hvp_memory_mb`` and ``grid_batching`` are accepted for the steps'
@@ -134,7 +136,8 @@ def objective_for_trajectory(
     with tf.device(device_name):
         model = model_for(config, dataset, dtype)
     x, y = dataset.evaluation_subset(fraction, subset_seed)
-    objective = TFObjective(model, x, y, batch_size=batch_size, device=device_name, dtype=dtype, hvp_mode=hvp_mode)
+    objective = TFObjective(model, x, y, batch_size=batch_size, device=device_name, dtype=dtype, hvp_mode=hvp_mode,
+                            loss=loss_of(config))
     if objective.layout != trajectory.layout:
         if not _same_but_names(objective.layout, trajectory.layout):
             raise ValueError(f"{trajectory.path}: stored parameter layout does not match the model its config builds")

@@ -29,7 +29,9 @@ import numpy as np
 import tensorflow as tf
 
 from ...core.objective import Evaluation
+from ...losses import check_targets
 from .flat import buffer_layout, flatten_parameters, layout_of, unflatten_buffers
+from .losses import TFLoss
 from .models import float_inputs
 
 #: The exact ways to take a Hessian-vector product; ``"auto"`` is forward-over-reverse (untimed).
@@ -91,13 +93,16 @@ class BatchReduction:
 
 
 class TFObjective:
-    """Mean cross-entropy of a Keras ``model`` over ``(x, y)`` as a function of its flat trainable variables.
+    """Mean loss of a Keras ``model`` over ``(x, y)`` as a function of its flat trainable variables.
 
     ``model`` computes in ``dtype`` (build it under that dtype policy: :func:`~.model_for` does); ``x`` is in the
-    framework-neutral layout (images NCHW), converted once to channels-last tensors on ``device``."""
+    framework-neutral layout (images NCHW), converted once to channels-last tensors on ``device``. ``loss``: the
+    run's loss spec (:mod:`gradvis_steps.losses`; None: cross-entropy); its targets are checked against the model's
+    output width."""
 
     def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024,
-                 device: str = "/CPU:0", dtype: str = "float32", hvp_mode: str = "forward_over_reverse"):
+                 device: str = "/CPU:0", dtype: str = "float32", hvp_mode: str = "forward_over_reverse",
+                 loss: dict | str | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
         if hvp_mode not in HVP_MODE_CHOICES:
@@ -136,10 +141,15 @@ class TFObjective:
             # traced functions (which read them) need no retracing
             self._buffers = [tf.Variable(tf.identity(v.value), trainable=False) for v in model.non_trainable_variables]
             xs = tf.constant(channels_last(x), dtype=self.tf_dtype)
-            ys = tf.constant(np.asarray(y), dtype=tf.int64)
+            #: the run's loss (targets in the form it takes them)
+            self.criterion = TFLoss(loss)
+            ys = self.criterion.targets(y, self.tf_dtype)
+        # the model's output width (a functional model says it; a subclassed one tells by one sample's outputs)
+        width = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else model(xs[:1]).shape[-1]
+        check_targets(self.criterion.spec, np.asarray(y), int(width))
         self.reduction = BatchReduction(xs, ys, self.batch_size)
         point = tf.TensorSpec([self.dim], self.tf_dtype)
-        batch = (tf.TensorSpec([None, *xs.shape[1:]], self.tf_dtype), tf.TensorSpec([None], tf.int64))
+        batch = (tf.TensorSpec([None, *xs.shape[1:]], self.tf_dtype), tf.TensorSpec([None, *ys.shape[1:]], ys.dtype))
         self._batch_evaluation = tf.function(self._loss_and_correct, input_signature=[point, *batch])
         self._batch_gradient = tf.function(self._gradient, input_signature=[point, *batch])
         self._batch_hvp = {
@@ -197,15 +207,14 @@ class TFObjective:
         return logits
 
     def loss_sum(self, theta: tf.Tensor, xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
-        """Cross-entropy summed over the samples of one batch at ``theta`` (differentiable in ``theta``)."""
-        logits = self._logits(theta, xb)
-        return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits))
+        """The loss summed over the samples of one batch at ``theta`` (differentiable in ``theta``)."""
+        return tf.reduce_sum(self.criterion.per_sample(self._logits(theta, xb), yb))
 
     def _loss_and_correct(self, theta: tf.Tensor, xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
         """``[loss sum, correct predictions]`` of one batch, float64."""
         logits = self._logits(theta, xb)
-        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), yb), tf.float64))
+        loss = tf.reduce_sum(self.criterion.per_sample(logits, yb))
+        correct = self.criterion.correct(logits, yb)
         return tf.stack([tf.cast(loss, tf.float64), correct])
 
     def _gradient(self, theta: tf.Tensor, xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:

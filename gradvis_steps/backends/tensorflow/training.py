@@ -31,6 +31,7 @@ from ...core.training import TrainSettings, run_training
 from ...data.base import ArrayDataset
 from ...storage.trajectory import TrajectoryWriter
 from .flat import buffer_layout, flatten_parameters, layout_of, load_flat_parameters, unflatten_buffers
+from .losses import TFLoss
 from .objective import channels_last
 
 
@@ -40,10 +41,13 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def train(model: keras.Model, dataset: ArrayDataset, settings: TrainSettings, writer: TrajectoryWriter,
-          device: str = "/CPU:0", progress: bool = True) -> dict[str, Any]:
+          device: str = "/CPU:0", progress: bool = True, loss: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` on the dataset's training split, appending checkpoints to ``writer``; the model holds the final
     point afterwards (the loop, its checkpoints, resume and divergence check: :func:`~...core.training.run_training`).
+    Each step takes the mean of the run's ``loss`` over its batch (a spec of :mod:`gradvis_steps.losses`; None:
+    cross-entropy).
     """
+    criterion = TFLoss(loss)
     layout = layout_of(model)
     buffers_layout = buffer_layout(model)
     sizes, shapes = [spec.numel for spec in layout], [spec.shape for spec in layout]
@@ -57,7 +61,7 @@ def train(model: keras.Model, dataset: ArrayDataset, settings: TrainSettings, wr
         second = tf.Variable(tf.zeros_like(theta)) if adam else None  # adam: the second moment v
         buffers = [tf.Variable(tf.identity(v.value), trainable=False) for v in model.non_trainable_variables]
         x = tf.constant(channels_last(dataset.x_train), dtype=dtype)
-        y = tf.constant(np.asarray(dataset.y_train), dtype=tf.int64)
+        y = criterion.targets(dataset.y_train, tf.as_dtype(dtype))
     adam_steps = [0]  # adam: steps taken (torch's ``step``), part of the resume state
 
     mu, decay = (tf.constant(value, dtype=dtype) for value in (settings.momentum, settings.weight_decay))
@@ -75,7 +79,7 @@ def train(model: keras.Model, dataset: ArrayDataset, settings: TrainSettings, wr
         with tf.GradientTape() as tape:
             pieces = [tf.reshape(p, s) for p, s in zip(tf.split(theta, sizes), shapes, strict=True)]
             logits, new_buffers = model.stateless_call(pieces, [b.read_value() for b in buffers], xb, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits))
+            loss = tf.reduce_mean(criterion.per_sample(logits, yb))
         gradient = tape.gradient(loss, theta)
         if settings.optimizer != "adamw":
             gradient = gradient + decay * theta  # coupled weight decay (L2), as torch's SGD and Adam

@@ -14,6 +14,7 @@ import torch
 from ...core.objective import HVP_MEMORY_MB
 from ...core.parallel import MPIComm, SerialComm, local_rank
 from ...data import ArrayDataset, load_dataset
+from ...losses import loss_of
 from ...storage.trajectory import Trajectory
 from .. import Backend
 from .checkpoint_files import load_checkpoint
@@ -71,7 +72,8 @@ def objective_for_trajectory(
     hvp_mode: str = "auto",
     data_comm: SerialComm | MPIComm | None = None,
 ) -> TorchObjective:
-    """The objective of a trained run: its model and data, evaluated on the deterministic subset.
+    """The objective of a trained run: its model, data and loss (the run config's ``loss``, cross-entropy where it
+    has none), evaluated on the deterministic subset.
 
     Batch-norm running statistics are taken from checkpoint ``buffers_from`` (default: the last one,
     the centre of landscapes and the point the paper analyses). ``grid_batching`` ("auto" | "vmap" | "per_point")
@@ -85,7 +87,8 @@ def objective_for_trajectory(
     x, y = dataset.evaluation_subset(fraction, subset_seed)
     objective = TorchObjective(model, x, y, batch_size=batch_size, device=resolve_device(device),
                                dtype=resolve_dtype(dtype), hvp_memory_mb=hvp_memory_mb,
-                               grid_batching=grid_batching, hvp_mode=hvp_mode, data_comm=data_comm)
+                               grid_batching=grid_batching, hvp_mode=hvp_mode, data_comm=data_comm,
+                               loss=loss_of(config))
     if objective.layout != trajectory.layout:
         raise ValueError(f"{trajectory.path}: stored parameter layout does not match the model its config builds")
     if trajectory.buffer_layout:

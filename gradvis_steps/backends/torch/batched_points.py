@@ -42,6 +42,7 @@ from torch.utils._pytree import tree_flatten
 
 from ...core.layout import ParameterLayout
 from ...core.objective import Evaluation
+from .losses import TorchLoss
 from .plane import PlaneShortcut
 
 if TYPE_CHECKING:
@@ -122,14 +123,16 @@ class BatchedPoints:
     """Loss sums and correct counts of many points ``center + C @ D`` by ``vmap`` over stacked parameter sets.
 
     ``batches`` are the evaluation set's ``(x, y)`` batches; ``buffers`` the module's buffers (shared by all
-    points). The module must be in eval mode (batch statistics would mix the points)."""
+    points); ``criterion`` the run's loss (default cross-entropy). The module must be in eval mode (batch
+    statistics would mix the points)."""
 
     def __init__(self, module: nn.Module, layout: ParameterLayout, buffers: dict[str, torch.Tensor],
-                 batches: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+                 batches: Sequence[tuple[torch.Tensor, torch.Tensor]], criterion: TorchLoss | None = None):
         if module.training:
             raise ValueError("BatchedPoints needs a module in eval mode")
         self.module, self.layout, self.buffers = module, layout, buffers
         self.batches = list(batches)
+        self.criterion = criterion if criterion is not None else TorchLoss()
         self._bytes_per_point: int | None = None
         self._outputs: dict[int, torch.Tensor] = {}  # input layer index -> its (batched) output, during a call
         self._vmapped = vmap(self._forward, in_dims=(0, 0, None))
@@ -189,7 +192,8 @@ class BatchedPoints:
                 thetas = center.unsqueeze(0).repeat(count, 1)
             params = {spec.name: thetas[:, spec.slice].view(count, *spec.shape) for spec in self.layout}
             losses = torch.zeros(count, device=center.device, dtype=torch.float64)
-            corrects = torch.zeros(count, device=center.device, dtype=torch.long)
+            corrects = torch.zeros(count, device=center.device,
+                                   dtype=torch.long if self.criterion.name == "cross_entropy" else torch.float64)
             for b, (xb, yb) in enumerate(self.batches):
                 outputs = tuple(plane.batch_outputs(b, coefficients)) if plane is not None else ()
                 layers = self._installed(plane, xb)
@@ -198,10 +202,8 @@ class BatchedPoints:
                 finally:
                     for layer in layers:
                         del layer.forward
-                target = yb.view(1, -1, 1).expand(count, -1, 1)
-                nll = torch.logsumexp(logits, dim=2) - logits.gather(2, target).squeeze(2)
-                losses += nll.sum(dim=1, dtype=torch.float64)
-                corrects += (logits.argmax(dim=2) == yb).sum(dim=1)
+                losses += self.criterion.sums(logits, yb)
+                corrects += self.criterion.correct(logits, yb)
         return losses, corrects
 
 
@@ -216,7 +218,7 @@ def _budget_bytes(objective: TorchObjective) -> float:
 def _batched_points(objective: TorchObjective) -> BatchedPoints:
     if objective._batched_points is None:
         objective._batched_points = BatchedPoints(objective.module, objective.layout, objective.buffers,
-                                                  objective.reduction.batches())
+                                                  objective.reduction.batches(), objective.criterion)
     return objective._batched_points
 
 

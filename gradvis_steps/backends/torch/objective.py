@@ -4,7 +4,8 @@ The user's model is never mutated: the objective keeps its own eval-mode copy. L
 copy's own forward with its parameters turned into views of one flat "point" buffer, so a landscape point
 is loaded with one copy (or formed in place by :meth:`TorchObjective.evaluate_many`) and costs one plain
 forward pass (less on a plane: :mod:`.plane` serves the input layer from precomputed outputs), with the
-cross-entropy and argmax of many points reduced together; gradients and Hessian-vector products call
+loss (the run's, :class:`~.losses.TorchLoss`) and accuracy of many points reduced together; gradients and
+Hessian-vector products call
 ``torch.func.functional_call`` on views of a differentiable flat vector instead. Every reduction is a sum over
 samples divided by the number of samples (:class:`~.reduction.BatchReduction`), so each batch is weighted by its
 size (an uneven last batch counts exactly as much as it should; the original GradVis multiplied HVPs by the number
@@ -20,14 +21,15 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
 from ...core.objective import HVP_MEMORY_MB, Evaluation
 from ...core.parallel import MPIComm, SerialComm, shard_bounds
+from ...losses import check_targets
 from . import batched_points
 from .flat import flatten_parameters, layout_of, unflatten, unflatten_buffers
+from .losses import TorchLoss
 from .plane import PlaneShortcut
 from .point_hvp import PointHVP, forward_over_reverse
 from .reduction import BatchReduction
@@ -50,7 +52,10 @@ def choose_hvp_mode(seconds: dict[str, float]) -> str:
 
 
 class TorchObjective:
-    """Mean cross-entropy of ``model`` over ``(x, y)`` as a function of its flat trainable parameters."""
+    """Mean loss of ``model`` over ``(x, y)`` as a function of its flat trainable parameters.
+
+    ``loss``: the run's loss spec (:mod:`gradvis_steps.losses`; None: cross-entropy); its targets are checked
+    against the model's output width."""
 
     def __init__(
         self,
@@ -65,6 +70,7 @@ class TorchObjective:
         hvp_memory_mb: float = HVP_MEMORY_MB,
         grid_batching: str = "auto",
         data_comm: SerialComm | MPIComm | None = None,
+        loss: dict | str | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -97,11 +103,16 @@ class TorchObjective:
         start, stop = (0, n_samples) if data_comm is None or data_comm.size == 1 else \
             shard_bounds(n_samples, self.batch_size, data_comm.size, data_comm.rank)
         self.x = torch.as_tensor(x[start:stop]).to(device=self.device, dtype=dtype)
-        self.y = torch.as_tensor(y[start:stop]).to(device=self.device, dtype=torch.long)
+        #: the run's loss (targets in the form it takes them)
+        self.criterion = TorchLoss(loss)
+        self.y = self.criterion.targets(y[start:stop], self.device, dtype)
         #: the evaluation set's batches and the size-weighted mean over them (PointHVP and batched_points use it too);
         #: the one place where a data-parallel group's shards are summed
         self.reduction = BatchReduction(self.x, self.y, self.batch_size, n_samples=n_samples, comm=data_comm)
-        self._n_classes: int | None = None
+        with torch.no_grad():
+            self._n_classes: int = int(self.module(self.x[:1]).shape[-1])
+        check_targets(self.criterion.spec, y if isinstance(y, np.ndarray) else torch.as_tensor(y).cpu().numpy(),
+                      self._n_classes)
         self._plane: PlaneShortcut | None = None  # made at the first evaluate_many
         # evaluate_many's path (batched_points): "auto" | "vmap" | "per_point"; the choice made, for provenance;
         # the memory budget of a vectorized call (None: batched_points.MEMORY_BUDGET_MB of the device type)
@@ -148,8 +159,8 @@ class TorchObjective:
         return functional_call(self.module, (unflatten(theta, self.layout), self.buffers), (xb,))
 
     def loss_sum(self, theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy summed over the samples of one batch at ``theta`` (differentiable in ``theta``)."""
-        return F.cross_entropy(self._logits(theta, xb), yb, reduction="sum")
+        """The loss summed over the samples of one batch at ``theta`` (differentiable in ``theta``)."""
+        return self.criterion.sum(self._logits(theta, xb), yb)
 
     def _evaluate_point(self, logits_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One forward pass of the point loaded in the module over the evaluation set, no host sync.
@@ -167,8 +178,8 @@ class TorchObjective:
         loss = correct = None
         for xb, yb in self.reduction.batches():
             logits = self.module(xb)
-            batch_loss = F.cross_entropy(logits, yb, reduction="sum")
-            batch_correct = (logits.argmax(dim=1) == yb).sum()
+            batch_loss = self.criterion.sum(logits, yb)
+            batch_correct = self.criterion.correct(logits, yb)
             if loss is None:
                 loss, correct = batch_loss, batch_correct
             else:
@@ -177,21 +188,13 @@ class TorchObjective:
         return loss, correct
 
     def _reduce_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss sums (float64) and correct counts of ``(points, n_samples, classes)`` logits: the cross-entropy
-        ``logsumexp(z) - z_y`` and the argmax of all points in a handful of kernels instead of a handful per
-        point (``logsumexp`` rather than ``log_softmax``: the latter is several times slower over a short
-        class axis on CPUs)."""
-        target = self.y.view(1, -1, 1).expand(logits.shape[0], -1, 1)
-        nll = torch.logsumexp(logits, dim=2) - logits.gather(2, target).squeeze(2)
-        losses = nll.sum(dim=1, dtype=torch.float64)
-        correct = (logits.argmax(dim=2) == self.y).sum(dim=1)
-        return losses, correct
+        """Loss sums (float64) and correct counts of ``(points, n_samples, classes)`` logits, all points in a
+        handful of kernels instead of a handful per point (cross-entropy: ``logsumexp(z) - z_y``, rather than
+        ``log_softmax``, several times slower over a short class axis on CPUs)."""
+        return self.criterion.sums(logits, self.y), self.criterion.correct(logits, self.y)
 
     def _points_per_reduction(self, n_points: int) -> int:
         """How many points' logits are kept for one :meth:`_reduce_logits` (0: too large, reduce per point)."""
-        if self._n_classes is None:
-            with torch.no_grad():
-                self._n_classes = int(self.module(self.x[:1]).shape[-1])
         per_point = len(self.y) * self._n_classes
         return min(n_points, LOGITS_BUFFER_ELEMENTS // per_point)
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...core.training import TrainSettings, run_training
@@ -21,6 +20,7 @@ from .flat import (
     load_flat_parameters,
     unflatten_buffers,
 )
+from .losses import TorchLoss
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -93,9 +93,11 @@ def _step_dtype() -> torch.dtype:
 
 
 def train(model: nn.Module, dataset: ArrayDataset, settings: TrainSettings, writer: TrajectoryWriter,
-          device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
+          device: torch.device | str = "cpu", progress: bool = True,
+          loss: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` on the dataset's training split with torch's SGD, Adam or AdamW, the learning rate of each
-    step from the schedule, appending checkpoints to ``writer`` (the loop, its checkpoints, resume and divergence
+    step from the schedule, on the mean of the run's ``loss`` over each batch (a spec of :mod:`gradvis_steps.losses`;
+    None: cross-entropy), appending checkpoints to ``writer`` (the loop, its checkpoints, resume and divergence
     check: :func:`~...core.training.run_training`)."""
     device = torch.device(device)
     model.to(device)
@@ -103,19 +105,20 @@ def train(model: nn.Module, dataset: ArrayDataset, settings: TrainSettings, writ
     layout = layout_of(model)
     optimizer = make_optimizer(model, settings)
     x = torch.as_tensor(dataset.x_train).to(device)
-    y = torch.as_tensor(dataset.y_train).to(device=device, dtype=torch.long)
+    criterion = TorchLoss(loss)
+    y = criterion.targets(dataset.y_train, device, x.dtype)
 
     def snapshot() -> tuple[np.ndarray, np.ndarray]:
         return flatten_parameters(model, layout).cpu().float().numpy(), flatten_buffers(model)
 
     def step(batch: torch.Tensor, lr: float) -> float:
-        loss = F.cross_entropy(model(x[batch]), y[batch])
+        batch_loss = criterion.mean(model(x[batch]), y[batch])
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch_loss.backward()
         optimizer.step()
-        return float(loss.detach())
+        return float(batch_loss.detach())
 
     def optimizer_state() -> dict[str, np.ndarray]:
         return {**optimizer_vectors(optimizer, model, layout, settings), "torch_rng": torch.get_rng_state().numpy()}
