@@ -33,32 +33,22 @@ Importing this module imports neither torch nor TensorFlow: each class loads its
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .backends.tensorflow.recorder import BatchLoss, KerasRecorder
-    from .backends.torch.recorder import Recorder, describe_optimizer
-
-_CLASSES = {
-    "Recorder": ("torch", "Recorder"),
-    "describe_optimizer": ("torch", "describe_optimizer"),  # a torch optimizer as JSON
-    "KerasRecorder": ("tensorflow", "KerasRecorder"),
-    "BatchLoss": ("tensorflow", "BatchLoss"),
-}
+#: the public names and the framework whose backend offers each (``Backend.recording``)
+_FRAMEWORK = {"Recorder": "torch", "describe_optimizer": "torch", "KerasRecorder": "tensorflow",
+              "BatchLoss": "tensorflow"}
 
 
 def __getattr__(name: str) -> Any:
-    """Load ``Recorder`` (torch) or ``KerasRecorder`` (TensorFlow) from their backend at the first use."""
-    if name not in _CLASSES:
+    """``Recorder`` (torch) or ``KerasRecorder`` (TensorFlow), from their backend through the registry at the first
+    use (a one-line error when the framework is not installed)."""
+    if name not in _FRAMEWORK:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    framework, attribute = _CLASSES[name]
     from .backends import backend
 
-    backend(framework)  # a one-line error when the framework is not installed
-    import importlib
-
-    module = importlib.import_module(f"{__package__}.backends.{framework}.recorder")
-    return getattr(module, attribute)
+    return backend(_FRAMEWORK[name]).recording[name]
 
 
-__all__ = ["BatchLoss", "KerasRecorder", "Recorder", "describe_optimizer"]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_FRAMEWORK])

@@ -10,8 +10,8 @@ imports its package (and so its framework) only when the backend is first asked 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -47,6 +47,8 @@ class Backend:
       names its parameters and buffers (before any wrapper prefix is stripped), in the file's dtypes, and the key the
       state dict was nested under (None: not nested); never runs code from the file; one-line ValueError for a file
       it cannot read. None: the backend reads no checkpoint files (the import step says so).
+    - ``recording``: what :mod:`gradvis_steps.record` offers a user of the framework, by name (torch: ``Recorder``,
+      ``describe_optimizer``; tensorflow: ``KerasRecorder``, ``BatchLoss``); empty: no recorder.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Backend:
     buffer_layout: Callable[[Any], list[dict]]
     train: Callable[..., dict[str, Any]]
     load_checkpoint: Callable[[Any, Any], tuple[dict[str, Any], str | None]] | None = None
+    recording: Mapping[str, Any] = field(default_factory=dict)
 
 
 _loaders: dict[str, Callable[[], Backend]] = {}

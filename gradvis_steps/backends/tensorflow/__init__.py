@@ -34,6 +34,7 @@ from .checkpoint_files import load_checkpoint  # noqa: E402
 from .flat import assign_like, buffer_layout, layout_of  # noqa: E402
 from .models import build_model, inputs_in  # noqa: E402
 from .objective import DTYPES, HVP_MODE_CHOICES, TFHessianOperator, TFObjective, channels_last  # noqa: E402
+from .recorder import BatchLoss, KerasRecorder  # noqa: E402
 from .training import train  # noqa: E402
 
 _DEVICE = re.compile(r"^(cpu|gpu|cuda)(?::(\d+))?$")
@@ -166,6 +167,7 @@ BACKEND = Backend(
     buffer_layout=buffer_layout,
     train=train,
     load_checkpoint=load_checkpoint,
+    recording={"BatchLoss": BatchLoss, "KerasRecorder": KerasRecorder},
 )
 
 __all__ = [

@@ -22,6 +22,7 @@ from .flat import buffer_layout, layout_of
 from .lanczos_graphs import clear_lanczos_graphs, set_cuda_graphs  # registers the CUDA-graph Lanczos loop
 from .models import build_model
 from .objective import TorchObjective
+from .recorder import Recorder, describe_optimizer
 from .reduction import BatchReduction
 from .training import train
 
@@ -106,6 +107,7 @@ BACKEND = Backend(
     buffer_layout=buffer_layout,
     train=train,
     load_checkpoint=load_checkpoint,
+    recording={"Recorder": Recorder, "describe_optimizer": describe_optimizer},
 )
 
 __all__ = [
