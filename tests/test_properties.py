@@ -710,7 +710,7 @@ def constrained_keys(node: dict, path: tuple[str, ...] = ()) -> list[tuple[tuple
         return [(path, node)]
     found = [(path, node)]
     for key, child in node["properties"].items():
-        if path or key not in ("experiments", "description", "datasets", "models", "external_runs"):
+        if path or key not in ("experiments", "description", "datasets", "models", "losses", "external_runs"):
             found += constrained_keys(child, (*path, key))
     return found
 
@@ -749,6 +749,10 @@ def bad_scalars(node: dict):
             options.append(st.just(""))
     elif kind == ["string", "null"]:
         options.append(st.integers())
+    elif kind == ["integer", "null"]:  # (train.step_every: an iteration count, or null)
+        if "minimum" in node:
+            options.append(st.integers(node["minimum"] - 10**6, node["minimum"] - 1))
+        options.append(names | floats(-1e6, 1e6).filter(lambda v: v != int(v)))
     elif "oneOf" in node:  # centre, sigma, group_size, ranks_per_group: a negative number or another word
         options.append(st.integers(-10**6, -1) | names.filter(lambda v: v not in ("last", "auto")))
     assert options, f"no bad value for {node}"
