@@ -68,6 +68,21 @@ def check(spec: dict[str, Any]) -> dict[str, Any]:
     return dict(spec)
 
 
+class LossSpec:
+    """A checked loss spec as a backend's loss class starts from: its name, whether it classifies, and for a custom
+    loss the user's function with its options bound (``self.custom(outputs, targets)``; None otherwise)."""
+
+    def __init__(self, spec: dict[str, Any] | str | None = None):
+        self.spec = normalize(spec)
+        self.name = self.spec["name"]
+        self.classification = is_classification(self.name)
+        self.custom = None
+        if self.name == "custom":
+            options = {k: v for k, v in self.spec.items() if k not in ("name", "entry_point")}
+            function = load_entry_point(self.spec["entry_point"])
+            self.custom = lambda z, y: function(z, y, **options)
+
+
 def loss_of(config: dict[str, Any]) -> dict[str, Any]:
     """The loss spec of a run config (a trajectory's ``config``): its ``loss``, or cross-entropy when it has none."""
     return normalize(config.get("loss"))

@@ -28,3 +28,17 @@ def train_tiny(path: Path, seed: int, *extra: object) -> Path:
     step(train_step, "--model", "lenet", "--model-option", "widths=[3,4,16,12]", "--epochs", 1, "--batch-size", 128,
          "--lr", 0.05, "--seed", seed, "--no-progress", "--out", path, *extra)
     return path
+
+
+def interrupt_after(writer, appends: int) -> None:
+    """Make ``writer`` raise KeyboardInterrupt (as Ctrl-C would) at its ``appends + 1``-th checkpoint: training stops
+    there with its ``.partial`` file and resume state as an interrupted run leaves them."""
+    original, calls = writer.append, [0]
+
+    def failing_append(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > appends:
+            raise KeyboardInterrupt
+        original(*args, **kwargs)
+
+    writer.append = failing_append

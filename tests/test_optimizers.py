@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from step_helpers import interrupt_after
 
 from gradvis_steps.backends import backend
 from gradvis_steps.backends.torch.flat import flatten_parameters
@@ -177,15 +178,7 @@ def _train(framework: str, path, data, settings: TrainSettings, fail_after: int 
 
     model, writer = fresh(1)
     if fail_after is not None:
-        original, calls = writer.append, [0]
-
-        def failing_append(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] > fail_after:
-                raise KeyboardInterrupt
-            original(*args, **kwargs)
-
-        writer.append = failing_append
+        interrupt_after(writer, fail_after)
         with pytest.raises(KeyboardInterrupt):
             chosen.train(model, data, settings, writer, device=chosen.resolve_device("cpu"), progress=False)
         writer.close()
@@ -219,6 +212,7 @@ def test_a_resumed_run_equals_the_uninterrupted_one_bitwise(tmp_path, small_digi
 #: cleanup, the file left open) when the trajectory is about to take checkpoint number KILL + 1
 KILLABLE = """
 import json, os, signal, sys
+from step_helpers import interrupt_after
 from gradvis_steps import train
 from gradvis_steps.storage import trajectory
 kill, calls, append = int(sys.argv[1]), [0], trajectory.TrajectoryWriter.append

@@ -14,6 +14,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow", reason="the tensorflow backend needs TensorFlow (the 'tensorflow' extra)")
 
+from step_helpers import interrupt_after  # noqa: E402
 from tf_helpers import few_tf_threads, float64_copy  # noqa: E402
 
 few_tf_threads()
@@ -120,15 +121,7 @@ def _train_resnet(path, digits, fail_after: int | None) -> tuple[np.ndarray, np.
     model = model_for(config, digits)
     writer = TrajectoryWriter(path, tf_backend.parameter_layout(model), tf_backend.buffer_layout(model), config, {})
     if fail_after is not None:
-        original, calls = writer.append, [0]
-
-        def failing_append(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] > fail_after:
-                raise KeyboardInterrupt
-            original(*args, **kwargs)
-
-        writer.append = failing_append
+        interrupt_after(writer, fail_after)
         with pytest.raises(KeyboardInterrupt):
             tf_backend.train(model, digits, settings, writer, progress=False)
         writer.close()

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from step_helpers import interrupt_after
 
 from gradvis_steps import train as train_step
 from gradvis_steps.backends.torch.flat import buffer_layout, layout_of
@@ -76,15 +77,7 @@ def _trajectory_with_interrupt(tmp_path, digits, fail_after: int | None):
     out = tmp_path / "resume.h5"
     writer = TrajectoryWriter(out, layout_of(model), buffer_layout(model), config, {})
     if fail_after is not None:
-        original, calls = writer.append, [0]
-
-        def failing_append(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] > fail_after:
-                raise KeyboardInterrupt
-            original(*args, **kwargs)
-
-        writer.append = failing_append
+        interrupt_after(writer, fail_after)
         with pytest.raises(KeyboardInterrupt):
             train(model, digits, settings, writer, progress=False)
         writer.close()

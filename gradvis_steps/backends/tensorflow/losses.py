@@ -7,27 +7,15 @@ as it always was here, so its sums and means are bitwise those of earlier versio
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from ...entry_points import load_entry_point
-from ...losses import is_classification, normalize
+from ...losses import LossSpec
 
 
-class TFLoss:
+class TFLoss(LossSpec):
     """The loss a spec names, as TensorFlow functions of outputs ``z`` ``(n, d)`` and targets ``y``."""
-
-    def __init__(self, spec: dict[str, Any] | str | None = None):
-        self.spec = normalize(spec)
-        self.name = self.spec["name"]
-        self.classification = is_classification(self.name)
-        self._custom = None
-        if self.name == "custom":
-            options = {k: v for k, v in self.spec.items() if k not in ("name", "entry_point")}
-            function = load_entry_point(self.spec["entry_point"])
-            self._custom = lambda z, y: function(z, y, **options)
 
     def targets(self, y: np.ndarray, dtype: tf.DType) -> tf.Tensor:
         """The targets as this loss takes them: int64 classes for cross-entropy; ``(n, d)`` in the objective's
@@ -49,7 +37,7 @@ class TFLoss:
             return tf.reduce_mean(tf.square(z - y), axis=-1)
         if self.name == "bce_with_logits":
             return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z), axis=-1)
-        losses = self._custom(z, y)
+        losses = self.custom(z, y)
         if losses.shape.rank != 1:
             raise ValueError(f"loss {self.spec['entry_point']!r} returned shape {tuple(losses.shape)}; expected "
                              "the per-sample losses, a tensor of shape (n,)")

@@ -9,28 +9,16 @@ earlier versions; the other losses sum per-sample values.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...entry_points import load_entry_point
-from ...losses import is_classification, normalize
+from ...losses import LossSpec
 
 
-class TorchLoss:
+class TorchLoss(LossSpec):
     """The loss a spec names, as torch functions of outputs ``z`` and targets ``y`` (made by :meth:`targets`)."""
-
-    def __init__(self, spec: dict[str, Any] | str | None = None):
-        self.spec = normalize(spec)
-        self.name = self.spec["name"]
-        self.classification = is_classification(self.name)
-        self._custom = None
-        if self.name == "custom":
-            options = {k: v for k, v in self.spec.items() if k not in ("name", "entry_point")}
-            function = load_entry_point(self.spec["entry_point"])
-            self._custom = lambda z, y: function(z, y, **options)
 
     def targets(self, y: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The targets as this loss takes them: class indices (int64) for cross-entropy; ``(n, d)`` floats in the
@@ -61,7 +49,7 @@ class TorchLoss:
         return self._call_custom(z, y)
 
     def _call_custom(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        losses = self._custom(z, y)
+        losses = self.custom(z, y)
         if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (len(z),):
             shape = tuple(losses.shape) if hasattr(losses, "shape") else type(losses).__name__
             raise ValueError(f"loss {self.spec['entry_point']!r} returned {shape} for {len(z)} samples; expected "
