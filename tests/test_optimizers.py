@@ -212,7 +212,6 @@ def test_a_resumed_run_equals_the_uninterrupted_one_bitwise(tmp_path, small_digi
 #: cleanup, the file left open) when the trajectory is about to take checkpoint number KILL + 1
 KILLABLE = """
 import json, os, signal, sys
-from step_helpers import interrupt_after
 from gradvis_steps import train
 from gradvis_steps.storage import trajectory
 kill, calls, append = int(sys.argv[1]), [0], trajectory.TrajectoryWriter.append
