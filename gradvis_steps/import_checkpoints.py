@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import re
 import sys
@@ -42,15 +41,13 @@ from tqdm import tqdm
 
 from . import cli
 from .backends import backend, known_backends
-from .losses import normalize
-from .provenance import provenance
+from .losses import DEFAULT_LOSS, normalize
+from .provenance import file_sha256, provenance
 
 #: file name endings of checkpoint files (folders are scanned for these)
 SUFFIXES = (".pt", ".pth", ".ckpt", ".t7", ".safetensors", ".weights.h5")
 #: name beginnings of files a folder scan skips: Li et al.'s optimizer states (``opt_state_{epoch}.t7``)
 SKIPPED_IN_FOLDERS = ("opt_state_",)
-#: the loss recorded when none is given
-DEFAULT_LOSS = {"name": "cross_entropy"}
 SHOWN = 5  # names shown in an error line before "and N more"
 _DIGITS = re.compile(r"\d+")
 
@@ -155,14 +152,6 @@ def find_checkpoints(paths: list[str], iterations: list[int] | None = None) -> l
                          f"{f' (and {len(shared) - 1} more numbers are shared)' if len(shared) > 1 else ''}; "
                          "select one run's files with a glob, or give --iterations")
     return [(number, group[0]) for number, group in sorted(numbered.items())]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_arrays(path: Path, framework: Any, model: Any) -> tuple[dict[str, np.ndarray], str | None]:
@@ -327,7 +316,7 @@ def import_checkpoints(paths: list[str], out: str | Path, *, framework: str, dat
     start = time.perf_counter()
     checkpoints = find_checkpoints(paths, iterations)
     target = target_model(framework, dataset, model)
-    hashes = [sha256_of(path) for _, path in checkpoints]
+    hashes = [file_sha256(path) for _, path in checkpoints]
     config = run_config(framework, dataset, model, loss, checkpoints, hashes)
     files: list[dict[str, Any]] = []
     rounded: dict[str, list[str]] = {}
@@ -379,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="lenet | mlp | resnet20 | resnet | custom")
     parser.add_argument("--model-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
                         help="model option, e.g. widths=[6,16,120,84] or entry_point=mymod:net (repeatable)")
-    parser.add_argument("--loss", default=DEFAULT_LOSS["name"],
+    parser.add_argument("--loss", default=DEFAULT_LOSS,
                         help="the loss the run trained with: cross_entropy | mse | bce_with_logits | custom")
     parser.add_argument("--loss-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
                         help="loss option, e.g. entry_point=mymod:loss (repeatable)")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cli
+from .provenance import file_sha256
 
 FLUSH_SECONDS = 10.0
 POINTS_PER_CALL = 16  # grid points per batched objective call (one host sync each), between flushes
@@ -110,14 +111,6 @@ class PartialStore:
     def remove_all(self) -> None:
         for path in self.folder.glob(self.pattern):
             path.unlink(missing_ok=True)
-
-
-def file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         # the same values whichever path evaluates them (to float rounding): a resume may change --grid-batching
         same_points = {key: value for key, value in config.items() if key != "grid_batching"}
         signature = json.dumps({**same_points, "axes": [a.tolist() for a in grid.axes], "run": traj.run["digest"],
-                                "directions_digest": file_digest(args.directions)}, sort_keys=True)
+                                "directions_digest": file_sha256(args.directions)[:16]}, sort_keys=True)
         signature = hashlib.sha256(signature.encode()).hexdigest()
         partial = PartialStore(out, signature, comm.rank)
         values = PointValues.empty(grid.n_points)

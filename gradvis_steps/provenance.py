@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import socket
 import sys
@@ -23,6 +24,15 @@ _PACKAGES = ("numpy", "scipy", "torch", "tensorflow", "tensorflow-cpu", "keras",
 def config_hash(config: dict[str, Any]) -> str:
     """Short SHA-256 of the canonical JSON of a config (same settings -> same hash)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks: what an input's content was."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

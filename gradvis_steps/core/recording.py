@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from ..core.layout import ParameterLayout
-from ..losses import normalize
 from ..storage.trajectory import Trajectory, TrajectoryWriter, partial_path
 
 
@@ -34,13 +33,6 @@ def as_spec(value: str | dict[str, Any], what: str) -> dict[str, Any]:
     if isinstance(value, dict) and isinstance(value.get("name"), str):
         return dict(value)
     raise ValueError(f"{what} must be 'module:function', a built-in name or a dict with a 'name', got {value!r}")
-
-
-def loss_spec(value: str | dict[str, Any]) -> dict[str, Any]:
-    """The run's loss spec: a name (``"cross_entropy"``) -> ``{"name": name}``, a dict (with a ``name``) as given;
-    checked as the train step checks its ``--loss`` (:func:`gradvis_steps.losses.normalize`), so a recording never
-    starts with a loss the analyses could not evaluate."""
-    return normalize(value)
 
 
 def recorded_config(framework: str, dataset: dict[str, Any], model: dict[str, Any], loss: dict[str, Any],
@@ -209,4 +201,4 @@ class RecordingSession:
         return None
 
 
-__all__ = ["RecordingSession", "as_spec", "loss_spec", "model_inputs", "recorded_config"]
+__all__ = ["RecordingSession", "as_spec", "model_inputs", "recorded_config"]

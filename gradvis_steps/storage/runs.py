@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ..losses import DEFAULT_LOSS
+
 #: the attribute (HDF5) or key (JSON) that holds a result's runs
 ATTRIBUTE = "runs"
 DIGEST_CHARS = 16  # stored; messages show the first SHOWN_CHARS
@@ -71,8 +73,8 @@ def label(config: dict[str, Any]) -> str:
         if key in train:
             value = train[key]
             text += f" {short} {value:g}" if isinstance(value, float) else f" {short} {value}"
-    loss = (config.get("loss") or {}).get("name", "cross_entropy")
-    if loss != "cross_entropy":
+    loss = (config.get("loss") or {}).get("name", DEFAULT_LOSS)
+    if loss != DEFAULT_LOSS:
         text += f" loss {loss}"
     framework = config.get("framework", "torch")
     return text if framework == "torch" else f"{text} ({framework})"

@@ -22,9 +22,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from ...core.recording import RecordingSession, as_spec, loss_spec, model_inputs, recorded_config
+from ...core.recording import RecordingSession, as_spec, model_inputs, recorded_config
+from ...losses import normalize
 from ...provenance import provenance
-from .flat import buffer_layout, flatten_buffers, layout_of
+from .flat import buffer_layout, flatten_buffers, flatten_parameters, layout_of
 from .models import build_model
 
 
@@ -105,7 +106,7 @@ class KerasRecorder(keras.callbacks.Callback):
                  batch_loss_key: str | None = None):
         super().__init__()
         self.path = Path(path)
-        self._specs = (as_spec(dataset_spec, "dataset_spec"), as_spec(model_spec, "model_spec"), loss_spec(loss))
+        self._specs = (as_spec(dataset_spec, "dataset_spec"), as_spec(model_spec, "model_spec"), normalize(loss))
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
         self.every, self.optimizer_description, self.batch_loss_key = every, optimizer, batch_loss_key
@@ -136,9 +137,7 @@ class KerasRecorder(keras.callbacks.Callback):
                                 same_layout=_same_layout)
 
     def _snapshot(self) -> tuple[np.ndarray, np.ndarray]:
-        values = [np.asarray(v.numpy()).reshape(-1) for v in self.model.trainable_variables]
-        params = np.concatenate(values) if values else np.zeros(0)
-        return params.astype(np.float32), flatten_buffers(self.model)
+        return flatten_parameters(self.model).astype(np.float32), flatten_buffers(self.model)
 
     def _steps(self) -> int:
         return int(np.asarray(self.model.optimizer.iterations.numpy()))

@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from ...core.layout import ParameterLayout
-from ...core.recording import RecordingSession, as_spec, loss_spec, model_inputs, recorded_config
+from ...core.recording import RecordingSession, as_spec, model_inputs, recorded_config
+from ...losses import normalize
 from ...provenance import provenance
-from .flat import buffer_layout, flatten_buffers, layout_of
+from .flat import buffer_layout, flatten_buffers, flatten_parameters, layout_of
 from .models import build_model
 
 
@@ -79,7 +80,7 @@ class Recorder:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         description = describe_optimizer(optimizer) if isinstance(optimizer, torch.optim.Optimizer) else optimizer
         config = recorded_config("torch", as_spec(dataset_spec, "dataset_spec"), as_spec(model_spec, "model_spec"),
-                                 loss_spec(loss), description, every)
+                                 normalize(loss), description, every)
         self.model = model
         self.layout = layout_of(model)
         buffers = buffer_layout(model)
@@ -113,9 +114,7 @@ class Recorder:
     # -- recording ---------------------------------------------------------------------------------------------
     def _snapshot(self) -> tuple[np.ndarray, np.ndarray]:
         """theta (float32, layout order) and the buffers (float64), on the host: as the train step stores them."""
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            flat = torch.cat([params[spec.name].detach().reshape(-1) for spec in self.layout])
+        flat = flatten_parameters(self.model, self.layout)
         return flat.to("cpu", torch.float32).numpy(), flatten_buffers(self.model)
 
     @property
