@@ -63,9 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group-size", type=int, default=10, help="block size of the batched path, when present")
     p.add_argument("--repeats", type=int, default=5, help="alternating rounds of the per-call timings (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and the data (default 0)")
-    p.add_argument("--hvp-memory-mb", type=float, default=None,
-                   help="memory for the gradient graphs our operator keeps (default: the objective's, 512);\n"
-                        "batches beyond it are recomputed per product (the table says how many were kept)")
+    p.add_argument("--hvp-memory-mb", type=C.memory_budget, default=None,
+                   help="memory (MiB, or auto) for the gradient graphs our operator keeps (default: the\n"
+                        "objective's, auto); batches beyond it are recomputed per product (the table says how\n"
+                        "many were kept)")
     args = p.parse_args(argv)
     args.models = [name for item in args.models for name in item.split(",") if name]
     if args.samples % args.batch_size:

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from .core.memory import check_memory_budget, keep_freed_memory  # noqa: F401 (steps call cli.keep_freed_memory)
 from .core.objective import HVP_MEMORY_MB
 
 #: Errors that mean "bad input": reported in one line naming the problem, exit status 2.
@@ -31,11 +32,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+def memory_budget(text: str) -> float | str:
+    """``auto`` or a number of MiB >= 0 (``inf``: no limit)."""
+    try:
+        return check_memory_budget(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number >= 0, got {text}") from None
 
 
 def fraction(text: str) -> float:
@@ -61,11 +63,12 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, *, hessian: bool =
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     if hessian:
-        parser.add_argument("--hvp-memory-mb", type=non_negative_float, default=HVP_MEMORY_MB,
-                            help="memory the Hessian-vector products at one point may take: the gradient graphs kept "
-                                 "between products (each product is then one backward pass per batch) and the "
+        parser.add_argument("--hvp-memory-mb", type=memory_budget, default=HVP_MEMORY_MB,
+                            help="memory (MiB) the Hessian-vector products at one point may take: the gradient graphs "
+                                 "kept between products (each product is then one backward pass per batch) and the "
                                  "working memory of a block of vectors (0: recompute the graphs, one vector at a "
-                                 "time)")
+                                 "time; auto, the default: half the memory available when the point starts, split "
+                                 "between the ranks of a node)")
         parser.add_argument("--hvp-mode", choices=("auto", "double_backprop", "forward_over_reverse"), default="auto",
                             help="how Hessian-vector products are taken; auto: double backprop for one vector at a "
                                  "time on a CPU, otherwise the faster of the two timed at the first point (recorded "
@@ -116,23 +119,6 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
 def spec(name: str, options: list[tuple[str, Any]] | None) -> dict[str, Any]:
     """A ``{"name": ..., **options}`` spec (datasets, models) from ``--x NAME --x-option k=v``."""
     return {"name": name, **dict(options or [])}
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory in the heap (trim threshold 1 GiB) and to serve blocks of up to 32 MiB from
-    it instead of fresh ``mmap``s, for a process that evaluates a model over and over: otherwise every forward
-    pass returns its activations to the OS and page-faults them in again (measured: about 10 % of a CPU forward
-    pass of ResNet-20, bench/README.md). No-op (False) where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def take_settings_option(argv: list[str]) -> tuple[list[str], str | None]:

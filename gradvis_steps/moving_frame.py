@@ -235,7 +235,7 @@ def _centre(args: argparse.Namespace, staging: Path, work: Path, trajectory: lis
             _step(eigendirections, [
                 *trajectory, "--out", os.fspath(eig), "--iteration", str(iteration), "--which", args.which,
                 "--target", repr(args.target), "--count", str(args.count), "--steps", str(args.steps),
-                "--seed", str(args.seed), "--hvp-memory-mb", repr(args.hvp_memory_mb),
+                "--seed", str(args.seed), "--hvp-memory-mb", str(args.hvp_memory_mb),
                 "--hvp-mode", args.hvp_mode, *evaluation])
         unaligned = work / f"directions_{iteration:06d}.h5"
         _step(directions, [

@@ -42,3 +42,11 @@ def interrupt_after(writer, appends: int) -> None:
         original(*args, **kwargs)
 
     writer.append = failing_append
+
+
+def without_memory(hvp_record: dict) -> dict:
+    """An output's provenance ``hvp`` record less ``memory_mb`` (the automatic budget taken: it varies with the
+    memory free at the time), checked to be a positive number of MiB."""
+    record = dict(hvp_record)
+    assert record.pop("memory_mb") > 0
+    return record

@@ -91,14 +91,18 @@ def test_auto_mode_is_resolved_by_timing_both_and_recorded(eval_data):
     theta = objective.initial_point()
     untimed = TorchObjective(tiny_lenet(), x, y, batch_size=7, dtype=torch.float64, hvp_mode="auto")
     # one vector at a time on a CPU: double backprop, untimed (the same bits every run)
-    assert untimed.calibrate_hvp(theta, block=1) == {"mode": "double_backprop", "chosen_by": "auto on a CPU (untimed)"}
+    untimed_record = untimed.calibrate_hvp(theta, block=1)
+    assert untimed_record.pop("memory_mb") == pytest.approx(untimed.hvp_budget_bytes() / 2**20, rel=0.5)
+    assert untimed_record == {"mode": "double_backprop", "chosen_by": "auto on a CPU (untimed)"}
     record = objective.calibrate_hvp(theta, block=3)
     assert record["chosen_by"] == "calibration" and record["block"] == 3
     assert set(record["seconds_per_vector"]) == set(HVP_MODES)
     assert objective.hvp_mode == record["mode"] in HVP_MODES
     assert objective.hvp_operator(theta).mode == record["mode"]
     fixed = TorchObjective(tiny_lenet(), x, y, batch_size=7, dtype=torch.float64, hvp_mode="forward_over_reverse")
-    assert fixed.calibrate_hvp(theta) == {"mode": "forward_over_reverse", "chosen_by": "config"}
+    fixed_record = fixed.calibrate_hvp(theta)
+    assert fixed_record.pop("memory_mb") > 0  # the automatic budget taken, in MiB
+    assert fixed_record == {"mode": "forward_over_reverse", "chosen_by": "config"}
 
 
 def test_auto_mode_takes_forward_over_reverse_only_by_a_clear_margin():

@@ -212,7 +212,7 @@ def test_bad_inputs_are_named():
         TorchObjective(model, x, np.zeros(4, dtype=np.int64), batch_size=0)
     with pytest.raises(ValueError, match="hvp_mode 'bogus'"):
         TorchObjective(model, x, np.zeros(4, dtype=np.int64), hvp_mode="bogus")
-    with pytest.raises(ValueError, match="hvp_memory_mb must be >= 0.*got -1"):
+    with pytest.raises(ValueError, match="hvp_memory_mb must be .auto. or a number >= 0.*got -1"):
         TorchObjective(model, x, np.zeros(4, dtype=np.int64), hvp_memory_mb=-1)
     with pytest.raises(ValueError, match="loss 'cross_entropy' needs integer class targets, got float64 targets"):
         TorchObjective(model, x, np.zeros(4))  # float labels are not cast to classes

@@ -22,9 +22,9 @@ from .layout import ParameterLayout
 
 Array = Any  # the backend's array type (e.g. torch.Tensor)
 
-#: Default memory (MiB) a backend may keep between the Hessian-vector products at one point
-#: (:meth:`Objective.hvp_operator`): the gradient graphs of the evaluation batches.
-HVP_MEMORY_MB = 512.0
+#: Default memory (MiB, or "auto": :func:`~.memory.budget_bytes`) a backend may keep between the Hessian-vector
+#: products at one point (:meth:`Objective.hvp_operator`): the gradient graphs of the evaluation batches.
+HVP_MEMORY_MB: float | str = "auto"
 
 
 @dataclass(frozen=True)

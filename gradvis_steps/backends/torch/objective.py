@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable
 
@@ -24,10 +25,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
+from ...core.memory import budget_bytes, check_memory_budget, host_available_bytes, keep_freed_memory
 from ...core.objective import HVP_MEMORY_MB, Evaluation
 from ...core.parallel import MPIComm, SerialComm, shard_bounds
 from ...losses import check_targets
 from . import batched_points
+from .affine_norm import batch_norm_as_affine
 from .flat import flatten_parameters, layout_of, unflatten, unflatten_buffers
 from .losses import TorchLoss
 from .plane import PlaneShortcut
@@ -40,6 +43,9 @@ HVP_MODE_CHOICES = ("auto", *HVP_MODES)
 #: ``"auto"`` takes forward-over-reverse only when it is at least this much faster than double backprop (the
 #: default, whose products equal earlier results bitwise), so near ties do not flip between runs.
 AUTO_MODE_MARGIN = 1.15
+#: working memory (MiB) of a block of vector products under ``hvp_memory_mb="auto"`` (about one batch graph per
+#: vector; a pinned budget gives blocks what its kept graphs leave instead)
+AUTO_BLOCK_MB = 1024
 #: logits (floats) kept for one batched loss/accuracy reduction over several points (16 MiB in float32)
 LOGITS_BUFFER_ELEMENTS = 1 << 22
 
@@ -67,7 +73,7 @@ class TorchObjective:
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         hvp_mode: str = "double_backprop",
-        hvp_memory_mb: float = HVP_MEMORY_MB,
+        hvp_memory_mb: float | str = HVP_MEMORY_MB,
         grid_batching: str = "auto",
         data_comm: SerialComm | MPIComm | None = None,
         loss: dict | str | None = None,
@@ -76,9 +82,9 @@ class TorchObjective:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if hvp_mode not in HVP_MODE_CHOICES:
             raise ValueError(f"hvp_mode {hvp_mode!r} is not one of {HVP_MODE_CHOICES}")
-        if not hvp_memory_mb >= 0:
-            raise ValueError(f"hvp_memory_mb must be >= 0 (0: keep no gradient graphs), got {hvp_memory_mb}")
-        self.hvp_memory_mb = float(hvp_memory_mb)
+        #: MiB the Hessian products at one point may keep, or "auto" (:meth:`hvp_budget_bytes`)
+        self.hvp_memory_mb = check_memory_budget(hvp_memory_mb)
+        keep_freed_memory()  # this object evaluates the model over and over: keep freed activations in the heap
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need as many labels as inputs (and at least one): got {len(x)} and {len(y)}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -98,6 +104,10 @@ class TorchObjective:
         for p in self.module.parameters():  # the copy's own parameters are never used for gradients
             p.requires_grad_(False)
         self.buffers = {name: b for name, b in self.module.named_buffers()}
+        # Hessian products take evaluation-mode batch norm as the affine map it is (affine_norm: same function,
+        # cheaper double backward); a model without batch-norm modules skips the function mode's per-call cost
+        self._hessian_context = batch_norm_as_affine if any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.module.modules()) else contextlib.nullcontext
         # Algorithm 4: in a data-parallel group this rank keeps only its shard of whole batches (on its device)
         n_samples = len(x)
         start, stop = (0, n_samples) if data_comm is None or data_comm.size == 1 else \
@@ -161,6 +171,13 @@ class TorchObjective:
     def loss_sum(self, theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """The loss summed over the samples of one batch at ``theta`` (differentiable in ``theta``)."""
         return self.criterion.sum(self._logits(theta, xb), yb)
+
+    def hessian_loss_sum(self, theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """:meth:`loss_sum` for second derivatives: the same function, with evaluation-mode batch norm written as
+        its affine map (:mod:`.affine_norm`), whose double backward is cheaper. Every Hessian product uses it, so
+        kept-graph and recomputed products agree bitwise."""
+        with self._hessian_context():
+            return self.loss_sum(theta, xb, yb)
 
     def _evaluate_point(self, logits_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One forward pass of the point loaded in the module over the evaluation set, no host sync.
@@ -293,9 +310,29 @@ class TorchObjective:
     def hvp_operator(self, theta: torch.Tensor) -> PointHVP:
         """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ), with ``matmat(V)`` for a block of
         vectors: each batch's gradient is computed once and kept with its graph while the graphs fit
-        ``hvp_memory_mb``, so a product is one backward pass per batch instead of a forward and two backward passes;
-        bitwise the same results as :meth:`hvp`. With ``hvp_mode="auto"`` not yet calibrated, double backprop."""
-        return PointHVP(self, theta, self.hvp_memory_mb * 2**20, self._resolved_mode())
+        :meth:`hvp_budget_bytes`, so a product is one backward pass per batch instead of a forward and two backward
+        passes; bitwise the same results as :meth:`hvp`. With ``hvp_mode="auto"`` not yet calibrated, double
+        backprop."""
+        return PointHVP(self, theta, self.hvp_budget_bytes(), self._resolved_mode(), self._block_bytes())
+
+    def _block_bytes(self) -> float | None:
+        """The working memory of a block product under the automatic budget: fixed, so a block's split (and its
+        rounding) never depends on the memory free at the time; None: what the kept graphs leave of a fixed
+        budget."""
+        return AUTO_BLOCK_MB * 2**20 if self.hvp_memory_mb == "auto" else None
+
+    def hvp_budget_bytes(self) -> float:
+        """The memory an operator made now may keep: ``hvp_memory_mb``, or for "auto" half the memory available
+        now (the device's free memory on a GPU, the host's otherwise) split between the ranks of this node. How
+        many batches keep their graphs never changes a product's bits; the block size of ``matmat`` (and so the
+        rounding of a block's batched kernels) would: under "auto" blocks get a fixed :data:`AUTO_BLOCK_MB` instead."""
+        if self.hvp_memory_mb != "auto":
+            return budget_bytes(self.hvp_memory_mb, 0)
+        if self.device.type == "cuda":
+            available = torch.cuda.mem_get_info(self.device)[0]
+        else:
+            available = host_available_bytes()
+        return budget_bytes("auto", available)
 
     def _resolved_mode(self) -> str:
         return "double_backprop" if self.hvp_mode == "auto" else self.hvp_mode
@@ -306,19 +343,26 @@ class TorchObjective:
         :data:`AUTO_MODE_MARGIN`. Returns (and keeps in :attr:`hvp_calibration`) the choice and the timings; a fixed
         mode is returned as chosen, untimed. On a CPU "auto" for single vectors is double backprop, untimed, unless
         ``force``. Timing makes the choice, so pin the mode to reproduce timed choices bitwise."""
+        record = self._calibration(theta, block, repeats, force)
+        budget = self.hvp_budget_bytes()  # recorded: it sets matmat's block size, and so a block's rounding
+        record["memory_mb"] = round(budget / 2**20, 1) if math.isfinite(budget) else "unlimited"
+        if record["chosen_by"] != "config":
+            self.hvp_calibration = record
+        return record
+
+    def _calibration(self, theta: torch.Tensor, block: int, repeats: int, force: bool) -> dict:
         if self.hvp_mode != "auto":
             return {"mode": self.hvp_mode, "chosen_by": "config"}
         if self.device.type == "cpu" and block <= 1 and not force:
             # one vector at a time on a CPU: double backprop through kept graphs measured faster for LeNet and
             # ResNet-20 (bench/README.md); untimed, so two runs of one config give the same bits
             self.hvp_mode = "double_backprop"
-            self.hvp_calibration = {"mode": self.hvp_mode, "chosen_by": "auto on a CPU (untimed)"}
-            return self.hvp_calibration
+            return {"mode": self.hvp_mode, "chosen_by": "auto on a CPU (untimed)"}
         generator = torch.Generator().manual_seed(0)
         V = torch.randn(max(block, 1), self.dim, generator=generator, dtype=torch.float64).to(self.device, self.dtype)
         seconds = {}
         for mode in HVP_MODES:
-            operator = PointHVP(self, theta, self.hvp_memory_mb * 2**20, mode)
+            operator = PointHVP(self, theta, self.hvp_budget_bytes(), mode, self._block_bytes())
 
             def product(op: PointHVP = operator) -> torch.Tensor:
                 return op.matmat(V) if len(V) > 1 else op(V[0])
@@ -334,9 +378,8 @@ class TorchObjective:
             seconds[mode] = min(times) / len(V)
             del operator
         self.hvp_mode = choose_hvp_mode(seconds)
-        self.hvp_calibration = {"mode": self.hvp_mode, "chosen_by": "calibration", "block": len(V),
-                                "seconds_per_vector": seconds, "margin": AUTO_MODE_MARGIN}
-        return self.hvp_calibration
+        return {"mode": self.hvp_mode, "chosen_by": "calibration", "block": len(V), "seconds_per_vector": seconds,
+                "margin": AUTO_MODE_MARGIN}
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -347,10 +390,10 @@ class TorchObjective:
         """``H_b(theta) @ v`` of one batch's loss sum (:meth:`loss_sum`), in ``mode`` (one of :data:`HVP_MODES`),
         recomputed from scratch: :meth:`hvp` sums these over the batches."""
         if mode == "forward_over_reverse":
-            return forward_over_reverse(self.loss_sum, theta, v, xb, yb)
+            return forward_over_reverse(self.hessian_loss_sum, theta, v, xb, yb)
         t = theta.detach().requires_grad_(True)
         with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.loss_sum(t, xb, yb), t, create_graph=True)
+            (g,) = torch.autograd.grad(self.hessian_loss_sum(t, xb, yb), t, create_graph=True)
             (hv,) = torch.autograd.grad(g, t, grad_outputs=v)
         return hv
 

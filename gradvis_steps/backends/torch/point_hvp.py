@@ -44,7 +44,7 @@ class PointHVP:
     """
 
     def __init__(self, objective: TorchObjective, theta: torch.Tensor, budget_bytes: float,
-                 mode: str = "double_backprop") -> None:
+                 mode: str = "double_backprop", block_bytes: float | None = None) -> None:
         self._objective = objective
         self._reduction = objective.reduction
         self.mode = mode
@@ -68,8 +68,10 @@ class PointHVP:
         if largest_graph == 0:  # nothing built yet (forward-over-reverse, or no budget): size the first batch's
             largest_graph = self._gradient_with_graph(*self._reduction.batches()[0])[1]
         # A block's working memory is about one batch graph per vector: as many vectors as fit what the kept graphs
-        # leave of the budget (at least one, so a zero budget multiplies vector by vector).
-        room = budget_bytes - self.graph_bytes
+        # leave of the budget (at least one, so a zero budget multiplies vector by vector), or ``block_bytes`` when
+        # given (an automatic budget: then the split, and so a block's rounding, does not depend on the memory free
+        # at the time, and a batch without a kept graph gets one for the block and drops it after).
+        room = budget_bytes - self.graph_bytes if block_bytes is None else block_bytes
         block_size = max(1, int(room // max(largest_graph, 1))) if math.isfinite(room) else sys.maxsize
         # data parallel (Algorithm 4): every rank of the group must split a block the same way, one Allreduce per
         # sub-block; the smallest size keeps the invariant above (a rank with an unkept batch makes it 1)
@@ -96,7 +98,7 @@ class PointHVP:
             return tensor
 
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            (gradient,) = torch.autograd.grad(self._objective.loss_sum(self._point, xb, yb), self._point,
+            (gradient,) = torch.autograd.grad(self._objective.hessian_loss_sum(self._point, xb, yb), self._point,
                                               create_graph=True)
         saved[gradient.untyped_storage().data_ptr()] = gradient.untyped_storage().nbytes()
         return gradient, sum(saved.values())
@@ -139,9 +141,13 @@ class PointHVP:
         def batch_product(index: int, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
             if self.mode == "forward_over_reverse":
                 return vmap(lambda v: objective.batch_hvp(self._theta, v, xb, yb, self.mode))(V)
-            # Double backprop with two or more vectors: every batch kept its graph (a batch that did not fit left
-            # less room than one graph, which makes block_size 1), so each product goes through a kept graph.
-            return torch.autograd.grad(self._gradients[index], self._point, grad_outputs=V, retain_graph=True,
+            # Double backprop with two or more vectors: through the batch's kept graph. With a fixed budget every
+            # batch kept its graph (one that did not fit left less room than one graph, which makes block_size 1);
+            # with block_bytes a batch may not have: its graph is made for this block (the same bits) and dropped.
+            gradient = self._gradients[index]
+            if gradient is None:
+                gradient = self._gradient_with_graph(xb, yb)[0]
+            return torch.autograd.grad(gradient, self._point, grad_outputs=V, retain_graph=True,
                                        is_grads_batched=True)[0]
 
         return self._reduction.mean(V, batch_product)
