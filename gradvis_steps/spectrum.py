@@ -43,14 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.spectrum", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
-    parser.add_argument("--out", required=True, help="spectra file to write (.h5)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="spectra file to write (.h5)")
     parser.add_argument("--every", type=cli.positive_int, default=1,
                         help="every k-th checkpoint (the last one always)")
     parser.add_argument("--iterations", type=int, nargs="+", help="exactly these iterations instead")
     parser.add_argument("--chunk", help="only part i of n of the selected checkpoints, as i/n (scatter jobs)")
     cli.add_slq_arguments(parser)
     cli.add_parallel_arguments(parser)
-    parser.add_argument("--plot-dir", help="also write one density plot per checkpoint here")
+    parser.add_argument("--plot-dir", type=cli.output_folder, help="also write one density plot per checkpoint here")
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
                         help="log-scale density axis in plots")
     cli.add_evaluation_arguments(parser, hessian=True)

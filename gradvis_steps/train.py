@@ -34,7 +34,7 @@ from .provenance import provenance
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="trajectory file to write (.h5)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="trajectory file to write (.h5)")
     parser.add_argument("--framework", default="torch", choices=known_backends(), help="deep-learning backend")
     parser.add_argument("--dataset", default="digits", help="digits | cifar10 | synthetic | custom")
     parser.add_argument("--dataset-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
