@@ -209,14 +209,27 @@ def write_failure(error: BaseException) -> tuple[str, bool] | None:
 def exit_on_hdf5_write_failure(unraisable: Any) -> None:
     """``sys.unraisablehook`` while a step runs: HDF5 reports some failed writes only while h5py frees an object (an
     ignored exception in ``ObjectID.__dealloc__``), after which the next HDF5 call can crash the interpreter; so end
-    the process at once with the one error line. Anything else goes to the default hook."""
+    the process at once with the one error line. Anything else goes to the hook before."""
+    _exit_if_hdf5_write_failed(unraisable.exc_value)
+    _hooks["unraisable"](unraisable)
+
+
+def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """``sys.excepthook`` while a step runs: h5py (Cython) prints the traceback of an exception in ``__dealloc__``
+    through it before the unraisable hook sees it; a failed HDF5 write ends the process here, in one line."""
+    _exit_if_hdf5_write_failed(value)
+    _hooks["except"](kind, value, tb)
+
+
+_hooks: dict[str, Any] = {"unraisable": sys.__unraisablehook__, "except": sys.__excepthook__}
+
+
+def _exit_if_hdf5_write_failed(error: BaseException | None) -> None:
     from .core.parallel import abort_on_error
     from .storage.failures import from_hdf5, named_path, write_cause
 
-    error = unraisable.exc_value
     cause = write_cause(error) if error is not None else None
     if cause is None or not from_hdf5(error):
-        sys.__unraisablehook__(unraisable)
         return
     message = str(OutputError(named_path(error) or "an output file", cause))
     abort_on_error(message, EXIT_WRITE_FAILED)
@@ -240,7 +253,10 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     collective. A serial run behaves as described above."""
     from .core.parallel import abort_on_error
 
-    previous_hook, sys.unraisablehook = sys.unraisablehook, exit_on_hdf5_write_failure
+    nested = sys.unraisablehook is exit_on_hdf5_write_failure  # a step run by a step: the hooks are in place
+    if not nested:
+        _hooks.update({"unraisable": sys.unraisablehook, "except": sys.excepthook})
+        sys.unraisablehook, sys.excepthook = exit_on_hdf5_write_failure, _excepthook
     try:
         argv, settings = take_settings_option(sys.argv[1:] if argv is None else list(argv))
         if settings is not None:
@@ -273,7 +289,8 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         abort_on_error(f"{type(error).__name__}: {error}", 1, error)
         raise
     finally:
-        sys.unraisablehook = previous_hook
+        if not nested:
+            sys.unraisablehook, sys.excepthook = _hooks["unraisable"], _hooks["except"]
     if status:
         abort_on_error(f"exit status {status}", status)
     return status

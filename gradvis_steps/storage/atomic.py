@@ -206,8 +206,9 @@ def unless_unreadable(path: str | os.PathLike, kind: str) -> Iterator[None]:
         if isinstance(error, OSError) and (is_locked(error) or write_cause(error) == "permission denied"):
             raise
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"warning: {os.fspath(path)}: cannot resume from this {kind} ({detail}): starting over",
-              file=sys.stderr)
+        if os.fspath(path) not in detail:
+            detail = f"{os.fspath(path)}: not a readable {kind} ({detail})"
+        print(f"warning: {detail}; starting over", file=sys.stderr)
 
 
 def write_json(target: str | os.PathLike, data: object) -> None:

@@ -89,8 +89,8 @@ class OutputError(Exception):
 
 
 _HINTS = {
-    "no space left on device": "; free some space and run again (finished work is kept)",
-    "disk quota exceeded": "; free some space or raise the quota and run again (finished work is kept)",
+    "no space left on device": "; free some space and run again",
+    "disk quota exceeded": "; free some space or raise the quota and run again",
     "read-only file system": "; write the results to a writable folder",
     "permission denied": "; make the folder writable for this user or write the results elsewhere",
 }
