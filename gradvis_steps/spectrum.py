@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from .core.parallel import parallel_layout, world
     from .provenance import provenance
     from .storage import runs
+    from .storage.atomic import unless_unreadable
     from .storage.spectra import Spectra, load_spectra, save_spectra
     from .storage.trajectory import Trajectory
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                  "skipped": []}
         done = Spectra({}, attrs)
         if comm.rank == 0 and partial.exists():
-            try:
+            with unless_unreadable(partial, "partial spectra file"):  # a torn one: start over, with a warning
                 previous = load_spectra(partial)
                 if runs.differ(previous.runs, done.runs):
                     print(f"{partial} belongs to {runs.describe(previous.runs)}, not to the trajectory's "
@@ -100,8 +101,6 @@ def main(argv: list[str] | None = None) -> int:
                     done = Spectra(previous.entries, attrs)
                     print(f"resuming: {len(done.entries)} of {len(rows)} checkpoint(s) restored from {partial}",
                           file=sys.stderr)
-            except (OSError, ValueError):
-                pass  # unreadable partial file: start over
         finished = comm.bcast(set(done.entries))
         progress = not args.no_progress and comm.rank == 0
         from tqdm.auto import tqdm
