@@ -2,7 +2,9 @@
 
 A temporary file is named ``.<target name>.tmp-XXXXXXXX<suffix>`` and holds a POSIX lock while it is written; the
 first write of a process into a folder removes the unlocked ones there (left by a step that was killed or crashed:
-a lock dies with its process, on any host sharing the folder)."""
+a lock dies with its process, on any host sharing the folder). The lock is a POSIX one (``lockf``), which HDF5's
+own locking (``flock``) ignores; POSIX drops it when the process closes any descriptor of the file, so a writer
+should close the temporary file as its last act before the rename (every writer here does)."""
 
 from __future__ import annotations
 
