@@ -120,6 +120,27 @@ def test_training_starts_over_on_an_unreadable_partial_file(tmp_path, capsys):
     assert not partial_path(out).exists()
 
 
+def test_spectrum_starts_over_on_an_unreadable_partial_file(tmp_path, trajectory, capsys):
+    """The spectrum step on a torn ``.partial`` file (what a full disk left before) warns in one line and computes
+    the spectra a clean run computes."""
+    from gradvis_steps import spectrum
+    from gradvis_steps.storage.spectra import load_spectra
+
+    argv = ["--trajectory", str(trajectory), "--k", "2", "--m", "6", "--every", "4", "--no-progress"]
+    assert spectrum.main([*argv, "--out", str(tmp_path / "clean.h5")]) == 0
+    out = tmp_path / "spectra.h5"
+    Path(f"{out}.partial").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # an HDF5 signature, then nothing
+    capsys.readouterr()
+    assert spectrum.main([*argv, "--out", str(out)]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and f"{out}.partial" in warning[0] and "starting over" in warning[0], warning
+    clean, again = load_spectra(tmp_path / "clean.h5"), load_spectra(out)
+    assert sorted(clean.entries) == sorted(again.entries) == [0, 4]
+    for iteration, entry in clean.entries.items():
+        assert np.array_equal(entry.nodes, again.entries[iteration].nodes)
+        assert np.array_equal(entry.weights, again.entries[iteration].weights)
+
+
 def test_read_only_output_folder_fails_before_any_work(tmp_path, monkeypatch, capsys):
     """A read-only output folder stops the step in one line before the data set is even loaded."""
     import gradvis_steps.data as data
