@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "checkpoints before it as the trajectory (not part of the run config: a run resumes "
                              "either way)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from <out>.partial (same settings required)")
+                        help="continue an interrupted run from <out>.partial (same settings required; one that "
+                             "cannot be read, e.g. cut short by a full disk, is started over with a warning)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
