@@ -211,20 +211,35 @@ def exit_on_hdf5_write_failure(unraisable: Any) -> None:
     ignored exception in ``ObjectID.__dealloc__``), after which the next HDF5 call can crash the interpreter; so end
     the process at once with the one error line. Anything else goes to the hook before."""
     _exit_if_hdf5_write_failed(unraisable.exc_value)
-    _hooks["unraisable"](unraisable)
+    _chain("unraisable", sys.__unraisablehook__, unraisable)
 
 
 def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
     """``sys.excepthook`` while a step runs: h5py (Cython) prints the traceback of an exception in ``__dealloc__``
     through it before the unraisable hook sees it; a failed HDF5 write ends the process here, in one line."""
     _exit_if_hdf5_write_failed(value)
-    _hooks["except"](kind, value, tb)
+    _chain("except", sys.__excepthook__, kind, value, tb)
 
 
 _hooks: dict[str, Any] = {"unraisable": sys.__unraisablehook__, "except": sys.__excepthook__}
+_chaining: set[str] = set()
+
+
+def _chain(name: str, default: Callable[..., None], *args: Any) -> None:
+    """Call the hook that was in place before ours; Python's own if that one leads back here (MPI's abort hook,
+    installed while a step runs, calls the hook it found: ours)."""
+    if name in _chaining:
+        default(*args)
+        return
+    _chaining.add(name)
+    try:
+        _hooks[name](*args)
+    finally:
+        _chaining.discard(name)
 
 
 def _exit_if_hdf5_write_failed(error: BaseException | None) -> None:
+    """End the process (every MPI rank) with the one error line when ``error`` is a failed HDF5 write."""
     from .core.parallel import abort_on_error
     from .storage.failures import from_hdf5, named_path, write_cause
 
@@ -289,8 +304,10 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         abort_on_error(f"{type(error).__name__}: {error}", 1, error)
         raise
     finally:
-        if not nested:
-            sys.unraisablehook, sys.excepthook = _hooks["unraisable"], _hooks["except"]
+        if not nested and sys.unraisablehook is exit_on_hdf5_write_failure:
+            sys.unraisablehook = _hooks["unraisable"]
+        if not nested and sys.excepthook is _excepthook:  # else a hook set meanwhile (MPI's) chains to ours
+            sys.excepthook = _hooks["except"]
     if status:
         abort_on_error(f"exit status {status}", status)
     return status
