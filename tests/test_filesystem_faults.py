@@ -340,3 +340,31 @@ def test_write_failures_are_recognized_in_python_and_hdf5_wording(error, cause, 
     assert failures.write_cause(error) == cause
     assert failures.named_path(error) == path
     assert failures.from_hdf5(error) == ("errno = " in str(error))
+
+
+def test_video_encoder_on_a_full_disk_in_one_line(tmp_path, monkeypatch, capsys):
+    """ffmpeg reports a full disk in its own words (injected here: its error with ENOSPC's text): one line naming the
+    video, no temporary file left."""
+    import ffmpeg
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gradvis_steps import video as video_step
+
+    (tmp_path / "frames").mkdir()
+    fig, ax = plt.subplots(figsize=(2, 2), dpi=20)
+    fig.savefig(tmp_path / "frames" / "f0.png")
+    plt.close(fig)
+
+    def full(self, *args, **kwargs):
+        raise ffmpeg.Error("ffmpeg", b"", b"[out#0/mp4] Error writing trailer: No space left on device\n")
+
+    monkeypatch.setattr(ffmpeg.nodes.OutputStream, "run", full, raising=False)
+    monkeypatch.setattr(ffmpeg.nodes.Node, "run", full, raising=False)
+    capsys.readouterr()
+    out = tmp_path / "out" / "video.mp4"
+    assert cli.run(video_step.main, ["--frames", str(tmp_path / "frames"), "--out", str(out)]) == 74
+    one_error_line(capsys.readouterr().err, f"error: {out}: cannot write (no space left on device)")
+    assert list(out.parent.iterdir()) == []
