@@ -94,7 +94,7 @@ def test_full_disk_during_training_then_rerun_equals_clean_run(tmp_path):
         filler = fill(disk, 150)  # the first epoch fits (about 70 KiB with HDF5's metadata), the second does not
         failed = step_process("train", *TRAIN, "--epochs", "2", "--resume", "--out", out)
         assert failed.returncode == failures.EXIT_WRITE_FAILED, failed.stderr
-        one_error_line(failed.stderr, str(partial_path(out)), "cannot write (no space left on device)")
+        one_error_line(failed.stderr, f"error: {out}: cannot write (no space left on device)")
         assert not out.exists() and partial_path(out).exists()
         filler.unlink()
         again = step_process("train", *TRAIN, "--epochs", "2", "--resume", "--out", out)

@@ -8,6 +8,7 @@ should close the temporary file as its last act before the rename (every writer 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .failures import OutputError, from_hdf5, is_locked, write_cause, writing
+from .failures import OutputError, from_hdf5, hard_exit, is_locked, write_cause, writing
 
 TEMP_MARK = ".tmp-"
 _TEMPORARY = re.compile(r"^\..+\.tmp-[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")  # tempfile.mkstemp's 8 random characters
@@ -149,10 +150,22 @@ def hdf5_output(target: str | os.PathLike) -> Iterator[Any]:
 
 
 def abandon(file: Any) -> None:
-    """Keep an HDF5 file whose write failed referenced for good, so it is never closed or freed: HDF5 1.14 can crash
-    the interpreter doing either after a failed write. The process should then end with ``failures.hard_exit``."""
-    if file is not None:
-        _ABANDONED.append(file)
+    """Keep an HDF5 file whose write failed referenced for good, so it is never closed or freed, not even when the
+    interpreter exits: HDF5 1.14 can crash the interpreter doing either after a failed write (measured: a segfault
+    in ``H5VL_dataset_close`` at exit). A step then ends at once (``failures.hard_exit``); a library user's process
+    lives on with the file open."""
+    if file is None:
+        return
+    if not _ABANDONED:
+        atexit.register(_exit_before_hdf5_cleanup)
+    _ABANDONED.append(file)
+
+
+def _exit_before_hdf5_cleanup() -> None:
+    """At the exit of a process that abandoned an HDF5 file (a library user's: a step has ended already), end it
+    before the interpreter and HDF5 free their objects, which crashes (status 1 after an uncaught exception, else
+    0; a ``sys.exit`` status is not known here)."""
+    hard_exit(1 if getattr(sys, "last_value", None) is not None else 0)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 #: errno -> the cause as the one error line says it; the failures of writing an output
 WRITE_CAUSES = {
@@ -117,6 +118,39 @@ def writing(target: str | os.PathLike, written: str | os.PathLike | None = None)
                 and not path.startswith(os.fspath(written))):
             raise
         raise OutputError(target, cause, abandon=from_hdf5(error)) from error
+
+
+def is_hdf5_write_failure(error: BaseException | None) -> bool:
+    """Whether ``error`` is HDF5's report of a failed write (a full disk, ...), after which no HDF5 object of that
+    file may be closed."""
+    return error is not None and write_cause(error) is not None and from_hdf5(error)
+
+
+@contextlib.contextmanager
+def hdf5_dealloc_failures() -> Iterator[list[BaseException]]:
+    """Collect, instead of printing, the failed HDF5 writes that h5py reports only while it frees an object (an
+    ignored exception in ``ObjectID.__dealloc__``, its traceback printed through ``sys.excepthook`` first): the
+    caller checks the list before its next flush or close, the calls that crash after such a failure."""
+    caught: list[BaseException] = []
+    unraisable_before, except_before = sys.unraisablehook, sys.excepthook
+
+    def unraisable(info: Any) -> None:
+        if is_hdf5_write_failure(info.exc_value):
+            caught.append(info.exc_value)
+        else:
+            unraisable_before(info)
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if is_hdf5_write_failure(value):
+            caught.append(value)
+        else:
+            except_before(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
+    try:
+        yield caught
+    finally:
+        sys.unraisablehook, sys.excepthook = unraisable_before, except_before
 
 
 def hard_exit(status: int) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 from ..core.layout import ParameterLayout
 from . import runs
 from .atomic import FileUnavailable, abandon, reading, unless_unreadable
-from .failures import OutputError, is_locked, writing
+from .failures import OutputError, hdf5_dealloc_failures, is_locked, writing
 
 FORMAT = "gradvis-trajectory"
 VERSION = 1
@@ -106,13 +106,20 @@ class TrajectoryWriter:
         if self.failed:
             raise RuntimeError(f"{self.partial}: an earlier write failed; the file can no longer be written")
         try:
-            with writing(self.path):
+            with writing(self.path), hdf5_dealloc_failures() as self._lost:
                 yield
+                self._check()
         except OutputError as error:
             if error.abandon:
                 self.failed = True
                 abandon(getattr(self, "file", None))
             raise
+
+    def _check(self) -> None:
+        """Raise the first failed write h5py reported while freeing an object (see ``_writing``): before a flush or
+        a close, which could crash after it."""
+        if self._lost:
+            raise self._lost[0]
 
     def __len__(self) -> int:
         return int(self.file["params"].shape[0])
@@ -159,6 +166,7 @@ class TrajectoryWriter:
             for key, value in state.items():
                 group.create_dataset(key, data=value)
             del group
+            self._check()
             self.file.flush()
 
     def resume_state(self) -> dict[str, np.ndarray] | None:
@@ -176,6 +184,7 @@ class TrajectoryWriter:
                 self.file.attrs["summary"] = json.dumps(summary, sort_keys=True, default=str)
                 if summary.get("diverged_at") is not None:
                     self.file.attrs["diverged_at"] = json.dumps(summary["diverged_at"], sort_keys=True)
+            self._check()
             self.file.close()
             os.replace(self.partial, self.path)
         return self.path
