@@ -368,3 +368,35 @@ def test_video_encoder_on_a_full_disk_in_one_line(tmp_path, monkeypatch, capsys)
     assert cli.run(video_step.main, ["--frames", str(tmp_path / "frames"), "--out", str(out)]) == 74
     one_error_line(capsys.readouterr().err, f"error: {out}: cannot write (no space left on device)")
     assert list(out.parent.iterdir()) == []
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from gradvis_steps.storage.failures import OutputError
+    from gradvis_steps.storage.trajectory import Trajectory, TrajectoryWriter
+    with Trajectory(sys.argv[1]) as source:
+        layout = source.layout
+    writer = TrajectoryWriter(sys.argv[2], layout, [], {"mine": 1}, {})
+    try:
+        for i in range(200):
+            writer.append(np.full(layout.size, i, np.float32), np.zeros(0), iteration=i, epoch=0, batch_loss=1.0)
+            if i % 10 == 9:
+                writer.save_resume_state({"step": i})
+    except OutputError as error:
+        print(f"caught: {error}", flush=True)
+        writer.close()
+""")
+
+
+def test_a_library_user_gets_the_error_and_no_segfault(tmp_path, trajectory):
+    """Code of a user's own (the trajectory writer behind ``Recorder``, no step around it) on a disk that fills: an
+    ``OutputError`` naming the file it can catch, and the process ends normally (before: a segfault in HDF5)."""
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        fill(disk, 64)
+        done = subprocess.run([sys.executable, "-c", WRITER, str(trajectory), str(disk / "mine.h5")],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"caught: {disk / 'mine.h5'}: cannot write (no space left on device); free " \
+                                      "some space and run again", done.stdout
+        assert "Traceback" not in done.stderr, done.stderr
