@@ -21,7 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .failures import OutputError, from_hdf5, hard_exit, is_locked, write_cause, writing
+from .failures import (
+    OutputError,
+    hard_exit,
+    hdf5_dealloc_failures,
+    is_hdf5_write_failure,
+    is_locked,
+    write_cause,
+    writing,
+)
 
 TEMP_MARK = ".tmp-"
 _TEMPORARY = re.compile(r"^\..+\.tmp-[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")  # tempfile.mkstemp's 8 random characters
@@ -132,12 +140,14 @@ def hdf5_output(target: str | os.PathLike) -> Iterator[Any]:
     :class:`~.failures.OutputError` whose ``abandon`` tells the caller to end the process (``cli.run`` does)."""
     import h5py
 
-    with atomic_path(target, ".h5") as tmp:
+    with atomic_path(target, ".h5") as tmp, hdf5_dealloc_failures() as lost:
         file = h5py.File(tmp, "w")
         try:
             yield file
+            if lost:  # a write that failed while h5py freed an object: closing would crash
+                raise lost[0]
         except BaseException as error:
-            if isinstance(error, OutputError) and error.abandon or write_cause(error) and from_hdf5(error):
+            if isinstance(error, OutputError) and error.abandon or is_hdf5_write_failure(error) or lost:
                 abandon(file)
             else:
                 file.close()
