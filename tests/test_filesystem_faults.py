@@ -389,12 +389,30 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_a_library_user_gets_the_error_and_no_segfault(tmp_path, trajectory):
-    """Code of a user's own (the trajectory writer behind ``Recorder``, no step around it) on a disk that fills: an
-    ``OutputError`` naming the file it can catch, and the process ends normally (before: a segfault in HDF5)."""
+LANDSCAPE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from gradvis_steps.core.grid import LandscapeResult
+    from gradvis_steps.storage.failures import OutputError
+    from gradvis_steps.storage.landscape import save_landscape
+    axes = (np.linspace(-1, 1, 101),) * 2
+    shape = (101, 101)
+    result = LandscapeResult(axes=axes, loss=np.ones(shape), accuracy=np.ones(shape), filled=np.ones(shape, bool))
+    try:
+        save_landscape(result, sys.argv[2])
+    except OutputError as error:
+        print(f"caught: {error}", flush=True)
+""")
+
+
+@pytest.mark.parametrize("script", [WRITER, LANDSCAPE], ids=["trajectory", "landscape"])
+def test_a_library_user_gets_the_error_and_no_segfault(tmp_path, trajectory, script):
+    """Code of a user's own (the trajectory writer behind ``Recorder``, ``save_landscape``; no step around them) on
+    a disk that fills: an ``OutputError`` naming the file it can catch, and the process ends normally (before: a
+    segfault in HDF5)."""
     with tmpfs(tmp_path / "disk", "1m") as disk:
         fill(disk, 64)
-        done = subprocess.run([sys.executable, "-c", WRITER, str(trajectory), str(disk / "mine.h5")],
+        done = subprocess.run([sys.executable, "-c", script, str(trajectory), str(disk / "mine.h5")],
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == f"caught: {disk / 'mine.h5'}: cannot write (no space left on device); free " \
