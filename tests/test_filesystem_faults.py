@@ -418,3 +418,37 @@ def test_a_library_user_gets_the_error_and_no_segfault(tmp_path, trajectory, scr
         assert done.stdout.strip() == f"caught: {disk / 'mine.h5'}: cannot write (no space left on device); free " \
                                       "some space and run again", done.stdout
         assert "Traceback" not in done.stderr, done.stderr
+
+
+MPI_SPECTRUM = textwrap.dedent("""
+    import errno, os, sys
+    import h5py
+    from gradvis_steps import cli, spectrum
+    from gradvis_steps.core.parallel import world
+    original, calls = h5py.Group.create_dataset, [0]
+
+    def full(self, name, *args, **kwargs):  # rank 0 writes; its second save finds the disk full
+        if name == "iterations":
+            calls[0] += 1
+            if calls[0] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, name, *args, **kwargs)
+
+    h5py.Group.create_dataset = full
+    sys.exit(cli.run(spectrum.main, sys.argv[1:]))
+""")
+
+
+def test_a_write_failure_on_rank_0_ends_the_mpi_job_in_one_line(tmp_path, trajectory):
+    """Under ``mpiexec -n 2`` the writing rank's full disk aborts both ranks (the other waits in a collective) with
+    the one line, prefixed by the rank, and exit status 74; the partial file of the first checkpoint stays."""
+    from test_mpi_failures import assert_aborted, launch
+
+    out = tmp_path / "spectra.h5"
+    result, elapsed = launch(["-c", MPI_SPECTRUM, "--trajectory", str(trajectory), "--k", "2", "--m", "6",
+                              "--eval-fraction", "0.05", "--no-progress", "--out", str(out)])
+    log = assert_aborted(result, elapsed, f"error (rank 0 of 2): {out}.partial: cannot write (no space left on "
+                                          "device)")
+    assert "Traceback" not in log and result.returncode == 74, log
+    assert Path(f"{out}.partial").exists() and not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["spectra.h5.partial"]  # no temporary file left
