@@ -408,13 +408,13 @@ LANDSCAPE = textwrap.dedent("""
 @pytest.mark.parametrize("script", [WRITER, LANDSCAPE], ids=["trajectory", "landscape"])
 def test_a_library_user_gets_the_error_and_no_segfault(tmp_path, trajectory, script):
     """Code of a user's own (the trajectory writer behind ``Recorder``, ``save_landscape``; no step around them) on
-    a disk that fills: an ``OutputError`` naming the file it can catch, and the process ends normally (before: a
-    segfault in HDF5)."""
+    a disk that fills: an ``OutputError`` naming the file it can catch, and the process ends without a segfault
+    (HDF5's, before), with status 74: an output was lost."""
     with tmpfs(tmp_path / "disk", "1m") as disk:
         fill(disk, 64)
         done = subprocess.run([sys.executable, "-c", script, str(trajectory), str(disk / "mine.h5")],
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == failures.EXIT_WRITE_FAILED, done.stderr
         assert done.stdout.strip() == f"caught: {disk / 'mine.h5'}: cannot write (no space left on device); free " \
                                       "some space and run again", done.stdout
         assert "Traceback" not in done.stderr, done.stderr

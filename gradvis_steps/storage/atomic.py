@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .failures import (
+    EXIT_WRITE_FAILED,
     OutputError,
     hard_exit,
     hdf5_dealloc_failures,
@@ -173,9 +174,9 @@ def abandon(file: Any) -> None:
 
 def _exit_before_hdf5_cleanup() -> None:
     """At the exit of a process that abandoned an HDF5 file (a library user's: a step has ended already), end it
-    before the interpreter and HDF5 free their objects, which crashes (status 1 after an uncaught exception, else
-    0; a ``sys.exit`` status is not known here)."""
-    hard_exit(1 if getattr(sys, "last_value", None) is not None else 0)
+    before the interpreter and HDF5 free their objects, which crashes. The status is 74 (EX_IOERR) whatever the
+    process meant to return (unknown here): an output was lost."""
+    hard_exit(EXIT_WRITE_FAILED)
 
 
 @contextlib.contextmanager
