@@ -206,6 +206,15 @@ def write_failure(error: BaseException) -> tuple[str, bool] | None:
     return (f"{path}: {cause}" if path else f"cannot write an output ({cause})"), from_hdf5(error)
 
 
+def error_line(message: object) -> None:
+    """Print ``error: message`` on stderr; a stderr that cannot take it (redirected to a log on the full disk) must
+    not turn the one line into a traceback: the exit status still tells."""
+    try:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # ValueError: stderr closed
+        pass
+
+
 def exit_on_hdf5_write_failure(unraisable: Any) -> None:
     """``sys.unraisablehook`` while a step runs: HDF5 reports some failed writes only while h5py frees an object (an
     ignored exception in ``ObjectID.__dealloc__``), after which the next HDF5 call can crash the interpreter; so end
@@ -248,7 +257,7 @@ def _exit_if_hdf5_write_failed(error: BaseException | None) -> None:
         return
     message = str(OutputError(named_path(error) or "an output file", cause))
     abort_on_error(message, EXIT_WRITE_FAILED)
-    print(f"error: {message}", file=sys.stderr)
+    error_line(message)
     hard_exit(EXIT_WRITE_FAILED)
 
 
@@ -282,7 +291,7 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         if failure is not None:
             message, abandon = failure
             abort_on_error(message, EXIT_WRITE_FAILED)  # returns only when there is nothing to abort
-            print(f"error: {message}", file=sys.stderr)
+            error_line(message)
             if abandon:
                 hard_exit(EXIT_WRITE_FAILED)
             return EXIT_WRITE_FAILED
@@ -291,7 +300,7 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         abort_on_error(str(message), 2)  # returns only when there is nothing to abort
-        print(f"error: {message}", file=sys.stderr)
+        error_line(message)
         return 2
     except SystemExit as exit_:  # argparse's usage errors; sys.exit(...) in a step
         if exit_.code not in (None, 0):

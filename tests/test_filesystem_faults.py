@@ -174,6 +174,20 @@ def test_full_output_folder_fails_before_any_work(tmp_path, monkeypatch, capsys)
         one_error_line(capsys.readouterr().err, f"error: {folder / 'run'}: cannot write (no space left on device)")
 
 
+def test_a_full_disk_under_the_log_too_still_exits_74(tmp_path):
+    """Stderr redirected into a log on the same full disk (as a rule does) cannot take the error line: the step
+    still ends with status 74, not with a traceback about the log (status 1)."""
+    with tmpfs(tmp_path / "full", "1m") as folder:
+        log = folder / "train.log"
+        log.touch()
+        fill(folder, 0)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(log, "w") as stderr:
+            done = subprocess.run([sys.executable, "-m", "gradvis_steps.train", *TRAIN, "--out",
+                                   str(folder / "run" / "t.h5")], env=env, stderr=stderr, timeout=120)
+        assert done.returncode == failures.EXIT_WRITE_FAILED
+
+
 @pytest.fixture(scope="module")
 def trajectory(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("faults") / "trajectory.h5", 0, "--max-iterations", "4")
