@@ -6,12 +6,14 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .core.memory import check_memory_budget, keep_freed_memory  # noqa: F401 (steps call cli.keep_freed_memory)
 from .core.objective import HVP_MEMORY_MB
+from .storage.failures import EXIT_WRITE_FAILED, OutputError, hard_exit
 
 #: Errors that mean "bad input": reported in one line naming the problem, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, IndexError)
@@ -156,8 +158,101 @@ def record_settings(path: str) -> None:
     provenance.FOLDER_SETTINGS.update(settings)
 
 
+def output_file(text: str) -> str:
+    """``type`` of a step's output file option: its folder must take a file now, before any work (created if
+    needed; stale temporary files of an earlier, killed run removed, see ``storage.atomic``)."""
+    from .storage.atomic import check_writable
+
+    check_writable(Path(text).parent)
+    return text
+
+
+def output_folder(text: str) -> str:
+    """``type`` of a step's output folder option: the folder and the one holding it (where it is staged) must take
+    files now, before any work."""
+    from .storage.atomic import check_writable
+
+    check_writable(Path(text).parent)
+    if Path(text).is_dir():
+        check_writable(text)
+    return text
+
+
+def write_failure(error: BaseException) -> tuple[str, bool] | None:
+    """The one error line of a failed write (a full disk, a read-only or forbidden folder), and whether HDF5 saw it
+    (then the process must end without closing HDF5 objects); None for any other error."""
+    from .storage.failures import from_hdf5, named_path, write_cause
+
+    if isinstance(error, OutputError):
+        return str(error), error.abandon
+    cause = write_cause(error)
+    if cause is None:
+        return None
+    path = named_path(error)
+    return (f"{path}: {cause}" if path else f"cannot write an output ({cause})"), from_hdf5(error)
+
+
+def error_line(message: object) -> None:
+    """Print ``error: message`` on stderr; a stderr that cannot take it (redirected to a log on the full disk) must
+    not turn the one line into a traceback: the exit status still tells."""
+    try:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # ValueError: stderr closed
+        pass
+
+
+def exit_on_hdf5_write_failure(unraisable: Any) -> None:
+    """``sys.unraisablehook`` while a step runs: HDF5 reports some failed writes only while h5py frees an object (an
+    ignored exception in ``ObjectID.__dealloc__``), after which the next HDF5 call can crash the interpreter; so end
+    the process at once with the one error line. Anything else goes to the hook before."""
+    _exit_if_hdf5_write_failed(unraisable.exc_value)
+    _chain("unraisable", sys.__unraisablehook__, unraisable)
+
+
+def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """``sys.excepthook`` while a step runs: h5py (Cython) prints the traceback of an exception in ``__dealloc__``
+    through it before the unraisable hook sees it; a failed HDF5 write ends the process here, in one line."""
+    _exit_if_hdf5_write_failed(value)
+    _chain("except", sys.__excepthook__, kind, value, tb)
+
+
+_hooks: dict[str, Any] = {"unraisable": sys.__unraisablehook__, "except": sys.__excepthook__}
+_chaining: set[str] = set()
+
+
+def _chain(name: str, default: Callable[..., None], *args: Any) -> None:
+    """Call the hook that was in place before ours; Python's own if that one leads back here (MPI's abort hook,
+    installed while a step runs, calls the hook it found: ours)."""
+    if name in _chaining:
+        default(*args)
+        return
+    _chaining.add(name)
+    try:
+        _hooks[name](*args)
+    finally:
+        _chaining.discard(name)
+
+
+def _exit_if_hdf5_write_failed(error: BaseException | None) -> None:
+    """End the process (every MPI rank) with the one error line when ``error`` is a failed HDF5 write."""
+    from .core.parallel import abort_on_error
+    from .storage.failures import from_hdf5, named_path, write_cause
+
+    cause = write_cause(error) if error is not None else None
+    if cause is None or not from_hdf5(error):
+        return
+    message = str(OutputError(named_path(error) or "an output file", cause))
+    abort_on_error(message, EXIT_WRITE_FAILED)
+    error_line(message)
+    hard_exit(EXIT_WRITE_FAILED)
+
+
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a step's ``main``; bad input ends in one clear line on stderr and exit status 2.
+
+    An output that cannot be written (a full disk, a read-only or forbidden folder: ``storage.failures``) ends in
+    one line naming it and the cause, exit status 74 (EX_IOERR). When HDF5 saw the failed write, the process ends
+    there without the interpreter's clean-up (``os._exit``): closing the HDF5 file could crash it.
 
     Every step also takes ``--folder-settings FILE`` (the YAML the workflow writes beside an output folder): it is taken
     out of the command line here and its content recorded in the provenance of every file the step writes.
@@ -168,15 +263,30 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     collective. A serial run behaves as described above."""
     from .core.parallel import abort_on_error
 
+    nested = sys.unraisablehook is exit_on_hdf5_write_failure  # a step run by a step: the hooks are in place
+    if not nested:
+        _hooks.update({"unraisable": sys.unraisablehook, "except": sys.excepthook})
+        sys.unraisablehook, sys.excepthook = exit_on_hdf5_write_failure, _excepthook
     try:
         argv, settings = take_settings_option(sys.argv[1:] if argv is None else list(argv))
         if settings is not None:
             record_settings(settings)
         status = int(main(argv) or 0)
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, OSError, RuntimeError, OutputError) as error:
+        failure = write_failure(error)
+        if failure is not None:
+            message, abandon = failure
+            abort_on_error(message, EXIT_WRITE_FAILED)  # returns only when there is nothing to abort
+            error_line(message)
+            if abandon:
+                hard_exit(EXIT_WRITE_FAILED)
+            return EXIT_WRITE_FAILED
+        if not isinstance(error, USER_ERRORS):
+            abort_on_error(f"{type(error).__name__}: {error}", 1, error)
+            raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         abort_on_error(str(message), 2)  # returns only when there is nothing to abort
-        print(f"error: {message}", file=sys.stderr)
+        error_line(message)
         return 2
     except SystemExit as exit_:  # argparse's usage errors; sys.exit(...) in a step
         if exit_.code not in (None, 0):
@@ -188,6 +298,11 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     except BaseException as error:
         abort_on_error(f"{type(error).__name__}: {error}", 1, error)
         raise
+    finally:
+        if not nested and sys.unraisablehook is exit_on_hdf5_write_failure:
+            sys.unraisablehook = _hooks["unraisable"]
+        if not nested and sys.excepthook is _excepthook:  # else a hook set meanwhile (MPI's) chains to ours
+            sys.excepthook = _hooks["except"]
     if status:
         abort_on_error(f"exit status {status}", status)
     return status

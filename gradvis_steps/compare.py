@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="landscape files (.h5) from the landscape step, all 1D or all 2D")
     parser.add_argument("--labels", nargs="+", metavar="LABEL",
                         help="one legend label per file, in the same order (default: the file names)")
-    parser.add_argument("--out", required=True, help="figure to write (.png/.pdf/.svg)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="figure to write (.png/.pdf/.svg)")
     parser.add_argument("--iteration", type=int, default=None,
                         help="checkpoint whose spectra are compared (default: the last one common to all files)")
     cli.add_sigma_argument(parser)  # the nodes shown together: every file's at the compared checkpoint

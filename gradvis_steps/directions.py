@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
     parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--out", required=True, help="directions file to write (.h5)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="directions file to write (.h5)")
     parser.add_argument("--count", type=cli.positive_int, default=2, help="number of directions")
     parser.add_argument("--center-iteration", type=int, default=None,
                         help="checkpoint the landscape is centred on (default: the last one)")

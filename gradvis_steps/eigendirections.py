@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
-    parser.add_argument("--out", required=True, help="directions file to write (.h5)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="directions file to write (.h5)")
     parser.add_argument("--iteration", type=int, default=None, help="checkpoint to analyse (default: the last)")
     parser.add_argument("--which", choices=("largest", "smallest", "nearest"), default="largest",
                         help="largest eigenvalues, most negative ones, or nearest --target")

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--name", required=True, help="experiment name (the page title)")
     parser.add_argument("--settings", required=True, help="settings file (.yaml) written by the workflow")
-    parser.add_argument("--out", required=True, help="HTML page to write")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="HTML page to write")
     parser.add_argument("--embed-mb", type=float, default=50.0,
                         help="embed the PNG figures and mp4 videos among the outputs into the page (so it reads alone, "
                              "e.g. inside snakemake --report) up to this many MB in all; 0: links only")

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--line", help="1D interpolation line (.h5) (kind interpolation)")
     parser.add_argument("--plane", help="2D landscape of the interpolation plane (.h5) (kind interpolation, optional)")
     parser.add_argument("--spectra", required=True, help="spectra file (.h5) of the same checkpoints / points")
-    parser.add_argument("--out-dir", required=True, help="folder for frame_000000.png, ...")
+    parser.add_argument("--out-dir", required=True, type=cli.output_folder, help="folder for frame_000000.png, ...")
     cli.add_sigma_argument(parser)
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
                         help="log-scale density axis")

@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.import_checkpoints", description=__doc__,
                                      formatter_class=_HelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint files, folders or glob patterns")
-    parser.add_argument("--out", required=True, help="trajectory file to write (.h5)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="trajectory file to write (.h5)")
     parser.add_argument("--framework", required=True, choices=known_backends(), help="the framework of the files")
     parser.add_argument("--dataset", required=True, help="digits | cifar10 | synthetic | custom")
     parser.add_argument("--dataset-option", type=cli.key_value, action="append", metavar="KEY=VALUE",

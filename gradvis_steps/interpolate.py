@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--trajectory-a", required=True, help="trajectory of the first run (t = 0)")
     parser.add_argument("--trajectory-b", required=True, help="trajectory of the second run (t = 1)")
-    parser.add_argument("--out-line", required=True, help="line landscape to write (.h5)")
-    parser.add_argument("--out-spectra", help="spectra at the line's points to write (.h5); skipped if absent")
+    parser.add_argument("--out-line", required=True, type=cli.output_file, help="line landscape to write (.h5)")
+    parser.add_argument("--out-spectra", type=cli.output_file,
+                        help="spectra at the line's points to write (.h5); skipped if absent")
     parser.add_argument("--points", type=cli.positive_int, default=20, help="points on the line (paper: 20)")
     parser.add_argument("--margin", type=float, default=0.0, help="extend the line by this fraction beyond each end")
     cli.add_slq_arguments(parser)

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
     parser.add_argument("--directions", required=True, help="directions file (.h5) from the directions step")
-    parser.add_argument("--out", required=True, help="landscape file to write (.h5)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="landscape file to write (.h5)")
     parser.add_argument("--dims", type=int, choices=(1, 2), default=2, help="1: a line, 2: a plane")
     parser.add_argument("--resolution", type=cli.positive_int, default=50, help="grid points per axis (paper: 50)")
     parser.add_argument("--border", type=float, default=0.4,

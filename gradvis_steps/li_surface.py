@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.li_surface", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("landscape", help="landscape file (.h5) from the landscape step, 1D or 2D")
-    parser.add_argument("out", help="Li et al. surface file to write (.h5)")
+    parser.add_argument("out", type=cli.output_file, help="Li et al. surface file to write (.h5)")
     parser.add_argument("--split", choices=("train", "test"), default="train",
                         help="names of the arrays: <split>_loss, <split>_acc (the landscape's evaluation set is a "
                              "subset of the training set)")

@@ -14,7 +14,7 @@ from . import cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.merge_spectra", description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", nargs="+", required=True, help="spectra files (.h5) with disjoint checkpoints")
-    parser.add_argument("--out", required=True, help="merged spectra file to write (.h5)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="merged spectra file to write (.h5)")
     args = parser.parse_args(argv)
     from .storage.spectra import merge_spectra, save_spectra
 

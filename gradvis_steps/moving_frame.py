@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
     parser.add_argument("--every", type=cli.positive_int, default=1,
                         help="every k-th checkpoint (the last one always), as the spectrum step's --every")
-    parser.add_argument("--out-dir", required=True, help="folder for centre_<iteration>.h5, ...")
+    parser.add_argument("--out-dir", required=True, type=cli.output_folder,
+                        help="folder for centre_<iteration>.h5, ...")
     parser.add_argument("--which", choices=("largest", "smallest", "nearest"), default="largest",
                         help="largest eigenvalues, most negative ones, or nearest --target")
     parser.add_argument("--target", type=float, default=0.0, help="value for --which nearest")

@@ -17,9 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--landscape", required=True, help="landscape file (.h5) from the landscape step")
-    parser.add_argument("--contour", help="2D contour plot to write (.png/.pdf/.svg)")
-    parser.add_argument("--surface", help="3D surface plot to write")
-    parser.add_argument("--line", help="1D curve to write (1D landscapes)")
+    parser.add_argument("--contour", type=cli.output_file, help="2D contour plot to write (.png/.pdf/.svg)")
+    parser.add_argument("--surface", type=cli.output_file, help="3D surface plot to write")
+    parser.add_argument("--line", type=cli.output_file, help="1D curve to write (1D landscapes)")
     parser.add_argument("--vtk", help="ParaView-readable VTK structured grid of the surface")
     parser.add_argument("--log-levels", action="store_true", help="log-spaced contour levels / log loss axis")
     parser.add_argument("--mark", nargs=3, action="append", default=[], metavar=("X", "Y", "LABEL"),

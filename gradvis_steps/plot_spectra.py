@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.plot_spectra", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--spectra", required=True, help="spectra file (.h5) from the spectrum or interpolate step")
-    parser.add_argument("--out-dir", required=True, help="folder for density_<iteration:06d>.png")
+    parser.add_argument("--out-dir", required=True, type=cli.output_folder,
+                        help="folder for density_<iteration:06d>.png")
     cli.add_sigma_argument(parser)
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
                         help="log-scale density axis")

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.settings_file",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", required=True, help="the settings as a JSON object")
-    parser.add_argument("--out", required=True, help="YAML file to write")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="YAML file to write")
     return parser
 
 

@@ -43,14 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.spectrum", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
-    parser.add_argument("--out", required=True, help="spectra file to write (.h5)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="spectra file to write (.h5)")
     parser.add_argument("--every", type=cli.positive_int, default=1,
                         help="every k-th checkpoint (the last one always)")
     parser.add_argument("--iterations", type=int, nargs="+", help="exactly these iterations instead")
     parser.add_argument("--chunk", help="only part i of n of the selected checkpoints, as i/n (scatter jobs)")
     cli.add_slq_arguments(parser)
     cli.add_parallel_arguments(parser)
-    parser.add_argument("--plot-dir", help="also write one density plot per checkpoint here")
+    parser.add_argument("--plot-dir", type=cli.output_folder, help="also write one density plot per checkpoint here")
     parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
                         help="log-scale density axis in plots")
     cli.add_evaluation_arguments(parser, hessian=True)
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from .core.parallel import parallel_layout, world
     from .provenance import provenance
     from .storage import runs
+    from .storage.atomic import unless_unreadable
     from .storage.spectra import Spectra, load_spectra, save_spectra
     from .storage.trajectory import Trajectory
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                  "skipped": []}
         done = Spectra({}, attrs)
         if comm.rank == 0 and partial.exists():
-            try:
+            with unless_unreadable(partial, "partial spectra file"):  # a torn one: start over, with a warning
                 previous = load_spectra(partial)
                 if runs.differ(previous.runs, done.runs):
                     print(f"{partial} belongs to {runs.describe(previous.runs)}, not to the trajectory's "
@@ -100,8 +101,6 @@ def main(argv: list[str] | None = None) -> int:
                     done = Spectra(previous.entries, attrs)
                     print(f"resuming: {len(done.entries)} of {len(rows)} checkpoint(s) restored from {partial}",
                           file=sys.stderr)
-            except (OSError, ValueError):
-                pass  # unreadable partial file: start over
         finished = comm.bcast(set(done.entries))
         progress = not args.no_progress and comm.rank == 0
         from tqdm.auto import tqdm

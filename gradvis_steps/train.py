@@ -34,7 +34,7 @@ from .provenance import provenance
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="trajectory file to write (.h5)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="trajectory file to write (.h5)")
     parser.add_argument("--framework", default="torch", choices=known_backends(), help="deep-learning backend")
     parser.add_argument("--dataset", default="digits", help="digits | cifar10 | synthetic | custom")
     parser.add_argument("--dataset-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "checkpoints before it as the trajectory (not part of the run config: a run resumes "
                              "either way)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from <out>.partial (same settings required)")
+                        help="continue an interrupted run from <out>.partial (same settings required; one that "
+                             "cannot be read, e.g. cut short by a full disk, is started over with a warning)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--frames", nargs="+", required=True, help="frame files in order, or one folder of PNGs")
     parser.add_argument("--fps", type=float, default=10.0, help="frames per second")
-    parser.add_argument("--out", required=True, help="mp4 file to write")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="mp4 file to write")
     return parser
 
 

@@ -25,7 +25,6 @@ from step_helpers import fails, step, train_tiny, without_memory
 from threadpoolctl import threadpool_limits
 
 from gradvis_steps import directions, eigendirections, landscape, plot_landscape, spectrum
-from gradvis_steps import train as train_step
 from gradvis_steps.backends.torch import objective_for_trajectory
 from gradvis_steps.backends.torch.models import build_model
 from gradvis_steps.backends.torch.objective import TorchObjective
@@ -879,8 +878,5 @@ def test_every_step_names_an_empty_or_truncated_input_in_one_line(folder, trajec
         assert str(landscape_file) in fails(frames, argv, capsys)
     for spectra_file in _unreadable_copies(bad, spectra_every5, "spectra.h5"):
         assert str(spectra_file) in fails(merge_step, ["--inputs", spectra_file, "--out", out], capsys)
-    # train --resume from a partial file that was cut short
-    partial = bad / "resumed.h5.partial"
-    partial.write_bytes(Path(trajectory).read_bytes()[:4096])
-    argv = ["--out", bad / "resumed.h5", "--resume", "--epochs", "1", "--no-progress"]
-    assert str(partial) in fails(train_step, argv, capsys)
+    # train --resume from a partial file that was cut short starts over, with a warning (issue 27):
+    # test_filesystem_faults.test_training_starts_over_on_an_unreadable_partial_file

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..storage.atomic import atomic_path
+from ..storage.failures import OutputError, write_cause
 
 
 def ffmpeg_executable() -> str:
@@ -61,6 +62,9 @@ def encode_mp4(frames: Sequence[str | os.PathLike], out: str | os.PathLike, fps:
                 stream.run(cmd=ffmpeg_executable(), quiet=True)
             except ffmpeg.Error as error:
                 tail = (error.stderr or b"").decode(errors="replace")[-2000:]
+                cause = write_cause(OSError(tail))  # ffmpeg's own words for a full disk, a read-only folder
+                if cause is not None:
+                    raise OutputError(out, cause) from None
                 raise RuntimeError(f"ffmpeg failed to encode {out}:\n{tail}") from None
     return out
 

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from . import runs as run_record
-from .atomic import atomic_path, reading
+from .atomic import hdf5_output, reading
 
 FORMAT = "gradvis-directions"
 VERSION = 1
@@ -66,7 +66,7 @@ class Directions:
 
 def save_directions(directions: Directions, path: str | os.PathLike) -> None:
     """Write atomically."""
-    with atomic_path(path, ".h5") as tmp, h5py.File(tmp, "w") as f:
+    with hdf5_output(path) as f:
         f.attrs.update({
             "format": FORMAT, "version": VERSION, "method": directions.method,
             "labels": json.dumps(list(directions.labels)), "normalization": directions.normalization,

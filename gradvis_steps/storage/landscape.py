@@ -33,7 +33,7 @@ import numpy as np
 
 from ..core.grid import LandscapeResult
 from . import runs
-from .atomic import atomic_path, reading
+from .atomic import atomic_path, hdf5_output, reading
 from .li_files import is_li_surface, read_li_surface
 
 __all__ = ["FORMAT", "VERSION", "save_landscape", "load_landscape", "export_vtk"]
@@ -62,40 +62,36 @@ def save_landscape(result: LandscapeResult, path: str | os.PathLike) -> None:
     """Write ``result`` to an HDF5 file at ``path`` (atomically; an existing file is replaced)."""
     if result.ndim > len(_AXES):
         raise ValueError(f"at most {len(_AXES)} axes can be stored, got {result.ndim}")
-
-    def write(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["version"] = VERSION
-            f.attrs["indexing"] = "ij"
-            f.attrs["config"] = json.dumps(result.config, default=str)
-            f.attrs["provenance"] = json.dumps(result.provenance, default=str)
-            if result.center_iteration is not None:
-                f.attrs["center_iteration"] = int(result.center_iteration)
-            if result.runs is not None:
-                f.attrs[runs.ATTRIBUTE] = runs.to_attribute(result.runs)
-            f.attrs["non_finite_points"] = result.non_finite_points
-            f.attrs["skipped"] = json.dumps(list(result.skipped))
-            for name, ax in zip(_AXES, result.axes, strict=False):
-                f.create_dataset(name, data=ax)
-            f.create_dataset("loss", data=result.loss)
-            f.create_dataset("accuracy", data=result.accuracy)
-            f.create_dataset("filled", data=result.filled)
-            traj = f.create_group("trajectory")
-            for h5name, attr in _TRAJ.items():
-                v = getattr(result, attr)
-                if v is not None:
-                    traj.create_dataset(h5name, data=v)
-            dirs = f.create_group("directions")
-            dirs.attrs["method"] = result.method
-            dirs.attrs["labels"] = json.dumps(list(result.labels))
-            dirs.attrs["normalization"] = result.normalization
-            for name in _DIRS:
-                v = getattr(result, name)
-                if v is not None:
-                    dirs.create_dataset(name, data=v)
-
-    _atomic_write(path, write, ".h5")
+    with hdf5_output(path) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = VERSION
+        f.attrs["indexing"] = "ij"
+        f.attrs["config"] = json.dumps(result.config, default=str)
+        f.attrs["provenance"] = json.dumps(result.provenance, default=str)
+        if result.center_iteration is not None:
+            f.attrs["center_iteration"] = int(result.center_iteration)
+        if result.runs is not None:
+            f.attrs[runs.ATTRIBUTE] = runs.to_attribute(result.runs)
+        f.attrs["non_finite_points"] = result.non_finite_points
+        f.attrs["skipped"] = json.dumps(list(result.skipped))
+        for name, ax in zip(_AXES, result.axes, strict=False):
+            f.create_dataset(name, data=ax)
+        f.create_dataset("loss", data=result.loss)
+        f.create_dataset("accuracy", data=result.accuracy)
+        f.create_dataset("filled", data=result.filled)
+        traj = f.create_group("trajectory")
+        for h5name, attr in _TRAJ.items():
+            v = getattr(result, attr)
+            if v is not None:
+                traj.create_dataset(h5name, data=v)
+        dirs = f.create_group("directions")
+        dirs.attrs["method"] = result.method
+        dirs.attrs["labels"] = json.dumps(list(result.labels))
+        dirs.attrs["normalization"] = result.normalization
+        for name in _DIRS:
+            v = getattr(result, name)
+            if v is not None:
+                dirs.create_dataset(name, data=v)
 
 
 def _str(v: object) -> str:

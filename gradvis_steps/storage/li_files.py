@@ -21,7 +21,7 @@ import numpy as np
 from ..core.directions import DIRECTION_KEYS, is_li_directions, read_tensor_group
 from ..core.grid import LandscapeResult
 from ..core.layout import ParameterLayout
-from .atomic import atomic_path, reading
+from .atomic import hdf5_output, reading
 
 __all__ = ["DIRECTION_KEYS", "is_li_directions", "is_li_surface", "read_li_directions", "read_li_surface",
            "write_li_surface"]
@@ -55,7 +55,7 @@ def write_li_surface(result: LandscapeResult, path: str | os.PathLike, split: st
     # gradvis stores [x, y]; theirs is [y, x] (numpy.meshgrid(x, y) order). Unevaluated points: their -1.
     loss = np.where(result.filled, result.loss, -1.0)
     accuracy = np.where(result.filled, 100.0 * result.accuracy, -1.0)
-    with atomic_path(path, ".h5") as tmp, h5py.File(tmp, "w") as f:
+    with hdf5_output(path) as f:
         f["xcoordinates"] = result.axes[0]
         if result.ndim == 2:
             f["ycoordinates"] = result.axes[1]

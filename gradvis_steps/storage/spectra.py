@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from . import runs as run_record
-from .atomic import atomic_path, reading
+from .atomic import hdf5_output, reading
 
 FORMAT = "gradvis-spectra"
 VERSION = 1
@@ -100,7 +100,7 @@ def _read_entry(group: h5py.Group) -> CheckpointSpectrum:
 
 def save_spectra(spectra: Spectra, path: str | os.PathLike) -> None:
     """Write all entries atomically, with the time series of every derived figure at the top."""
-    with atomic_path(path, ".h5") as tmp, h5py.File(tmp, "w") as f:
+    with hdf5_output(path) as f:
         f.attrs.update({"format": FORMAT, "version": VERSION})
         for key, value in spectra.attrs.items():
             f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value, default=str)

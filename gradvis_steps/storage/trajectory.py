@@ -25,6 +25,7 @@ optimizer state and counters at the last epoch boundary) so an interrupted run c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -37,7 +38,8 @@ import numpy as np
 
 from ..core.layout import ParameterLayout
 from . import runs
-from .atomic import reading
+from .atomic import FileUnavailable, abandon, reading, unless_unreadable
+from .failures import OutputError, hdf5_dealloc_failures, is_locked, writing
 
 FORMAT = "gradvis-trajectory"
 VERSION = 1
@@ -59,33 +61,65 @@ class TrajectoryWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.layout = layout
         n_buffers = sum(int(np.prod(b["shape"], dtype=np.int64)) for b in buffer_layout)
+        self.failed = False  # a write failed: HDF5 must not touch the file again (closing it can crash)
         if resume and self.partial.exists():
-            with reading(self.partial, "partial trajectory file (--resume)"):
-                self.file = h5py.File(self.partial, "r+")
-                stored = self.file.attrs.get("config")
-            if stored != json.dumps(config, sort_keys=True):
-                self.file.close()
-                raise ValueError(
-                    f"cannot resume {self.partial}: it was written by a different configuration; "
-                    "delete it or run without --resume"
-                )
-            return
-        self.file = h5py.File(self.partial, "w")
-        self.file.attrs.update({
-            "format": FORMAT,
-            "version": VERSION,
-            "layout": layout.to_json(),
-            "buffer_layout": json.dumps(buffer_layout),
-            "config": json.dumps(config, sort_keys=True),
-            "provenance": json.dumps(provenance, sort_keys=True, default=str),
-        })
-        self.file.create_dataset("params", (0, layout.size), maxshape=(None, layout.size), dtype="f4",
-                                 chunks=(1, layout.size))
-        # maxshape None on axis 1 lets a model without buffers (n_buffers = 0) keep a (1, 1) chunk.
-        self.file.create_dataset("buffers", (0, n_buffers), maxshape=(None, None), dtype="f8",
-                                 chunks=(1, max(n_buffers, 1)))
-        for name in _SERIES:
-            self.file.create_dataset(name, (0,), maxshape=(None,), dtype=_SERIES_DTYPES[name], chunks=(1024,))
+            self.file = None
+            with unless_unreadable(self.partial, "partial trajectory file (--resume)"):
+                with reading(self.partial, "partial trajectory file (--resume)"), self._writing():
+                    file = h5py.File(self.partial, "r+")
+                    try:
+                        stored = file.attrs.get("config")
+                    except BaseException:
+                        file.close()
+                        raise
+                    self.file = file
+            if self.file is not None:
+                if stored != json.dumps(config, sort_keys=True):
+                    self.file.close()
+                    raise ValueError(
+                        f"cannot resume {self.partial}: it was written by a different configuration; "
+                        "delete it or run without --resume"
+                    )
+                return
+        with self._writing():
+            self.file = _create(self.partial)
+            self.file.attrs.update({
+                "format": FORMAT,
+                "version": VERSION,
+                "layout": layout.to_json(),
+                "buffer_layout": json.dumps(buffer_layout),
+                "config": json.dumps(config, sort_keys=True),
+                "provenance": json.dumps(provenance, sort_keys=True, default=str),
+            })
+            self.file.create_dataset("params", (0, layout.size), maxshape=(None, layout.size), dtype="f4",
+                                     chunks=(1, layout.size))
+            # maxshape None on axis 1 lets a model without buffers (n_buffers = 0) keep a (1, 1) chunk.
+            self.file.create_dataset("buffers", (0, n_buffers), maxshape=(None, None), dtype="f8",
+                                     chunks=(1, max(n_buffers, 1)))
+            for name in _SERIES:
+                self.file.create_dataset(name, (0,), maxshape=(None,), dtype=_SERIES_DTYPES[name], chunks=(1024,))
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around every write: a full disk or a forbidden folder raises an ``OutputError`` naming the trajectory;
+        when HDF5 saw the failure the file is abandoned (never closed: HDF5 can crash the interpreter closing it)."""
+        if self.failed:
+            raise RuntimeError(f"{self.partial}: an earlier write failed; the file can no longer be written")
+        try:
+            with writing(self.path), hdf5_dealloc_failures() as self._lost:
+                yield
+                self._check()
+        except OutputError as error:
+            if error.abandon:
+                self.failed = True
+                abandon(getattr(self, "file", None))
+            raise
+
+    def _check(self) -> None:
+        """Raise the first failed write h5py reported while freeing an object (see ``_writing``): before a flush or
+        a close, which could crash after it."""
+        if self._lost:
+            raise self._lost[0]
 
     def __len__(self) -> int:
         return int(self.file["params"].shape[0])
@@ -93,6 +127,11 @@ class TrajectoryWriter:
     def append(self, params: np.ndarray, buffers: np.ndarray, *, iteration: int, epoch: int,
                batch_loss: float | None) -> None:
         """Add one checkpoint row; ``batch_loss`` None: not known (stored as NaN, and not taken for a divergence)."""
+        with self._writing():
+            self._append(params, buffers, iteration, epoch, batch_loss)
+
+    def _append(self, params: np.ndarray, buffers: np.ndarray, iteration: int, epoch: int,
+                batch_loss: float | None) -> None:
         n = len(self)
         self._require_series()
         for name in ("params", "buffers", *_SERIES):
@@ -113,18 +152,22 @@ class TrajectoryWriter:
 
     def truncate(self, n: int) -> None:
         """Drop checkpoints after the first ``n`` (used when resuming from an epoch boundary)."""
-        self._require_series()
-        for name in ("params", "buffers", *_SERIES):
-            self.file[name].resize(n, axis=0)
+        with self._writing():
+            self._require_series()
+            for name in ("params", "buffers", *_SERIES):
+                self.file[name].resize(n, axis=0)
 
     def save_resume_state(self, state: dict[str, np.ndarray | int | float]) -> None:
         """Replace the ``/resume`` group with ``state`` and flush, so a crash after this loses nothing."""
-        if "resume" in self.file:
-            del self.file["resume"]
-        group = self.file.create_group("resume")
-        for key, value in state.items():
-            group.create_dataset(key, data=value)
-        self.file.flush()
+        with self._writing():
+            if "resume" in self.file:
+                del self.file["resume"]
+            group = self.file.create_group("resume")
+            for key, value in state.items():
+                group.create_dataset(key, data=value)
+            del group
+            self._check()
+            self.file.flush()
 
     def resume_state(self) -> dict[str, np.ndarray] | None:
         if "resume" not in self.file:
@@ -134,20 +177,35 @@ class TrajectoryWriter:
     def commit(self, summary: dict[str, Any] | None = None) -> Path:
         """Finish the run: drop resume state, store a summary (its ``diverged_at`` also as an attribute of its own),
         rename ``.partial`` onto the target."""
-        if "resume" in self.file:
-            del self.file["resume"]
-        if summary is not None:
-            self.file.attrs["summary"] = json.dumps(summary, sort_keys=True, default=str)
-            if summary.get("diverged_at") is not None:
-                self.file.attrs["diverged_at"] = json.dumps(summary["diverged_at"], sort_keys=True)
-        self.file.close()
-        os.replace(self.partial, self.path)
+        with self._writing():
+            if "resume" in self.file:
+                del self.file["resume"]
+            if summary is not None:
+                self.file.attrs["summary"] = json.dumps(summary, sort_keys=True, default=str)
+                if summary.get("diverged_at") is not None:
+                    self.file.attrs["diverged_at"] = json.dumps(summary["diverged_at"], sort_keys=True)
+            self._check()
+            self.file.close()
+            os.replace(self.partial, self.path)
         return self.path
 
     def close(self) -> None:
-        """Close without committing (the partial file stays for ``--resume``)."""
-        if self.file.id.valid:
-            self.file.close()
+        """Close without committing (the partial file stays for ``--resume``); after a failed write, nothing (the
+        file is abandoned: see ``storage.atomic.abandon``)."""
+        if not self.failed and self.file.id.valid:
+            with self._writing():
+                self.file.close()
+
+
+def _create(path: Path) -> h5py.File:
+    """A new HDF5 file at ``path``; one that another process holds open says so in one line."""
+    try:
+        return h5py.File(path, "w")
+    except OSError as error:
+        if is_locked(error):
+            raise FileUnavailable(f"{path} is locked by another process (is another run writing this trajectory?)"
+                                  ) from None
+        raise
 
 
 class Trajectory:
