@@ -36,6 +36,10 @@ except ConfigError as error:
     raise SystemExit(f"config error: {error}") from None
 config.clear()
 config.update(_merged)
+# `--config force_unlock=true`: take the results folder's lock even from a run that holds it (workflow/results_lock.py)
+FORCE_UNLOCK = config.pop("force_unlock", False)
+if not isinstance(FORCE_UNLOCK, bool):
+    raise SystemExit(f"config error: force_unlock must be true or false, got {FORCE_UNLOCK!r}")
 
 
 include: "workflow/rules/common.smk"

@@ -1,9 +1,12 @@
 # The plan (workflow/experiments.py): experiments, sweeps, content-addressed output folders; helpers the rules
 # share to turn a job's settings into step arguments and resources. Rules call one step module each.
 
+import atexit
 import json
+import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
@@ -11,20 +14,72 @@ from snakemake.utils import validate
 
 from experiments import ConfigError, build_plan, summary_settings, trainer_args  # noqa: E402
 from external_files import checkpoint_files, fingerprint, run_files  # noqa: E402
-from preflight import preflight  # noqa: E402
+from preflight import preflight, writable_problem  # noqa: E402
+import results_lock  # noqa: E402
 
 SCHEMA_PATH = Path(str(workflow.current_basedir)).parent / "schemas" / "config.schema.yaml"  # also as a module
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
+MAIN = getattr(workflow, "is_main_process", True)  # where the user starts it, not again in each SLURM job
 try:
     PLAN = build_plan(config, SCHEMA, lambda variant: validate(variant, str(SCHEMA_PATH), set_default=True))
-    if getattr(workflow, "is_main_process", True):  # where the user starts it, not again in each SLURM job
-        preflight(PLAN)
 except ConfigError as error:
     raise SystemExit(f"config error: {error}") from None
 
+# Each rule's shell runs `{LOGGED} {log:q} COMMAND`: the command's output goes to its log, and its error lines also
+# to the console (or the SLURM job's log), the whole output there when the log cannot be written (workflow/logged.py).
+LOGGED = f"python {shlex.quote(str(Path(str(workflow.current_basedir)).parent / 'logged.py'))}"
 FIRST = next(iter(PLAN.experiments.values())).variants[0].config
 R = FIRST["results"].rstrip("/")
+
+
+def dry_run():
+    """Whether this is `snakemake -n` (known while the Snakefile is read, unlike workflow.dryrun)."""
+    return bool(getattr(getattr(workflow, "output_settings", None), "dryrun", False))
+
+
+if MAIN:
+    # A results folder is owned by one run at a time (workflow/results_lock.py): a second run stops here, before the
+    # pre-flight, in about a second; a dry run (and gradvis report/unlock: GRADVIS_LOCK=warn) only says so.
+    _holder = results_lock.holder(R)
+    if _holder is not None and not FORCE_UNLOCK:
+        if dry_run() or os.environ.get("GRADVIS_LOCK") == "warn":
+            print(f"warning: {results_lock.in_use_message(R, _holder)}", file=sys.stderr)
+        else:
+            raise SystemExit(f"error: {results_lock.in_use_message(R, _holder)}")
+    try:
+        preflight(PLAN)
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
+
+
+def own_results_folder():
+    """Before the first job of a real run: the results folder can be written, and this run holds its lock until it
+    ends (onsuccess, onerror, or the process's exit)."""
+    problem = writable_problem(R)
+    if problem:
+        raise SystemExit(f"error: {problem}")
+    try:
+        warnings = results_lock.acquire(R, force=FORCE_UNLOCK)
+    except results_lock.LockError as error:
+        raise SystemExit(f"error: {error}") from None
+    atexit.register(results_lock.release)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+
+
+onstart:
+    if MAIN:
+        own_results_folder()
+
+
+onsuccess:
+    results_lock.release()
+
+
+onerror:
+    results_lock.release()
+
 ENV = "../../envs/gradvis.yaml"
 LAUNCHER = FIRST["mpi_launcher"]
 

@@ -22,8 +22,9 @@ rule eigendirections:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.eigendirections --trajectory {input.trajectory:q} "
-        "{params.args} --folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} {LOGGED} {log:q} "
+        "{params.launch}python -m gradvis_steps.eigendirections --trajectory {input.trajectory:q} "
+        "{params.args} --folder-settings {input.settings:q} --out {output:q}"
 
 
 rule directions:
@@ -41,5 +42,6 @@ rule directions:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.trajectory:q} {params.args} "
-        "--folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} {LOGGED} {log:q} "
+        "python -m gradvis_steps.directions --trajectory {input.trajectory:q} {params.args} "
+        "--folder-settings {input.settings:q} --out {output:q}"

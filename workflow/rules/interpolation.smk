@@ -26,9 +26,9 @@ rule interpolate:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.interpolate "
+        "OMP_NUM_THREADS={threads} {LOGGED} {log:q} {params.launch}python -m gradvis_steps.interpolate "
         "--trajectory-a {input.a:q} --trajectory-b {input.b:q} {params.args} --folder-settings {input.settings:q} "
-        "--out-line {output.line:q} --out-spectra {output.spectra:q} > {log:q} 2>&1"
+        "--out-line {output.line:q} --out-spectra {output.spectra:q}"
 
 
 rule plot_interpolation_line:
@@ -42,7 +42,7 @@ rule plot_interpolation_line:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input:q} --line {output:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.plot_landscape --landscape {input:q} --line {output:q}"
 
 
 rule interpolation_plane_directions:
@@ -58,8 +58,9 @@ rule interpolation_plane_directions:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.a:q} --trajectory-b {input.b:q} "
-        "--method interpolation --folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} {LOGGED} {log:q} "
+        "python -m gradvis_steps.directions --trajectory {input.a:q} --trajectory-b {input.b:q} "
+        "--method interpolation --folder-settings {input.settings:q} --out {output:q}"
 
 
 rule interpolation_plane:
@@ -80,9 +81,9 @@ rule interpolation_plane:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.landscape "
+        "OMP_NUM_THREADS={threads} {LOGGED} {log:q} {params.launch}python -m gradvis_steps.landscape "
         "--trajectory {input.trajectory:q} --directions {input.directions:q} {params.args} "
-        "--folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "--folder-settings {input.settings:q} --out {output:q}"
 
 
 rule plot_interpolation_plane:
@@ -97,5 +98,5 @@ rule plot_interpolation_plane:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} "
-        "--surface {output.surface:q} --log-levels --mark 1 0 'minimum B' > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} "
+        "--surface {output.surface:q} --log-levels --mark 1 0 'minimum B'"

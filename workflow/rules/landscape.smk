@@ -24,9 +24,9 @@ rule landscape:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.landscape "
+        "OMP_NUM_THREADS={threads} {LOGGED} {log:q} {params.launch}python -m gradvis_steps.landscape "
         "--trajectory {input.trajectory:q} --directions {input.directions:q} --dims {wildcards.dims} {params.args} "
-        "--folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "--folder-settings {input.settings:q} --out {output:q}"
 
 
 rule plot_landscape_2d:
@@ -44,8 +44,8 @@ rule plot_landscape_2d:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} "
-        "--surface {output.surface:q} {params.log_levels} --title {wildcards.run:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} "
+        "--surface {output.surface:q} {params.log_levels} --title {wildcards.run:q}"
 
 
 rule landscape_vtk:
@@ -58,7 +58,7 @@ rule landscape_vtk:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input:q} --vtk {output:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.plot_landscape --landscape {input:q} --vtk {output:q}"
 
 
 rule plot_landscape_1d:
@@ -74,5 +74,6 @@ rule plot_landscape_1d:
     conda:
         ENV
     shell:
+        "{LOGGED} {log:q} "
         "python -m gradvis_steps.plot_landscape --landscape {input:q} --line {output:q} {params.log_levels} "
-        "--title {wildcards.run:q} > {log:q} 2>&1"
+        "--title {wildcards.run:q}"

@@ -19,7 +19,7 @@ rule analysis_settings:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q}"
 
 
 rule interpolation_settings:
@@ -33,7 +33,7 @@ rule interpolation_settings:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q}"
 
 
 rule experiment_settings:
@@ -47,4 +47,4 @@ rule experiment_settings:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q}"

@@ -23,9 +23,9 @@ rule spectrum_chunk:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.spectrum --trajectory {input.trajectory:q} "
+        "OMP_NUM_THREADS={threads} {LOGGED} {log:q} "
+        "{params.launch}python -m gradvis_steps.spectrum --trajectory {input.trajectory:q} "
         "{params.args} --chunk {wildcards.i}/{wildcards.n} --folder-settings {input.settings:q} --out {output:q} "
-        "> {log:q} 2>&1"
 
 
 rule spectra_gather:
@@ -38,7 +38,7 @@ rule spectra_gather:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.merge_spectra --inputs {input:q} --out {output:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.merge_spectra --inputs {input:q} --out {output:q}"
 
 
 rule density_plots:
@@ -54,4 +54,4 @@ rule density_plots:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_spectra --spectra {input:q} {params.args} --out-dir {output:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.plot_spectra --spectra {input:q} {params.args} --out-dir {output:q}"

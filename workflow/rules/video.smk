@@ -27,8 +27,9 @@ rule moving_frame:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.moving_frame --trajectory {input.trajectory:q} "
-        "{params.args} --folder-settings {input.settings:q} --out-dir {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} {LOGGED} {log:q} "
+        "python -m gradvis_steps.moving_frame --trajectory {input.trajectory:q} "
+        "{params.args} --folder-settings {input.settings:q} --out-dir {output:q}"
 
 
 rule training_frames:
@@ -45,8 +46,9 @@ rule training_frames:
     conda:
         ENV
     shell:
+        "{LOGGED} {log:q} "
         "python -m gradvis_steps.frames training --landscape {input.planes:q} --spectra {input.spectra:q} "
-        "{params.args} --out-dir {output:q} > {log:q} 2>&1"
+        "{params.args} --out-dir {output:q}"
 
 
 rule training_video:
@@ -62,7 +64,7 @@ rule training_video:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q}"
 
 
 rule interpolation_frames:
@@ -79,8 +81,8 @@ rule interpolation_frames:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.frames interpolation --line {input.line:q} --plane {input.plane:q} "
-        "--spectra {input.spectra:q} {params.args} --out-dir {output:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.frames interpolation --line {input.line:q} --plane {input.plane:q} "
+        "--spectra {input.spectra:q} {params.args} --out-dir {output:q}"
 
 
 rule interpolation_video:
@@ -96,4 +98,4 @@ rule interpolation_video:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q} > {log:q} 2>&1"
+        "{LOGGED} {log:q} python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q}"
