@@ -26,9 +26,8 @@ try:
 except ConfigError as error:
     raise SystemExit(f"config error: {error}") from None
 
-# Each rule's shell runs `{LOGGED} {log:q} COMMAND`: the command's output goes to its log, and its error lines also
-# to the console (or the SLURM job's log), the whole output there when the log cannot be written (workflow/logged.py).
-LOGGED = f"python {shlex.quote(str(Path(str(workflow.current_basedir)).parent / 'logged.py'))}"
+# Each rule's shell runs `python -m gradvis_steps.logged {log:q} COMMAND`: the command's output goes to its log,
+# and its error lines also to the console (or the SLURM job's log), all of it there when the log cannot be written.
 FIRST = next(iter(PLAN.experiments.values())).variants[0].config
 R = FIRST["results"].rstrip("/")
 
@@ -200,7 +199,9 @@ def all_targets():
     targets = []
     for experiment in PLAN.experiments.values():
         targets += [f"{R}/{item['path']}" for item in experiment.outputs]
+        targets += [f"{R}/{path}" for path in experiment.files]  # so that a deleted one is rebuilt
         targets += [f"{R}/{path}" for path in experiment.compare]
+        targets.append(f"{R}/experiments/{experiment.name}/settings.yaml")
         targets.append(f"{R}/experiments/{experiment.name}/summary.html")
     return list(dict.fromkeys(targets))
 
@@ -263,7 +264,7 @@ def centre_arg(option, centre):
 def directions_inputs(wildcards):
     planned = job("directions", wildcards.did)
     inputs = {"trajectory": f"{R}/{wildcards.run}/trajectory.h5",
-              "settings": f"{R}/{wildcards.run}/directions/{wildcards.did}/settings.yaml"}
+              "settings": ancient(f"{R}/{wildcards.run}/directions/{wildcards.did}/settings.yaml")}
     if "eigendirections" in planned.upstream:
         inputs["eig"] = f"{R}/{wildcards.run}/eigendirections/{planned.upstream['eigendirections']}/eigendirections.h5"
     if planned.settings["method"] == "custom":

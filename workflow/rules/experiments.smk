@@ -19,7 +19,7 @@ rule compare:
     conda:
         ENV
     shell:
-        "{LOGGED} {log:q} "
+        "python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.compare --{params.kind} {input:q} --labels {params.labels} {params.args} "
         "--out {output:q}"
 
@@ -37,6 +37,6 @@ rule experiment_summary:
     conda:
         ENV
     shell:
-        "{LOGGED} {log:q} "
+        "python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.experiment_summary --name {wildcards.experiment:q} --settings {input.settings:q} "
         "--out {output:q}"

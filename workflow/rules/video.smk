@@ -9,7 +9,7 @@ IVIDEO_DIR = f"{PAIR_DIR}/videos/{{ivid}}"
 rule moving_frame:
     input:
         trajectory=f"{R}/{{run}}/trajectory.h5",
-        settings=f"{R}/{{run}}/moving/{{mid}}/settings.yaml",
+        settings=ancient(f"{R}/{{run}}/moving/{{mid}}/settings.yaml"),
     output:
         directory(f"{R}/{{run}}/moving/{{mid}}/landscapes"),
     log:
@@ -27,7 +27,7 @@ rule moving_frame:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {LOGGED} {log:q} "
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.moving_frame --trajectory {input.trajectory:q} "
         "{params.args} --folder-settings {input.settings:q} --out-dir {output:q}"
 
@@ -36,7 +36,7 @@ rule training_frames:
     input:
         planes=video_planes,
         spectra=lambda w: f"{R}/{w.run}/spectra/{job('video', w.vid).upstream['spectra']}/spectra.h5",
-        settings=f"{VIDEO_DIR}/settings.yaml",
+        settings=ancient(f"{VIDEO_DIR}/settings.yaml"),
     output:
         directory(f"{VIDEO_DIR}/frames"),
     log:
@@ -46,7 +46,7 @@ rule training_frames:
     conda:
         ENV
     shell:
-        "{LOGGED} {log:q} "
+        "python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.frames training --landscape {input.planes:q} --spectra {input.spectra:q} "
         "{params.args} --out-dir {output:q}"
 
@@ -64,7 +64,8 @@ rule training_video:
     conda:
         ENV
     shell:
-        "{LOGGED} {log:q} python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q}"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q}"
 
 
 rule interpolation_frames:
@@ -81,7 +82,8 @@ rule interpolation_frames:
     conda:
         ENV
     shell:
-        "{LOGGED} {log:q} python -m gradvis_steps.frames interpolation --line {input.line:q} --plane {input.plane:q} "
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.frames interpolation --line {input.line:q} --plane {input.plane:q} "
         "--spectra {input.spectra:q} {params.args} --out-dir {output:q}"
 
 
@@ -98,4 +100,5 @@ rule interpolation_video:
     conda:
         ENV
     shell:
-        "{LOGGED} {log:q} python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q}"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q}"

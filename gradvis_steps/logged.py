@@ -1,6 +1,6 @@
 """Run one job's command with its output in the job's log, and its error on the console too.
 
-Every rule's shell runs ``python workflow/logged.py LOG COMMAND...`` instead of ``COMMAND > LOG 2>&1``: stdout and
+Every rule's shell runs ``python -m gradvis_steps.logged LOG COMMAND...`` instead of ``COMMAND > LOG 2>&1``: stdout and
 stderr go to LOG as before, and
 
 - when the command fails, its error lines (stderr lines that start with ``error``, else its last stderr line) are
@@ -10,8 +10,9 @@ stderr go to LOG as before, and
   everything the command writes goes to this process's stderr instead: the command still runs and reports its
   own problem, rather than the shell failing on the redirection with no word from the step.
 
-Stdlib only (it runs in whatever Python the job has). Signals (SIGTERM from Snakemake or SLURM, SIGINT, SIGHUP) are
-passed on to the command, whose exit status is this one's (128 + N for a command killed by signal N).
+Workflow plumbing, not a step: stdlib only, it imports nothing of the package. Signals (SIGTERM from Snakemake
+or SLURM, SIGINT, SIGHUP) are passed on to the command, whose exit status is this one's (128 + N for a command
+killed by signal N).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 from collections import deque
 from typing import BinaryIO
 
-USAGE = "usage: python logged.py LOG COMMAND [ARG ...]"
+USAGE = "usage: python -m gradvis_steps.logged LOG COMMAND [ARG ...]"
 MAX_ERROR_LINES = 5  # echoed on failure: a step's one line, an MPI abort's few
 
 
