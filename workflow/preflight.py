@@ -58,7 +58,7 @@ def writable_problem(results: str | os.PathLike[str]) -> str | None:
         existing = existing.parent
     if not existing.is_dir():
         return f"results folder {folder}: {existing} is not a folder"
-    folders = [existing] if existing != folder else [f for f, _, _ in os.walk(folder)]
+    folders = [existing] if existing != folder else [Path(f) for f, _, _ in os.walk(folder)]
     for path in folders:
         if not os.access(path, os.W_OK | os.X_OK):  # False on a read-only mount, even for root
             cause = "read-only file system" if _read_only(path) else "permission denied"

@@ -1,0 +1,369 @@
+"""Filesystem faults on the workflow side (issue 27): the job wrapper's console copy of errors, the results folder's
+lock, the writability check before the first job, and every result a target (a deleted one is rebuilt).
+
+One real Snakemake run of a small config serves the workflow checks (module fixture): a second run on its results
+folder from another working directory is refused while it runs, then each kind of file is deleted and a dry run
+must plan its job. Read-only and full file systems are small tmpfs mounts where this process may mount (root);
+elsewhere those tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from workflow_runner import BIN, ROOT, shell_commands, snakemake
+
+sys.path.insert(0, str(ROOT / "workflow"))
+import results_lock  # noqa: E402
+from preflight import writable_problem  # noqa: E402
+
+HAVE_SNAKEMAKE = shutil.which("snakemake", path=str(BIN)) is not None
+needs_snakemake = pytest.mark.skipif(not HAVE_SNAKEMAKE, reason="snakemake is not installed in this environment")
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+       "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, read_only: bool = False):
+    """A tmpfs of ``size`` at ``path`` (root only): skips the test where it cannot be mounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder: Path) -> None:
+    """Fill the file system of ``folder`` to its last byte."""
+    with open(folder / "filler", "wb", buffering=0) as handle:
+        for size in (65536, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    handle.write(b"\0" * size)
+
+
+def logged(log: Path, code: str, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m gradvis_steps.logged LOG python -c CODE``."""
+    return subprocess.run([sys.executable, "-m", "gradvis_steps.logged", str(log), sys.executable, "-c", code],
+                          capture_output=True, text=True, env=ENV, timeout=60, **kwargs)
+
+
+STEP = ("import sys; print('wrote it'); print('progress 1/2', file=sys.stderr); "
+        "print('error: /r/out.h5: no space left on device', file=sys.stderr); sys.exit(2)")
+STEP_LINES = ["error: /r/out.h5: no space left on device", "progress 1/2", "wrote it"]  # sorted: stdout and
+# stderr are copied as they come, so the stdout line may land anywhere between the stderr ones (in order)
+
+
+def in_order(lines: list[str]) -> bool:
+    return sorted(lines) == STEP_LINES and lines.index("progress 1/2") < lines.index(STEP_LINES[0])
+
+
+# --- the job wrapper -----------------------------------------------------------------------------------------------
+
+def test_wrapper_keeps_the_log_and_echoes_only_the_error_line(tmp_path):
+    log = tmp_path / "job.log"
+    result = logged(log, STEP)
+    assert result.returncode == 2
+    assert in_order(log.read_text().splitlines())
+    assert result.stderr == "error: /r/out.h5: no space left on device\n" and result.stdout == ""
+
+
+def test_wrapper_is_quiet_when_the_job_succeeds_and_echoes_a_traceback_last_line(tmp_path):
+    ok = logged(tmp_path / "ok.log", "import sys; print('wrote it', file=sys.stderr)")
+    assert ok.returncode == 0 and ok.stderr == "" and (tmp_path / "ok.log").read_text() == "wrote it\n"
+    crash = logged(tmp_path / "crash.log", "raise OSError(28, 'No space left on device')")
+    assert crash.returncode == 1
+    assert crash.stderr == "OSError: [Errno 28] No space left on device\n"
+    assert "Traceback" in (tmp_path / "crash.log").read_text()
+
+
+def test_wrapper_runs_the_job_with_its_messages_on_the_console_when_the_log_cannot_be_opened(tmp_path):
+    (tmp_path / "file").write_text("")
+    log = tmp_path / "file" / "job.log"  # under a file: no such folder, for any user
+    result = logged(log, STEP)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"warning: cannot write the log {log}: not a directory; the job's messages follow here"
+    assert in_order(lines[1:])
+
+
+def test_wrapper_on_a_read_only_and_on_a_full_file_system(tmp_path):
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        result = logged(ro / "job.log", STEP)
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[0].endswith(": read-only file system; the job's messages follow here")
+        assert in_order(result.stderr.splitlines()[1:])
+    with tmpfs(tmp_path / "full", "256k") as full:
+        fill(full)
+        result = logged(full / "job.log", STEP)  # the file is created, its first write fails
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert lines[0] == (f"warning: cannot write the log {full / 'job.log'}: no space left on device; the job's "
+                            "messages follow here")
+        assert in_order(lines[1:])
+
+
+def test_wrapper_passes_sigterm_on_and_returns_the_jobs_status(tmp_path):
+    marker = tmp_path / "started"
+    child = subprocess.Popen([sys.executable, "-m", "gradvis_steps.logged", str(tmp_path / "job.log"),
+                              sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); "
+                              "time.sleep(60)"], env=ENV)
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+# --- the results folder's lock -------------------------------------------------------------------------------------
+
+HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[2]); import results_lock; "
+          "print(results_lock.acquire(sys.argv[1]), flush=True); sys.stdin.readline(); results_lock.release()")
+
+
+def holder(results: Path) -> subprocess.Popen:
+    """Another process that holds the lock of ``results`` until a line arrives on its stdin."""
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(results), str(ROOT / "workflow")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "[]"
+    return process
+
+
+def test_lock_refuses_a_second_run_and_takes_over_a_dead_ones(tmp_path):
+    results = tmp_path / "results"
+    first = holder(results)
+    with pytest.raises(results_lock.LockError) as refused:
+        results_lock.acquire(results)
+    message = str(refused.value)
+    assert message.startswith(f"results folder {results} is in use by another run (host {socket.gethostname()}, "
+                              f"PID {first.pid}, started ")
+    assert "gradvis unlock" in message
+    assert results_lock.holder(results)["pid"] == first.pid
+    first.kill()  # dies without releasing: its record stays, the kernel drops its flock
+    first.wait()
+    assert results_lock.holder(results) is None  # a dead PID on this host holds nothing
+    warnings = results_lock.acquire(results)
+    assert len(warnings) == 1 and "from a run which ended without releasing it" in warnings[0]
+    assert f"PID {first.pid}" in warnings[0]
+    assert results_lock._read(results / ".gradvis.lock")["pid"] == os.getpid()
+    results_lock.release()
+    assert not (results / ".gradvis.lock").exists()
+
+
+def test_force_takes_a_held_lock_and_the_old_holder_leaves_it_alone(tmp_path):
+    results = tmp_path / "results"
+    first = holder(results)
+    warnings = results_lock.acquire(results, force=True)
+    assert len(warnings) == 1 and "as force_unlock asks" in warnings[0] and f"PID {first.pid}" in warnings[0]
+    first.communicate("\n", timeout=30)  # the first run ends and releases: not the lock it no longer holds
+    assert results_lock._read(results / ".gradvis.lock")["pid"] == os.getpid()
+    results_lock.release()
+    assert not (results / ".gradvis.lock").exists()
+
+
+def test_lock_of_another_host_is_never_presumed_dead_and_clear_removes_it(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    record = {"host": "elsewhere.example", "pid": 1, "started": "then", "cwd": "/w"}
+    (results / ".gradvis.lock").write_text(json.dumps(record))
+    with pytest.raises(results_lock.LockError, match="host elsewhere.example, PID 1, started then in /w"):
+        results_lock.acquire(results)
+    assert results_lock.clear(results) == record and not (results / ".gradvis.lock").exists()
+    assert results_lock.acquire(results) == []
+    results_lock.release()
+
+
+def test_lock_of_a_reused_pid_is_stale(tmp_path):
+    """A record whose PID now belongs to a process started later (this one) is a dead run's."""
+    results = tmp_path / "results"
+    results.mkdir()
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": 1.0, "started": "long ago"}
+    (results / ".gradvis.lock").write_text(json.dumps(record))
+    assert results_lock.alive(record) is False
+    (warning,) = results_lock.acquire(results)
+    assert "ended without releasing it" in warning
+    results_lock.release()
+
+
+# --- the writability check before the first job --------------------------------------------------------------------
+
+def test_writable_problem_names_the_folder_and_the_cause(tmp_path):
+    assert writable_problem(tmp_path / "new" / "results") is None
+    (tmp_path / "file").write_text("")
+    assert "is not a folder" in writable_problem(tmp_path / "file" / "results")
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        assert writable_problem(ro / "results") == (f"results folder {ro / 'results'} cannot be created: {ro} is not "
+                                                    "writable (read-only file system)")
+        assert writable_problem(ro) == f"results folder {ro} is not writable (read-only file system)"
+    with tmpfs(tmp_path / "full", "512k") as full:
+        fill(full)
+        problem = writable_problem(full / "results")
+        assert problem.startswith(f"results folder {full / 'results'}: no space left on device (")
+
+
+# --- the workflow: one real run, a second refused, every file a target ---------------------------------------------
+
+def small_config(results: Path) -> dict:
+    """Every kind of output (landscapes 1D/2D on Hessian directions, spectra in two chunks, the moving frame and its
+    video, interpolation line/plane/spectra and its video) at the smallest sizes."""
+    return {
+        "results": str(results), "device": "cpu",
+        "datasets": {"digits": {"name": "digits"}}, "models": {"tiny": {"name": "lenet", "widths": [2, 2, 8, 6]}},
+        "train": {"dataset": ["digits"], "model": ["tiny"], "seed": [0], "lr": [0.05], "batch_size": [512],
+                  "epochs": [1], "momentum": [0.9]},
+        "evaluation": {"fraction": 0.05, "seed": 0, "batch_size": 1024, "dtype": "float32"},
+        "directions": {"methods": ["hessian"], "hessian": {"which": "largest", "pick": [0, 1], "count": 2,
+                                                           "steps": 6}},
+        "landscape": {"resolution": 3, "border": 0.4, "line": True},
+        "spectra": {"every": 2, "k": 1, "m": 4, "chunks": 2},
+        "interpolation": {"enabled": False, "seeds": [0, 1], "points": 2, "resolution": 3},
+        "frames": {"direction": "hessian", "fps": 4, "dpi": 20, "moving_every": 2},
+        "resources": {"gpu": 0, "threads": 1, "mem_mb": 1000, "runtime": 10},
+        "experiments": {
+            "training": {},
+            "interpolation": {"train": {"seed": [0, 1]}, "directions": {"methods": []},
+                              "spectra": {"enabled": False}, "interpolation": {"enabled": True},
+                              "frames": {"moving_every": 0}},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def owned_run(tmp_path_factory):
+    """A real run from one working directory; while it runs, a second one on the same results folder from another
+    working directory (the repository) is started and must stop at once."""
+    folder = tmp_path_factory.mktemp("faults")
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump(small_config(folder / "results")))
+    workdir = folder / "first"
+    workdir.mkdir()
+    first = subprocess.Popen([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                              str(workdir), "--cores", "2", "--configfile", str(config)], cwd=workdir, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = folder / "results" / ".gradvis.lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    start = time.monotonic()
+    second = snakemake("--cores", "1", "--configfile", str(config), timeout=120)
+    refused_in = time.monotonic() - start
+    output, _ = first.communicate(timeout=900)
+    assert first.returncode == 0, output[-3000:]
+    return folder, config, first.pid, second, refused_in, output
+
+
+@needs_snakemake
+def test_a_second_run_on_the_same_results_folder_is_refused(owned_run):
+    folder, _, pid, second, refused_in, first_output = owned_run
+    print(f"second run refused after {refused_in:.1f} s (the snakemake command, start to exit)")
+    assert second.returncode != 0
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: results folder {folder / 'results'} is in use by another run "
+                           f"(host {socket.gethostname()}, PID {pid}, started ")
+    assert "Traceback" not in second.stderr and "Building DAG" not in second.stdout + second.stderr
+    assert "warning:" not in first_output  # the first run found no lock of anyone else
+    assert not (folder / "results" / ".gradvis.lock").exists()  # released at its end
+
+
+@needs_snakemake
+def test_the_first_run_completes_untouched(owned_run):
+    """Its trajectory equals a clean run of the train step with the same command line."""
+    from gradvis_steps.storage.trajectory import Trajectory
+
+    folder, config, *_ = owned_run
+    (train,) = [words for words in shell_commands("-F", "--configfile", str(config))
+                if words[0] == "gradvis_steps.train" and words[words.index("--out") + 1].endswith("-s0/trajectory.h5")]
+    ran_path = Path(train[train.index("--out") + 1])
+    out = folder / "clean" / "trajectory.h5"
+    train[train.index("--out") + 1] = str(out)
+    subprocess.run([sys.executable, "-m", *train], check=True, env=ENV, capture_output=True)
+    with Trajectory(out) as clean, Trajectory(ran_path) as ran:
+        assert ran.iterations.tolist() == clean.iterations.tolist() and len(ran) > 1
+        for i in range(len(clean)):
+            np.testing.assert_array_equal(ran.params(i), clean.params(i))
+    assert (ran_path.parent / "logs" / "train.log").read_text().startswith("wrote ")
+
+
+def kinds_of_files(results: Path) -> dict[str, Path]:
+    """One file (or output folder) of each kind a run leaves under ``results``, by a name for the kind."""
+    found: dict[str, Path] = {}
+    skip = {".gradvis.lock", ".snakemake_timestamp"}
+    for path in sorted(results.rglob("*")):
+        relative = path.relative_to(results)
+        if path.name in skip or path.suffix == ".log" or "logs" in relative.parts:
+            continue
+        inside = [parent for parent in relative.parents if parent.name in ("frames", "landscapes", "densities")]
+        if inside:  # a file inside a folder output: the folder is the output
+            path, relative = results / inside[-1 if len(inside) == 1 else 0], inside[0]
+        parts = relative.parts
+        kind = "/".join([parts[1] if len(parts) > 2 and parts[0] != "experiments" else parts[0], path.name])
+        if "interpolation" in parts:
+            kind = "interpolation/" + "/".join(p for p in parts[4:] if "-" not in p)
+        found.setdefault(kind, path)
+    return found
+
+
+@needs_snakemake
+def test_every_file_of_a_run_is_rebuilt_when_deleted(owned_run, tmp_path):
+    """Each kind of file under results (logs aside: the record of a job, not a result) is planned again once
+    deleted; one (a 1D landscape) is rebuilt equal to the one deleted."""
+    folder, config, *_ = owned_run
+    results = folder / "results"
+    kinds = kinds_of_files(results)
+    expected = {"trajectory.h5", "spectra/spectra.h5", "spectra/densities", "spectra/settings.yaml",
+                "directions/directions.h5", "directions/settings.yaml", "eigendirections/eigendirections.h5",
+                "landscape/landscape_2d.h5", "landscape/landscape_1d.h5", "landscape/contour.png",
+                "landscape/surface.vtk", "moving/landscapes", "videos/frames", "videos/training.mp4",
+                "interpolation/line.h5", "interpolation/plane.h5", "interpolation/plane_directions.h5",
+                "interpolation/spectra.h5", "interpolation/plane_surface.png", "interpolation/settings.yaml",
+                "interpolation/videos/frames", "experiments/settings.yaml", "experiments/summary.html"}
+    missing = sorted(k for k in expected if not any(name.endswith(k) for name in kinds))
+    assert not missing, (missing, sorted(kinds))
+    for kind, path in kinds.items():
+        moved = tmp_path / "moved"
+        shutil.move(str(path), str(moved))
+        try:
+            planned = snakemake("-n", "--cores", "1", "--configfile", str(config))
+        finally:
+            shutil.move(str(moved), str(path))
+        assert planned.returncode == 0, planned.stderr[-2000:]
+        assert f"Missing output files: {path}" in planned.stdout + planned.stderr, (kind, path)
+    one_d = next(path for kind, path in kinds.items() if kind.endswith("landscape_1d.h5"))
+    with h5py.File(one_d) as f:
+        before = f["loss"][()]
+    one_d.unlink()
+    rebuilt = snakemake("--cores", "1", "--configfile", str(config))
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    with h5py.File(one_d) as f:
+        np.testing.assert_array_equal(f["loss"][()], before)
+
+
+@needs_snakemake
+def test_a_read_only_results_folder_stops_the_run_in_one_line(tmp_path):
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(small_config(ro / "results")))
+        result = snakemake("--cores", "1", "--configfile", str(config), timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+    assert errors == [f"error: results folder {ro / 'results'} cannot be created: {ro} is not writable (read-only "
+                      "file system)"]
+    assert "Traceback" not in result.stdout + result.stderr
