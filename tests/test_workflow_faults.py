@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from workflow_runner import BIN, ROOT, shell_commands, snakemake
+from workflow_runner import BIN, ROOT, snakemake
 
 sys.path.insert(0, str(ROOT / "workflow"))
 import results_lock  # noqa: E402
@@ -223,7 +224,7 @@ def test_writable_problem_names_the_folder_and_the_cause(tmp_path):
 
 def small_config(results: Path) -> dict:
     """Every kind of output (landscapes 1D/2D on Hessian directions, spectra in two chunks, the moving frame and its
-    video, interpolation line/plane/spectra and its video) at the smallest sizes."""
+    video, interpolation line/plane/spectra) at the smallest sizes."""
     return {
         "results": str(results), "device": "cpu",
         "datasets": {"digits": {"name": "digits"}}, "models": {"tiny": {"name": "lenet", "widths": [2, 2, 8, 6]}},
@@ -233,9 +234,9 @@ def small_config(results: Path) -> dict:
         "directions": {"methods": ["hessian"], "hessian": {"which": "largest", "pick": [0, 1], "count": 2,
                                                            "steps": 6}},
         "landscape": {"resolution": 3, "border": 0.4, "line": True},
-        "spectra": {"every": 2, "k": 1, "m": 4, "chunks": 2},
+        "spectra": {"every": 2, "k": 1, "m": 4, "chunks": 1},
         "interpolation": {"enabled": False, "seeds": [0, 1], "points": 2, "resolution": 3},
-        "frames": {"direction": "hessian", "fps": 4, "dpi": 20, "moving_every": 2},
+        "frames": {"direction": "hessian", "fps": 4, "dpi": 20, "moving_every": 2, "interpolation": False},
         "resources": {"gpu": 0, "threads": 1, "mem_mb": 1000, "runtime": 10},
         "experiments": {
             "training": {},
@@ -288,13 +289,14 @@ def test_the_first_run_completes_untouched(owned_run):
     """Its trajectory equals a clean run of the train step with the same command line."""
     from gradvis_steps.storage.trajectory import Trajectory
 
-    folder, config, *_ = owned_run
-    (train,) = [words for words in shell_commands("-F", "--configfile", str(config))
-                if words[0] == "gradvis_steps.train" and words[words.index("--out") + 1].endswith("-s0/trajectory.h5")]
+    folder, config, _, _, _, output = owned_run
+    (train,) = [shlex.split(line.rsplit("python -m ", 1)[1]) for line in output.splitlines()  # the shell commands
+                if "python -m gradvis_steps.train " in line and line.rstrip().endswith("-s0/trajectory.h5")]
     ran_path = Path(train[train.index("--out") + 1])
     out = folder / "clean" / "trajectory.h5"
     train[train.index("--out") + 1] = str(out)
-    subprocess.run([sys.executable, "-m", *train], check=True, env=ENV, capture_output=True)
+    subprocess.run([sys.executable, "-m", *train], check=True, env={**ENV, "OMP_NUM_THREADS": "1"},  # as the job
+                   capture_output=True)
     with Trajectory(out) as clean, Trajectory(ran_path) as ran:
         assert ran.iterations.tolist() == clean.iterations.tolist() and len(ran) > 1
         for i in range(len(clean)):
@@ -302,51 +304,102 @@ def test_the_first_run_completes_untouched(owned_run):
     assert (ran_path.parent / "logs" / "train.log").read_text().startswith("wrote ")
 
 
+FOLDER_OUTPUTS = ("frames", "landscapes", "densities")  # directory() outputs: the folder is the output
+
+
 def kinds_of_files(results: Path) -> dict[str, Path]:
-    """One file (or output folder) of each kind a run leaves under ``results``, by a name for the kind."""
+    """One file (or folder output) of each kind a run leaves under ``results``, by its path without the run and job
+    ids (``landscape/landscape_1d.h5``); logs and lock files aside."""
     found: dict[str, Path] = {}
-    skip = {".gradvis.lock", ".snakemake_timestamp"}
     for path in sorted(results.rglob("*")):
         relative = path.relative_to(results)
-        if path.name in skip or path.suffix == ".log" or "logs" in relative.parts:
+        if path.suffix == ".log" or path.name.startswith(".") or "logs" in relative.parts or path.is_dir():
             continue
-        inside = [parent for parent in relative.parents if parent.name in ("frames", "landscapes", "densities")]
-        if inside:  # a file inside a folder output: the folder is the output
-            path, relative = results / inside[-1 if len(inside) == 1 else 0], inside[0]
-        parts = relative.parts
-        kind = "/".join([parts[1] if len(parts) > 2 and parts[0] != "experiments" else parts[0], path.name])
-        if "interpolation" in parts:
-            kind = "interpolation/" + "/".join(p for p in parts[4:] if "-" not in p)
-        found.setdefault(kind, path)
+        for i, part in enumerate(relative.parts[:-1]):
+            if part in FOLDER_OUTPUTS:
+                path, relative = results.joinpath(*relative.parts[:i + 1]), Path(*relative.parts[:i + 1])
+                break
+        found.setdefault("/".join(part for part in relative.parts if "-" not in part), path)
     return found
+
+
+MISSING, UPDATED = "Missing output files: ", ("Updated input files: ", "Input files updated by another job: ")
+
+
+def planned_again(config: Path, paths: list[Path], parking: Path) -> dict[str, set[str] | None]:
+    """Dry run with ``paths`` moved away: each file some job will write as missing -> the rewritten inputs that
+    job also names as its reason (None: a reason of another kind, such as changed code or params)."""
+    parking.mkdir(exist_ok=True)
+    parked = [(path, parking / str(n)) for n, path in enumerate(paths)]
+    for path, away in parked:
+        os.rename(path, away)  # a rename keeps the modification time
+    try:
+        planned = snakemake("-n", "--cores", "1", "--configfile", str(config))
+    finally:
+        for path, away in parked:
+            os.rename(away, path)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    causes: dict[str, set[str] | None] = {}
+    for line in (planned.stdout + planned.stderr).splitlines():
+        if line.strip().startswith("reason: "):
+            parts = line.strip()[len("reason: "):].split("; ")
+            named = {prefix: {f for part in parts if part.startswith(prefix) for f in part[len(prefix):].split(", ")}
+                     for prefix in (MISSING, *UPDATED)}
+            other = [part for part in parts if not part.startswith((MISSING, *UPDATED))]
+            for path in named[MISSING]:
+                causes[path] = None if other else named[UPDATED[0]] | named[UPDATED[1]]
+    return causes
+
+
+def planned_for_itself(path: str, causes: dict[str, set[str] | None], deleted: set[str]) -> bool:
+    """Whether the job of ``path`` is planned because ``path`` is missing, not because of another deleted file
+    upstream: no deleted file (but ``path``) among the rewritten inputs it depends on, all of them missing files
+    whose own reasons are known."""
+    stack, seen = [path], {path}
+    while stack:
+        inputs = causes.get(stack.pop())
+        if inputs is None:
+            return False
+        for item in inputs - seen:
+            if item in deleted:
+                return False
+            seen.add(item)
+            stack.append(item)
+    return True
 
 
 @needs_snakemake
 def test_every_file_of_a_run_is_rebuilt_when_deleted(owned_run, tmp_path):
     """Each kind of file under results (logs aside: the record of a job, not a result) is planned again once
-    deleted; one (a 1D landscape) is rebuilt equal to the one deleted."""
+    deleted; one (a 1D landscape) is rebuilt equal to the one deleted. The kinds are deleted together, one dry run a
+    round: a file counts as planned for its own absence only where no other deleted file upstream plans its job
+    anyway (from the jobs' reasons); the others wait for a later round, without the files confirmed."""
     folder, config, *_ = owned_run
     results = folder / "results"
     kinds = kinds_of_files(results)
     expected = {"trajectory.h5", "spectra/spectra.h5", "spectra/densities", "spectra/settings.yaml",
                 "directions/directions.h5", "directions/settings.yaml", "eigendirections/eigendirections.h5",
-                "landscape/landscape_2d.h5", "landscape/landscape_1d.h5", "landscape/contour.png",
-                "landscape/surface.vtk", "moving/landscapes", "videos/frames", "videos/training.mp4",
-                "interpolation/line.h5", "interpolation/plane.h5", "interpolation/plane_directions.h5",
-                "interpolation/spectra.h5", "interpolation/plane_surface.png", "interpolation/settings.yaml",
-                "interpolation/videos/frames", "experiments/settings.yaml", "experiments/summary.html"}
-    missing = sorted(k for k in expected if not any(name.endswith(k) for name in kinds))
-    assert not missing, (missing, sorted(kinds))
-    for kind, path in kinds.items():
-        moved = tmp_path / "moved"
-        shutil.move(str(path), str(moved))
-        try:
-            planned = snakemake("-n", "--cores", "1", "--configfile", str(config))
-        finally:
-            shutil.move(str(moved), str(path))
-        assert planned.returncode == 0, planned.stderr[-2000:]
-        assert f"Missing output files: {path}" in planned.stdout + planned.stderr, (kind, path)
-    one_d = next(path for kind, path in kinds.items() if kind.endswith("landscape_1d.h5"))
+                "eigendirections/settings.yaml", "landscape/landscape_2d.h5", "landscape/landscape_1d.h5",
+                "landscape/contour.png", "landscape/surface.png", "landscape/surface.vtk", "landscape/line.png",
+                "landscape/settings.yaml", "moving/landscapes", "moving/settings.yaml", "videos/frames",
+                "videos/training.mp4", "videos/settings.yaml", "interpolation/line.h5", "interpolation/plane.h5",
+                "interpolation/plane_directions.h5", "interpolation/spectra.h5", "interpolation/line.png",
+                "interpolation/plane_contour.png", "interpolation/plane_surface.png", "interpolation/settings.yaml",
+                "experiments/training/settings.yaml", "experiments/training/summary.html",
+                "experiments/interpolation/settings.yaml", "experiments/interpolation/summary.html"}
+    assert set(kinds) == expected, sorted(set(kinds) ^ expected)
+    pending = dict(kinds)
+    for _ in range(10):
+        causes = planned_again(config, list(pending.values()), tmp_path / "parked")
+        assert not [kind for kind, path in pending.items() if str(path) not in causes]  # no job would write it
+        deleted = {str(path) for path in pending.values()}
+        confirmed = [kind for kind, path in pending.items() if planned_for_itself(str(path), causes, deleted)]
+        assert confirmed, sorted(pending)
+        pending = {kind: path for kind, path in pending.items() if kind not in confirmed}
+        if not pending:
+            break
+    assert not pending
+    one_d = kinds["landscape/landscape_1d.h5"]
     with h5py.File(one_d) as f:
         before = f["loss"][()]
     one_d.unlink()
