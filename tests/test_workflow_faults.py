@@ -420,3 +420,19 @@ def test_a_read_only_results_folder_stops_the_run_in_one_line(tmp_path):
     assert errors == [f"error: results folder {ro / 'results'} cannot be created: {ro} is not writable (read-only "
                       "file system)"]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@needs_snakemake
+def test_gradvis_unlock_clears_the_results_folders_lock(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    record = {"host": "elsewhere.example", "pid": 4242, "started": "then", "cwd": "/w"}
+    (results / ".gradvis.lock").write_text(json.dumps(record))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(small_config(results)))
+    result = subprocess.run([sys.executable, "-m", "gradvis_steps.command", "unlock", str(config)], cwd=tmp_path,
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[0] == (f"removed the lock of {results} held by host elsewhere.example, PID 4242, "
+                                             "started then in /w")
+    assert not (results / ".gradvis.lock").exists()
