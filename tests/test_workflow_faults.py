@@ -436,3 +436,40 @@ def test_gradvis_unlock_clears_the_results_folders_lock(tmp_path):
     assert result.stdout.splitlines()[0] == (f"removed the lock of {results} held by host elsewhere.example, PID 4242, "
                                              "started then in /w")
     assert not (results / ".gradvis.lock").exists()
+
+
+@needs_snakemake
+def test_a_disk_full_during_training_is_named_on_the_console_and_a_rerun_completes(tmp_path):
+    """Issue 27's first case: the default LeNet's trajectory (about 2.5 MB) on a 2000 KiB file system passes the
+    check before the first job (more than 1 MiB free) and fills it during training; once there is space, a plain
+    rerun completes, equal to a clean run of the same train command."""
+    from gradvis_steps.storage.trajectory import Trajectory
+
+    with tmpfs(tmp_path / "disk", "2000k") as disk:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "results": str(disk / "results"), "device": "cpu",
+            "train": {"dataset": ["digits"], "model": ["lenet"], "seed": [0], "lr": [0.05], "batch_size": [64],
+                      "epochs": [1], "momentum": [0.9]},
+            "directions": {"methods": []}, "spectra": {"enabled": False}, "interpolation": {"enabled": False},
+            "frames": {"training": False}}))
+        full = snakemake("--cores", "1", "--configfile", str(config), timeout=300)
+        assert full.returncode != 0
+        console = full.stdout + full.stderr
+        assert "no space left on device" in console.lower()
+        (trajectory,) = (disk / "results").glob("*/trajectory.h5.partial")  # never under its final name
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        rerun = snakemake("--cores", "1", "--configfile", str(config), timeout=300)
+        if rerun.returncode != 0 and "not a readable partial trajectory file" in rerun.stderr:
+            pytest.xfail("training does not yet start over on an unreadable partial file (issue 27, step side)")
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        ran = trajectory.with_suffix("")
+        (train,) = [shlex.split(line.rsplit("python -m ", 1)[1]) for line in (rerun.stdout + rerun.stderr).splitlines()
+                    if "python -m gradvis_steps.train " in line]
+        train[train.index("--out") + 1] = str(tmp_path / "clean.h5")
+        subprocess.run([sys.executable, "-m", *train], check=True, env={**ENV, "OMP_NUM_THREADS": "1"},
+                       capture_output=True)
+        with Trajectory(tmp_path / "clean.h5") as clean, Trajectory(ran) as resumed:
+            assert resumed.iterations.tolist() == clean.iterations.tolist()
+            for i in range(len(clean)):
+                np.testing.assert_array_equal(resumed.params(i), clean.params(i))
