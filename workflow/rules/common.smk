@@ -1,5 +1,7 @@
 # The plan (workflow/experiments.py): experiments, sweeps, content-addressed output folders; helpers the rules
-# share to turn a job's settings into step arguments and resources. Rules call one step module each.
+# share to turn a job's settings into step arguments and resources. Rules call one step module each, through
+# `python -m gradvis_steps.logged {log:q} COMMAND`: the command's output goes to its log, and its error lines also
+# to the console (or the SLURM job's log), all of it there when the log cannot be written.
 
 import atexit
 import json
@@ -26,8 +28,6 @@ try:
 except ConfigError as error:
     raise SystemExit(f"config error: {error}") from None
 
-# Each rule's shell runs `python -m gradvis_steps.logged {log:q} COMMAND`: the command's output goes to its log,
-# and its error lines also to the console (or the SLURM job's log), all of it there when the log cannot be written.
 FIRST = next(iter(PLAN.experiments.values())).variants[0].config
 R = FIRST["results"].rstrip("/")
 
@@ -39,7 +39,7 @@ def dry_run():
 
 if MAIN:
     # A results folder is owned by one run at a time (workflow/results_lock.py): a second run stops here, before the
-    # pre-flight, in about a second; a dry run (and gradvis report/unlock: GRADVIS_LOCK=warn) only says so.
+    # pre-flight and the DAG; a dry run (and gradvis report/unlock: GRADVIS_LOCK=warn) only says so.
     _holder = results_lock.holder(R)
     if _holder is not None and not FORCE_UNLOCK:
         if dry_run() or os.environ.get("GRADVIS_LOCK") == "warn":
