@@ -130,6 +130,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     folder = Path.cwd()
     config = _config_path(args.config, folder)
     profile = _profile_args(args.profile, extra)
+    _check_results_lock(config, folder, extra)
     _precheck(config, folder)
     cores = args.cores if args.cores is not None else (None if args.profile else "all")
     return _snakemake(folder, config, [*(["--cores", str(cores)] if cores else []), *profile, *extra])
@@ -156,6 +157,23 @@ def _unlock(args: argparse.Namespace, extra: list[str]) -> int:
         note = " (that process is still running: stop it, or two runs will write the folder)" if alive else ""
         print(f"removed the lock of {(folder / results).resolve()} held by {lock.describe(record)}{note}")
     return _snakemake(folder, config, ["--cores", "1", "--unlock", *extra], {"GRADVIS_LOCK": "warn"})
+
+
+def _check_results_lock(config: Path, folder: Path, extra: list[str]) -> None:
+    """A run on a results folder that another run owns stops here at once (the workflow would stop it too, after
+    Snakemake has started): not for a dry run, nor with force_unlock, which the workflow handles."""
+    dry = any(word in ("-n", "--dry-run", "--dryrun") or (word[:1] == "-" and word[1:2] != "-" and "n" in word)
+              for word in extra)
+    if dry or any(word.replace(" ", "").startswith("force_unlock=") for word in extra):
+        return
+    try:
+        results = folder / _results_folder(config, folder)
+    except (OSError, _workflow_module("experiments").ConfigError, KeyError, TypeError):
+        return  # the config's own problem: the pre-check names it
+    lock = _workflow_module("results_lock")
+    record = lock.holder(results)
+    if record is not None:
+        raise CommandError(lock.in_use_message(results, record))
 
 
 def _results_folder(config: Path, folder: Path) -> Path:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -265,23 +266,30 @@ def owned_run(tmp_path_factory):
         time.sleep(0.1)
     start = time.monotonic()
     second = snakemake("--cores", "1", "--configfile", str(config), timeout=120)
-    refused_in = time.monotonic() - start
+    second_took = time.monotonic() - start
+    start = time.monotonic()
+    third = subprocess.run([sys.executable, "-m", "gradvis_steps.command", "run", str(config), "--cores", "1"],
+                           cwd=folder, env=ENV, capture_output=True, text=True, timeout=120)
+    third_took = time.monotonic() - start
     output, _ = first.communicate(timeout=900)
     assert first.returncode == 0, output[-3000:]
-    return folder, config, first.pid, second, refused_in, output
+    return SimpleNamespace(folder=folder, config=config, pid=first.pid, output=output, second=second,
+                           second_took=second_took, third=third, third_took=third_took)
 
 
 @needs_snakemake
 def test_a_second_run_on_the_same_results_folder_is_refused(owned_run):
-    folder, _, pid, second, refused_in, first_output = owned_run
-    print(f"second run refused after {refused_in:.1f} s (the snakemake command, start to exit)")
-    assert second.returncode != 0
-    last = second.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: results folder {folder / 'results'} is in use by another run "
-                           f"(host {socket.gethostname()}, PID {pid}, started ")
-    assert "Traceback" not in second.stderr and "Building DAG" not in second.stdout + second.stderr
-    assert "warning:" not in first_output  # the first run found no lock of anyone else
-    assert not (folder / "results" / ".gradvis.lock").exists()  # released at its end
+    run = owned_run
+    print(f"second run refused after {run.second_took:.1f} s (snakemake), {run.third_took:.1f} s (gradvis run)")
+    in_use = (f"results folder {run.folder / 'results'} is in use by another run (host {socket.gethostname()}, "
+              f"PID {run.pid}, started ")
+    assert run.second.returncode != 0
+    assert run.second.stderr.strip().splitlines()[-1].startswith(f"error: {in_use}")
+    assert "Traceback" not in run.second.stderr and "Building DAG" not in run.second.stdout + run.second.stderr
+    assert run.third.returncode == 2 and run.third.stdout == ""
+    assert run.third.stderr.startswith(f"gradvis: error: {in_use}") and len(run.third.stderr.splitlines()) == 1
+    assert "warning:" not in run.output  # the first run found no lock of anyone else
+    assert not (run.folder / "results" / ".gradvis.lock").exists()  # released at its end
 
 
 @needs_snakemake
@@ -289,11 +297,10 @@ def test_the_first_run_completes_untouched(owned_run):
     """Its trajectory equals a clean run of the train step with the same command line."""
     from gradvis_steps.storage.trajectory import Trajectory
 
-    folder, config, _, _, _, output = owned_run
-    (train,) = [shlex.split(line.rsplit("python -m ", 1)[1]) for line in output.splitlines()  # the shell commands
+    (train,) = [shlex.split(line.rsplit("python -m ", 1)[1]) for line in owned_run.output.splitlines()  # commands
                 if "python -m gradvis_steps.train " in line and line.rstrip().endswith("-s0/trajectory.h5")]
     ran_path = Path(train[train.index("--out") + 1])
-    out = folder / "clean" / "trajectory.h5"
+    out = owned_run.folder / "clean" / "trajectory.h5"
     train[train.index("--out") + 1] = str(out)
     subprocess.run([sys.executable, "-m", *train], check=True, env={**ENV, "OMP_NUM_THREADS": "1"},  # as the job
                    capture_output=True)
@@ -374,8 +381,7 @@ def test_every_file_of_a_run_is_rebuilt_when_deleted(owned_run, tmp_path):
     deleted; one (a 1D landscape) is rebuilt equal to the one deleted. The kinds are deleted together, one dry run a
     round: a file counts as planned for its own absence only where no other deleted file upstream plans its job
     anyway (from the jobs' reasons); the others wait for a later round, without the files confirmed."""
-    folder, config, *_ = owned_run
-    results = folder / "results"
+    config, results = owned_run.config, owned_run.folder / "results"
     kinds = kinds_of_files(results)
     expected = {"trajectory.h5", "spectra/spectra.h5", "spectra/densities", "spectra/settings.yaml",
                 "directions/directions.h5", "directions/settings.yaml", "eigendirections/eigendirections.h5",
