@@ -5,7 +5,6 @@
 
 import atexit
 import json
-import os
 import re
 import shlex
 import sys
@@ -31,21 +30,7 @@ except ConfigError as error:
 FIRST = next(iter(PLAN.experiments.values())).variants[0].config
 R = FIRST["results"].rstrip("/")
 
-
-def dry_run():
-    """Whether this is `snakemake -n` (known while the Snakefile is read, unlike workflow.dryrun)."""
-    return bool(getattr(getattr(workflow, "output_settings", None), "dryrun", False))
-
-
 if MAIN:
-    # A results folder is owned by one run at a time (workflow/results_lock.py): a second run stops here, before the
-    # pre-flight and the DAG; a dry run (and gradvis report/unlock: GRADVIS_LOCK=warn) only says so.
-    _holder = results_lock.holder(R)
-    if _holder is not None and not FORCE_UNLOCK:
-        if dry_run() or os.environ.get("GRADVIS_LOCK") == "warn":
-            print(f"warning: {results_lock.in_use_message(R, _holder)}", file=sys.stderr)
-        else:
-            raise SystemExit(f"error: {results_lock.in_use_message(R, _holder)}")
     try:
         preflight(PLAN)
     except ConfigError as error:
