@@ -4,6 +4,7 @@
 # config/config.yaml, merged over the embedded default; each experiment's settings validated
 # against workflow/schemas/config.schema.yaml before any job runs.
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ GRADVIS_ROOT = Path(str(workflow.current_basedir))
 sys.path.insert(0, str(GRADVIS_ROOT / "workflow"))
 from experiments import ConfigError, deep_merge  # noqa: E402
 from preflight import load_config_file  # noqa: E402
+import results_lock  # noqa: E402
 
 # Snakemake's own YAML reader names no line of a syntax error; this one does (for a --configfile, Snakemake reads it
 # before this file runs: `python workflow/check_config.py FILE` names the line there).
@@ -36,6 +38,22 @@ except ConfigError as error:
     raise SystemExit(f"config error: {error}") from None
 config.clear()
 config.update(_merged)
+# `--config force_unlock=true`: take the results folder's lock even from a run that holds it (workflow/results_lock.py)
+FORCE_UNLOCK = config.pop("force_unlock", False)
+if not isinstance(FORCE_UNLOCK, bool):
+    raise SystemExit(f"config error: force_unlock must be true or false, got {FORCE_UNLOCK!r}")
+# A results folder is owned by one run at a time (workflow/results_lock.py; taken before the first job, in onstart):
+# a second run stops here, before the config's validation, the pre-flight and the DAG. A dry run only says so, as do
+# gradvis report and unlock (GRADVIS_LOCK=warn). Not in the jobs Snakemake starts (SLURM), only where the user does.
+if getattr(workflow, "is_main_process", True) and not FORCE_UNLOCK:
+    _results = str(config.get("results", "results")).rstrip("/")
+    _holder = results_lock.holder(_results)
+    if _holder is not None:
+        _dry = getattr(getattr(workflow, "output_settings", None), "dryrun", False)  # workflow.dryrun: not yet known
+        if _dry or os.environ.get("GRADVIS_LOCK") == "warn":
+            print(f"warning: {results_lock.in_use_message(_results, _holder)}", file=sys.stderr)
+        else:
+            raise SystemExit(f"error: {results_lock.in_use_message(_results, _holder)}")
 
 
 include: "workflow/rules/common.smk"

@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=None, help="the report file (default: <results>/report.html)")
     report.set_defaults(handler=_report)
 
-    unlock = snakemake_command("unlock", "remove Snakemake's lock left in this folder by a killed run")
+    unlock = snakemake_command("unlock", "remove the locks a killed run left: Snakemake's in this folder and "
+                               "gradvis's in the results folder (<results>/.gradvis.lock)")
     unlock.set_defaults(handler=_unlock)
 
     check = commands.add_parser("check", help="check config files as the workflow will, without running anything")
@@ -129,6 +130,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     folder = Path.cwd()
     config = _config_path(args.config, folder)
     profile = _profile_args(args.profile, extra)
+    _check_results_lock(config, folder, extra)
     _precheck(config, folder)
     cores = args.cores if args.cores is not None else (None if args.profile else "all")
     return _snakemake(folder, config, [*(["--cores", str(cores)] if cores else []), *profile, *extra])
@@ -139,14 +141,45 @@ def _report(args: argparse.Namespace, extra: list[str]) -> int:
     config = _config_path(args.config, folder)
     out = args.out
     if out is None:
-        deep_merge = _workflow_module("experiments").deep_merge
-        out = Path(deep_merge(_base_config(config, folder), _load(config))["results"]) / "report.html"
-    return _snakemake(folder, config, ["--cores", "1", "--report", str(out), *extra])
+        out = _results_folder(config, folder) / "report.html"
+    # reads the results: a run that owns the folder meanwhile is reported, not a reason to stop
+    return _snakemake(folder, config, ["--cores", "1", "--report", str(out), *extra], {"GRADVIS_LOCK": "warn"})
 
 
 def _unlock(args: argparse.Namespace, extra: list[str]) -> int:
     folder = Path.cwd()
-    return _snakemake(folder, _config_path(args.config, folder), ["--cores", "1", "--unlock", *extra])
+    config = _config_path(args.config, folder)
+    results = _results_folder(config, folder)
+    lock = _workflow_module("results_lock")
+    record = lock.clear(results)
+    if record is not None:
+        alive = lock.alive(record)
+        note = " (that process is still running: stop it, or two runs will write the folder)" if alive else ""
+        print(f"removed the lock of {(folder / results).resolve()} held by {lock.describe(record)}{note}")
+    return _snakemake(folder, config, ["--cores", "1", "--unlock", *extra], {"GRADVIS_LOCK": "warn"})
+
+
+def _check_results_lock(config: Path, folder: Path, extra: list[str]) -> None:
+    """A run on a results folder that another run owns stops here at once (the workflow would stop it too, after
+    Snakemake has started): not for a dry run, nor with force_unlock, which the workflow handles."""
+    dry = any(word in ("-n", "--dry-run", "--dryrun") or (word[:1] == "-" and word[1:2] != "-" and "n" in word)
+              for word in extra)
+    if dry or any(word.replace(" ", "").startswith("force_unlock=") for word in extra):
+        return
+    try:
+        results = folder / _results_folder(config, folder)
+    except (OSError, _workflow_module("experiments").ConfigError, KeyError, TypeError):
+        return  # the config's own problem: the pre-check names it
+    lock = _workflow_module("results_lock")
+    record = lock.holder(results)
+    if record is not None:
+        raise CommandError(lock.in_use_message(results, record))
+
+
+def _results_folder(config: Path, folder: Path) -> Path:
+    """The results folder a run with ``config`` in ``folder`` writes (as given: relative to ``folder``)."""
+    deep_merge = _workflow_module("experiments").deep_merge
+    return Path(deep_merge(_base_config(config, folder), _load(config))["results"])
 
 
 def _check(args: argparse.Namespace, extra: list[str]) -> int:
@@ -290,10 +323,10 @@ def _require_snakemake() -> None:
                            "workflow extra, e.g. pip install 'gradvis[workflow]' (or pip install snakemake)")
 
 
-def _snakemake(folder: Path, config: Path, options: list[str]) -> int:
+def _snakemake(folder: Path, config: Path, options: list[str], env_extra: dict[str, str] | None = None) -> int:
     """Snakemake of this interpreter on the packaged Snakefile, in ``folder``; its exit status."""
     bin_dir = Path(sys.executable).parent  # not resolved: a venv's bin/python is a link out of the venv
-    env = dict(os.environ)
+    env = {**os.environ, **(env_extra or {})}
     env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")]).rstrip(os.pathsep)
     env["PYTHONPATH"] = os.pathsep.join([str(folder), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow_files.snakefile()),

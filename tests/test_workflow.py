@@ -234,7 +234,7 @@ def test_config_values_never_reach_a_shell_unquoted(tmp_path):
         assert "touch" not in words, line
         paths = [word for word in words if "PWNED" in word]  # every path under the results folder, whole
         assert paths and all(word.startswith(str(results)) for word in paths), line
-        log = words[words.index(">") + 1]
+        log = words[words.index("gradvis_steps.logged") + 1]  # python -m gradvis_steps.logged LOG COMMAND
         assert log.startswith(str(results)) and log.endswith(".log"), line
     run = "my digits-lenet_small-lr0.05-bs256-e2-m0.9-s0"
     assert any(run in line for line in shells)

@@ -27,7 +27,8 @@ def shell_commands(*args: str) -> list[list[str]]:
     """The step commands (``gradvis_steps.<step> ...`` as words) a dry run of the workflow would run."""
     result = snakemake("-n", "-p", "--cores", "1", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [shlex.split(line.split("python -m ", 1)[1].split(" > ")[0]) for line in result.stdout.splitlines()
+    # the step's command is the last `python -m` of a job's shell (the first runs gradvis_steps.logged around it)
+    return [shlex.split(line.rsplit("python -m ", 1)[1].split(" > ")[0]) for line in result.stdout.splitlines()
             if "python -m gradvis_steps." in line]
 
 

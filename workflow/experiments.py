@@ -248,6 +248,9 @@ class Experiment:
     runs: list[str]
     variants: list[Variant]
     outputs: list[dict[str, str]] = field(default_factory=list)  # {path (under results), kind, run, label}
+    # every other file or folder (under results) its jobs leave: the data behind the figures, settings.yaml files,
+    # frames; targets too, so that a deleted one is rebuilt (Snakemake does not rebuild a missing intermediate file)
+    files: list[str] = field(default_factory=list)
     compare: dict[str, dict[str, Any]] = field(default_factory=dict)  # figure path -> {kind, inputs, labels}
     # (run, "spectra" | "landscape_<method>") -> {input file: variant label}: what a sweep's comparison could show
     comparable: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
@@ -564,6 +567,9 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
     def comparable(run: str, key: str, path: str) -> None:
         experiment.comparable.setdefault((run, key), {}).setdefault(path, label)
 
+    def files(folder: str, *names: str) -> None:
+        experiment.files.extend(f"{folder}/{name}" for name in (*names, "settings.yaml"))
+
     spectra_id = None
     if spectra["enabled"]:
         spectra_settings = {"evaluation": evaluation, "spectra": _pick(spectra, SPECTRA_WHAT)}
@@ -571,7 +577,7 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
                                   spectra_settings, config)
     eig_id = plan.add_job("eigendirections", f"{hessian['which']}{hessian['count']}-at{centre}",
                           {**hessian, "centre": centre}, config)
-    landscape_ids = {}
+    landscape_ids, direction_ids = {}, {}
     for method in directions["methods"]:
         how = {"method": method, "centre": centre, "normalization": directions["normalization"]}
         if method == "random":
@@ -584,7 +590,8 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
             how["eigendirections"] = plan.settings("eigendirections", eig_id)
             how["pick"] = directions["hessian"]["pick"]
         upstream = {"eigendirections": eig_id} if method == "hessian" else {}
-        direction_id = plan.add_job("directions", f"{method}-at{centre}", how, config, **upstream)
+        direction_id = direction_ids[method] = plan.add_job("directions", f"{method}-at{centre}", how, config,
+                                                            **upstream)
         settings = {"directions": how, "evaluation": evaluation, "landscape": _pick(landscape, LANDSCAPE_WHAT)}
         landscape_ids[method] = plan.add_job("landscape", f"{method}-r{landscape['resolution']}-at{centre}",
                                              settings, config, directions=direction_id)
@@ -618,11 +625,17 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
         experiment.runs.append(run)
         output(f"{run}/trajectory.h5", "trajectory", run)
         if spectra_id:
+            files(f"{run}/spectra/{spectra_id}")
             output(f"{run}/spectra/{spectra_id}/spectra.h5", "spectra", run)
             comparable(run, "spectra", f"{run}/spectra/{spectra_id}/spectra.h5")
             output(f"{run}/spectra/{spectra_id}/densities", "densities", run)
+        if "hessian" in landscape_ids:
+            files(f"{run}/eigendirections/{eig_id}", "eigendirections.h5")
+        for did in direction_ids.values():
+            files(f"{run}/directions/{did}", "directions.h5")
         for method, lid in landscape_ids.items():
             folder = f"{run}/landscape/{lid}"
+            files(folder, "landscape_2d.h5", *(["landscape_1d.h5"] if landscape["line"] else []))
             output(f"{folder}/contour{log}.png", f"{method} contour", run)
             comparable(run, f"landscape_{method}", f"{folder}/landscape_2d.h5")
             output(f"{folder}/surface{log}.png", f"{method} surface", run)
@@ -630,6 +643,9 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
             if landscape["line"]:
                 output(f"{folder}/line{log}.png", f"{method} line", run)
         if video_id:
+            files(f"{run}/videos/{video_id}", "frames")
+            if moving_id:
+                files(f"{run}/moving/{moving_id}", "landscapes")
             output(f"{run}/videos/{video_id}/training.mp4", "training video", run)
     if not interpolation_id:
         return
@@ -642,9 +658,11 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
     for run, twin in pairs:
         plan.pairs[(run, twin)] = None
         folder = f"{run}/interpolation/{twin}/{interpolation_id}"
+        files(folder, "line.h5", "spectra.h5", "plane_directions.h5", "plane.h5", "plane_surface.png")
         output(f"{folder}/line.png", "interpolation line", run)
         output(f"{folder}/plane_contour.png", "interpolation plane", run)
         if interpolation_video_id:
+            experiment.files.append(f"{folder}/videos/{interpolation_video_id}/frames")
             output(f"{folder}/videos/{interpolation_video_id}/interpolation.mp4", "interpolation video", run)
 
 

@@ -14,6 +14,7 @@ analyses ask of them.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,47 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: a config is a mapping of keys (results:, train:, ...), got a "
                           f"{type(config).__name__}")
     return config
+
+
+#: Free space below which no job of a run can be expected to finish (a trajectory, a log, a settings file)
+MIN_FREE_BYTES = 1 << 20
+
+
+def writable_problem(results: str | os.PathLike[str]) -> str | None:
+    """Why a run could not write into the results folder (not writable, a read-only file system, a full disk), in
+    one line naming the folder and the cause; None when it can. Checked before the first job: otherwise the first
+    job to write failed, hours into a run, with a Snakemake traceback or an empty log."""
+    folder = Path(results).absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"results folder {folder}: {existing} is not a folder"
+    folders = [existing] if existing != folder else [Path(f) for f, _, _ in os.walk(folder)]
+    for path in folders:
+        if not os.access(path, os.W_OK | os.X_OK):  # False on a read-only mount, even for root
+            cause = "read-only file system" if _read_only(path) else "permission denied"
+            if existing != folder:
+                return f"results folder {folder} cannot be created: {path} is not writable ({cause})"
+            where = "" if path == folder else f": its subfolder {path}"
+            return f"results folder {folder} is not writable{where} ({cause})"
+    try:
+        space = os.statvfs(existing)
+    except OSError:
+        return None
+    if space.f_bavail * space.f_frsize < MIN_FREE_BYTES:
+        return (f"results folder {folder}: no space left on device ({space.f_bavail * space.f_frsize} bytes free on "
+                f"the file system of {existing})")
+    if space.f_files and not space.f_favail:
+        return f"results folder {folder}: no space left on device (no free inodes on the file system of {existing})"
+    return None
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def preflight(plan: Plan) -> None:

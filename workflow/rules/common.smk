@@ -1,9 +1,13 @@
 # The plan (workflow/experiments.py): experiments, sweeps, content-addressed output folders; helpers the rules
-# share to turn a job's settings into step arguments and resources. Rules call one step module each.
+# share to turn a job's settings into step arguments and resources. Rules call one step module each, through
+# `python -m gradvis_steps.logged {log:q} COMMAND`: the command's output goes to its log, and its error lines also
+# to the console (or the SLURM job's log), all of it there when the log cannot be written.
 
+import atexit
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
@@ -11,20 +15,55 @@ from snakemake.utils import validate
 
 from experiments import ConfigError, build_plan, summary_settings, trainer_args  # noqa: E402
 from external_files import checkpoint_files, fingerprint, run_files  # noqa: E402
-from preflight import preflight  # noqa: E402
+from preflight import preflight, writable_problem  # noqa: E402
+import results_lock  # noqa: E402
 
 SCHEMA_PATH = Path(str(workflow.current_basedir)).parent / "schemas" / "config.schema.yaml"  # also as a module
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
+MAIN = getattr(workflow, "is_main_process", True)  # where the user starts it, not again in each SLURM job
 try:
     PLAN = build_plan(config, SCHEMA, lambda variant: validate(variant, str(SCHEMA_PATH), set_default=True))
-    if getattr(workflow, "is_main_process", True):  # where the user starts it, not again in each SLURM job
-        preflight(PLAN)
 except ConfigError as error:
     raise SystemExit(f"config error: {error}") from None
 
 FIRST = next(iter(PLAN.experiments.values())).variants[0].config
 R = FIRST["results"].rstrip("/")
+
+if MAIN:
+    try:
+        preflight(PLAN)
+    except ConfigError as error:
+        raise SystemExit(f"config error: {error}") from None
+
+
+def own_results_folder():
+    """Before the first job of a real run: the results folder can be written, and this run holds its lock until it
+    ends (onsuccess, onerror, or the process's exit)."""
+    problem = writable_problem(R)
+    if problem:
+        raise SystemExit(f"error: {problem}")
+    try:
+        warnings = results_lock.acquire(R, force=FORCE_UNLOCK)
+    except results_lock.LockError as error:
+        raise SystemExit(f"error: {error}") from None
+    atexit.register(results_lock.release)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+
+
+onstart:
+    if MAIN:
+        own_results_folder()
+
+
+onsuccess:
+    results_lock.release()
+
+
+onerror:
+    results_lock.release()
+
 ENV = "../../envs/gradvis.yaml"
 LAUNCHER = FIRST["mpi_launcher"]
 
@@ -145,7 +184,9 @@ def all_targets():
     targets = []
     for experiment in PLAN.experiments.values():
         targets += [f"{R}/{item['path']}" for item in experiment.outputs]
+        targets += [f"{R}/{path}" for path in experiment.files]  # so that a deleted one is rebuilt
         targets += [f"{R}/{path}" for path in experiment.compare]
+        targets.append(f"{R}/experiments/{experiment.name}/settings.yaml")
         targets.append(f"{R}/experiments/{experiment.name}/summary.html")
     return list(dict.fromkeys(targets))
 
@@ -208,7 +249,7 @@ def centre_arg(option, centre):
 def directions_inputs(wildcards):
     planned = job("directions", wildcards.did)
     inputs = {"trajectory": f"{R}/{wildcards.run}/trajectory.h5",
-              "settings": f"{R}/{wildcards.run}/directions/{wildcards.did}/settings.yaml"}
+              "settings": ancient(f"{R}/{wildcards.run}/directions/{wildcards.did}/settings.yaml")}
     if "eigendirections" in planned.upstream:
         inputs["eig"] = f"{R}/{wildcards.run}/eigendirections/{planned.upstream['eigendirections']}/eigendirections.h5"
     if planned.settings["method"] == "custom":

@@ -5,7 +5,7 @@
 rule eigendirections:
     input:
         trajectory=f"{R}/{{run}}/trajectory.h5",
-        settings=f"{R}/{{run}}/eigendirections/{{eid}}/settings.yaml",
+        settings=ancient(f"{R}/{{run}}/eigendirections/{{eid}}/settings.yaml"),
     output:
         f"{R}/{{run}}/eigendirections/{{eid}}/eigendirections.h5",
     log:
@@ -22,8 +22,9 @@ rule eigendirections:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.eigendirections --trajectory {input.trajectory:q} "
-        "{params.args} --folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
+        "{params.launch}python -m gradvis_steps.eigendirections --trajectory {input.trajectory:q} "
+        "{params.args} --folder-settings {input.settings:q} --out {output:q}"
 
 
 rule directions:
@@ -41,5 +42,6 @@ rule directions:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.trajectory:q} {params.args} "
-        "--folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.directions --trajectory {input.trajectory:q} {params.args} "
+        "--folder-settings {input.settings:q} --out {output:q}"

@@ -19,8 +19,9 @@ rule compare:
     conda:
         ENV
     shell:
+        "python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.compare --{params.kind} {input:q} --labels {params.labels} {params.args} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--out {output:q}"
 
 
 rule experiment_summary:
@@ -36,5 +37,6 @@ rule experiment_summary:
     conda:
         ENV
     shell:
+        "python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.experiment_summary --name {wildcards.experiment:q} --settings {input.settings:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--out {output:q}"

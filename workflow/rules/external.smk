@@ -20,7 +20,8 @@ rule external_trajectory:
     shell:
         # a copy, not a link: the results stay what they are if the file is moved, edited or deleted later;
         # written beside the output and renamed, so an interrupted copy never passes for the trajectory
-        "(cp -- {input:q} {output:q}.partial && mv -f -- {output:q}.partial {output:q}) > {log:q} 2>&1"
+        "python -m gradvis_steps.logged {log:q} "
+        """sh -c 'cp -- "$1" "$2.partial" && mv -f -- "$2.partial" "$2"' copy {input:q} {output:q}"""
 
 
 rule import_checkpoints:
@@ -42,5 +43,6 @@ rule import_checkpoints:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.import_checkpoints --out {output:q} {params.args} "
-        "--no-progress {input:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.import_checkpoints --out {output:q} {params.args} "
+        "--no-progress {input:q}"

@@ -9,7 +9,7 @@ rule interpolate:
     input:
         a=f"{R}/{{run}}/trajectory.h5",
         b=f"{R}/{{other}}/trajectory.h5",
-        settings=f"{PAIR_DIR}/settings.yaml",
+        settings=ancient(f"{PAIR_DIR}/settings.yaml"),
     output:
         line=f"{PAIR_DIR}/line.h5",
         spectra=f"{PAIR_DIR}/spectra.h5",
@@ -26,9 +26,10 @@ rule interpolate:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.interpolate "
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
+        "{params.launch}python -m gradvis_steps.interpolate "
         "--trajectory-a {input.a:q} --trajectory-b {input.b:q} {params.args} --folder-settings {input.settings:q} "
-        "--out-line {output.line:q} --out-spectra {output.spectra:q} > {log:q} 2>&1"
+        "--out-line {output.line:q} --out-spectra {output.spectra:q}"
 
 
 rule plot_interpolation_line:
@@ -42,14 +43,15 @@ rule plot_interpolation_line:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input:q} --line {output:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.plot_landscape --landscape {input:q} --line {output:q}"
 
 
 rule interpolation_plane_directions:
     input:
         a=f"{R}/{{run}}/trajectory.h5",
         b=f"{R}/{{other}}/trajectory.h5",
-        settings=f"{PAIR_DIR}/settings.yaml",
+        settings=ancient(f"{PAIR_DIR}/settings.yaml"),
     output:
         f"{PAIR_DIR}/plane_directions.h5",
     log:
@@ -58,15 +60,16 @@ rule interpolation_plane_directions:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.directions --trajectory {input.a:q} --trajectory-b {input.b:q} "
-        "--method interpolation --folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.directions --trajectory {input.a:q} --trajectory-b {input.b:q} "
+        "--method interpolation --folder-settings {input.settings:q} --out {output:q}"
 
 
 rule interpolation_plane:
     input:
         trajectory=f"{R}/{{run}}/trajectory.h5",
         directions=f"{PAIR_DIR}/plane_directions.h5",
-        settings=f"{PAIR_DIR}/settings.yaml",
+        settings=ancient(f"{PAIR_DIR}/settings.yaml"),
     output:
         f"{PAIR_DIR}/plane.h5",
     log:
@@ -80,9 +83,10 @@ rule interpolation_plane:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.landscape "
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
+        "{params.launch}python -m gradvis_steps.landscape "
         "--trajectory {input.trajectory:q} --directions {input.directions:q} {params.args} "
-        "--folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "--folder-settings {input.settings:q} --out {output:q}"
 
 
 rule plot_interpolation_plane:
@@ -97,5 +101,6 @@ rule plot_interpolation_plane:
     conda:
         ENV
     shell:
+        "python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} "
-        "--surface {output.surface:q} --log-levels --mark 1 0 'minimum B' > {log:q} 2>&1"
+        "--surface {output.surface:q} --log-levels --mark 1 0 'minimum B'"

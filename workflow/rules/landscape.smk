@@ -8,7 +8,7 @@ rule landscape:
     input:
         trajectory=f"{R}/{{run}}/trajectory.h5",
         directions=lambda w: f"{R}/{w.run}/directions/{job('landscape', w.lid).upstream['directions']}/directions.h5",
-        settings=f"{LAND_DIR}/settings.yaml",
+        settings=ancient(f"{LAND_DIR}/settings.yaml"),
     output:
         f"{LAND_DIR}/landscape_{{dims}}d.h5",
     log:
@@ -24,9 +24,10 @@ rule landscape:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.landscape "
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
+        "{params.launch}python -m gradvis_steps.landscape "
         "--trajectory {input.trajectory:q} --directions {input.directions:q} --dims {wildcards.dims} {params.args} "
-        "--folder-settings {input.settings:q} --out {output:q} > {log:q} 2>&1"
+        "--folder-settings {input.settings:q} --out {output:q}"
 
 
 rule plot_landscape_2d:
@@ -44,8 +45,9 @@ rule plot_landscape_2d:
     conda:
         ENV
     shell:
+        "python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.plot_landscape --landscape {input:q} --contour {output.contour:q} "
-        "--surface {output.surface:q} {params.log_levels} --title {wildcards.run:q} > {log:q} 2>&1"
+        "--surface {output.surface:q} {params.log_levels} --title {wildcards.run:q}"
 
 
 rule landscape_vtk:
@@ -58,7 +60,8 @@ rule landscape_vtk:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_landscape --landscape {input:q} --vtk {output:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.plot_landscape --landscape {input:q} --vtk {output:q}"
 
 
 rule plot_landscape_1d:
@@ -74,5 +77,6 @@ rule plot_landscape_1d:
     conda:
         ENV
     shell:
+        "python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.plot_landscape --landscape {input:q} --line {output:q} {params.log_levels} "
-        "--title {wildcards.run:q} > {log:q} 2>&1"
+        "--title {wildcards.run:q}"

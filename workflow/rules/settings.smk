@@ -1,5 +1,6 @@
 # settings.yaml beside every analysis output: everything that defines the folder (its id is a hash of it). The
-# steps record it in each HDF5 file's provenance (--folder-settings).
+# steps record it in each HDF5 file's provenance (--folder-settings). The rules read it as ancient(): its content
+# follows from its folder's name, so a deleted one is written again without rerunning the folder's jobs.
 
 FOLDER_KINDS = {"spectra": "spectra", "eigendirections": "eigendirections", "directions": "directions",
                 "landscape": "landscape", "videos": "video", "moving": "moving"}
@@ -19,7 +20,8 @@ rule analysis_settings:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q}"
 
 
 rule interpolation_settings:
@@ -33,7 +35,8 @@ rule interpolation_settings:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q}"
 
 
 rule experiment_settings:
@@ -47,4 +50,5 @@ rule experiment_settings:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.settings_file --json {params.json:q} --out {output:q}"

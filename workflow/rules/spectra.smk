@@ -8,7 +8,7 @@ SPEC_DIR = f"{R}/{{run}}/spectra/{{sid}}"
 rule spectrum_chunk:
     input:
         trajectory=f"{R}/{{run}}/trajectory.h5",
-        settings=f"{SPEC_DIR}/settings.yaml",
+        settings=ancient(f"{SPEC_DIR}/settings.yaml"),
     output:
         temp(f"{SPEC_DIR}/chunk_{{i}}of{{n}}.h5"),
     log:
@@ -23,9 +23,9 @@ rule spectrum_chunk:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch}python -m gradvis_steps.spectrum --trajectory {input.trajectory:q} "
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
+        "{params.launch}python -m gradvis_steps.spectrum --trajectory {input.trajectory:q} "
         "{params.args} --chunk {wildcards.i}/{wildcards.n} --folder-settings {input.settings:q} --out {output:q} "
-        "> {log:q} 2>&1"
 
 
 rule spectra_gather:
@@ -38,7 +38,8 @@ rule spectra_gather:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.merge_spectra --inputs {input:q} --out {output:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.merge_spectra --inputs {input:q} --out {output:q}"
 
 
 rule density_plots:
@@ -54,4 +55,5 @@ rule density_plots:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.plot_spectra --spectra {input:q} {params.args} --out-dir {output:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.plot_spectra --spectra {input:q} {params.args} --out-dir {output:q}"

@@ -20,5 +20,6 @@ rule train:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.train {params.args} --resume --no-progress --out {output:q} "
-        "> {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.train {params.args} --resume --no-progress "
+        "--out {output:q}"

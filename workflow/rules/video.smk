@@ -9,7 +9,7 @@ IVIDEO_DIR = f"{PAIR_DIR}/videos/{{ivid}}"
 rule moving_frame:
     input:
         trajectory=f"{R}/{{run}}/trajectory.h5",
-        settings=f"{R}/{{run}}/moving/{{mid}}/settings.yaml",
+        settings=ancient(f"{R}/{{run}}/moving/{{mid}}/settings.yaml"),
     output:
         directory(f"{R}/{{run}}/moving/{{mid}}/landscapes"),
     log:
@@ -27,15 +27,16 @@ rule moving_frame:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m gradvis_steps.moving_frame --trajectory {input.trajectory:q} "
-        "{params.args} --folder-settings {input.settings:q} --out-dir {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.moving_frame --trajectory {input.trajectory:q} "
+        "{params.args} --folder-settings {input.settings:q} --out-dir {output:q}"
 
 
 rule training_frames:
     input:
         planes=video_planes,
         spectra=lambda w: f"{R}/{w.run}/spectra/{job('video', w.vid).upstream['spectra']}/spectra.h5",
-        settings=f"{VIDEO_DIR}/settings.yaml",
+        settings=ancient(f"{VIDEO_DIR}/settings.yaml"),
     output:
         directory(f"{VIDEO_DIR}/frames"),
     log:
@@ -45,8 +46,9 @@ rule training_frames:
     conda:
         ENV
     shell:
+        "python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.frames training --landscape {input.planes:q} --spectra {input.spectra:q} "
-        "{params.args} --out-dir {output:q} > {log:q} 2>&1"
+        "{params.args} --out-dir {output:q}"
 
 
 rule training_video:
@@ -62,7 +64,8 @@ rule training_video:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q}"
 
 
 rule interpolation_frames:
@@ -79,8 +82,9 @@ rule interpolation_frames:
     conda:
         ENV
     shell:
+        "python -m gradvis_steps.logged {log:q} "
         "python -m gradvis_steps.frames interpolation --line {input.line:q} --plane {input.plane:q} "
-        "--spectra {input.spectra:q} {params.args} --out-dir {output:q} > {log:q} 2>&1"
+        "--spectra {input.spectra:q} {params.args} --out-dir {output:q}"
 
 
 rule interpolation_video:
@@ -96,4 +100,5 @@ rule interpolation_video:
     conda:
         ENV
     shell:
-        "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q} > {log:q} 2>&1"
+        "python -m gradvis_steps.logged {log:q} "
+        "python -m gradvis_steps.video --frames {input:q} {params.args} --out {output:q}"
