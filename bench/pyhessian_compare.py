@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-m", type=int, default=None, help="Lanczos steps of the largest-eigenvalue check (default m)")
     p.add_argument("--group-size", type=int, default=10, help="block size of the batched path, when present")
     p.add_argument("--repeats", type=int, default=5, help="alternating rounds of the per-call timings (default 5)")
+    p.add_argument("--no-calls", action="store_true",
+                   help="skip the per-call timings (ResNet-20 on 2 cores: about 10 min): SLQ and the largest\n"
+                        "eigenvalue only")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and the data (default 0)")
     p.add_argument("--hvp-memory-mb", type=C.memory_budget, default=None,
                    help="memory (MiB, or auto) for the gradient graphs our operator keeps (default: the\n"
@@ -192,50 +195,55 @@ def bench_model(name: str, args: argparse.Namespace, sync: Any, out: dict[str, A
             (criterion(model(xb), yb) * (len(xb) / len(xt))).backward()
         model.zero_grad(set_to_none=True)
 
-    calls: dict[str, tuple[Any, int]] = {  # label -> (function of a round index, vectors per call)
-        "forward (plain model + loss)": (lambda i: forward(), 0),
-        "ours evaluate (loss + accuracy)": (lambda i: obj.evaluate(theta), 0),
-        "ours gradient": (lambda i: obj.grad(theta), 0),
-        "plain autograd gradient": (lambda i: autograd_gradient(), 0),
-    }
-    for mode, o in objectives.items():
-        calls[f"ours hvp {mode}"] = (lambda i, o=o: o.hvp(theta, pool[i % len(pool)]), 1)
-    for mode, operator in operators.items():
-        kind = "kept graphs" if operator.kept_batches else "recomputed"
-        calls[f"ours operator {mode} ({kind} {operator.kept_batches}/{len(batches)})"] = (
-            lambda i, operator=operator: operator(pool[i % len(pool)]), 1)
-    block = torch.stack(pool[:g])
-    matmat_modes = [mode for mode, operator in operators.items() if hasattr(operator, "matmat")]
-    for mode in matmat_modes:
-        calls[f"ours operator.matmat {mode} (g={g}), per vector"] = (
-            lambda i, operator=operators[mode]: operator.matmat(block), g)
-    if not matmat_modes:
-        notes.append("operator.matmat not in this checkout: batched HVP skipped")
-    else:
-        mm = operators[matmat_modes[0]].matmat(block)
-        out["matmat_rel_diff"] = float(max((mm[j] - op(pool[j])).norm() / op(pool[j]).norm() for j in range(g)))
-    calls["PyHessian dataloader_hv_product"] = (lambda i: hc.dataloader_hv_product(as_list(pool[i % len(pool)])), 1)
-
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    for fn, _ in calls.values():  # warm-up: allocator, cuDNN/oneDNN kernel choice, autograd paths
-        for i in range(2):
-            fn(i)
-    times: dict[str, list[float]] = {label: [] for label in calls}
-    for r in range(args.repeats):
-        for label, (fn, _) in calls.items():
-            times[label].append(C.timed(lambda fn=fn, r=r: fn(r), sync)[0])
-    t_forward = C.median(times["forward (plain model + loss)"])
-    rows = []
-    for label, (_, per) in calls.items():
-        seconds = C.median(times[label]) / max(per, 1)
-        rows.append({"what": label, "seconds": seconds, "per_forward": seconds / t_forward})
-    out["calls"] = rows
-    per_call = {row["what"]: row["seconds"] for row in rows}
-    out["pyhessian_hvp_over_ours_operator"] = (per_call["PyHessian dataloader_hv_product"]
-                                               / next(v for key, v in per_call.items()
-                                                      if key.startswith("ours operator double_backprop")))
-    print(f"[{name}] per-call timings done", file=sys.stderr, flush=True)
-    save()
+
+    def per_call_timings() -> None:
+        calls: dict[str, tuple[Any, int]] = {  # label -> (function of a round index, vectors per call)
+            "forward (plain model + loss)": (lambda i: forward(), 0),
+            "ours evaluate (loss + accuracy)": (lambda i: obj.evaluate(theta), 0),
+            "ours gradient": (lambda i: obj.grad(theta), 0),
+            "plain autograd gradient": (lambda i: autograd_gradient(), 0),
+        }
+        for mode, o in objectives.items():
+            calls[f"ours hvp {mode}"] = (lambda i, o=o: o.hvp(theta, pool[i % len(pool)]), 1)
+        for mode, operator in operators.items():
+            kind = "kept graphs" if operator.kept_batches else "recomputed"
+            calls[f"ours operator {mode} ({kind} {operator.kept_batches}/{len(batches)})"] = (
+                lambda i, operator=operator: operator(pool[i % len(pool)]), 1)
+        block = torch.stack(pool[:g])
+        matmat_modes = [mode for mode, operator in operators.items() if hasattr(operator, "matmat")]
+        for mode in matmat_modes:
+            calls[f"ours operator.matmat {mode} (g={g}), per vector"] = (
+                lambda i, operator=operators[mode]: operator.matmat(block), g)
+        if not matmat_modes:
+            notes.append("operator.matmat not in this checkout: batched HVP skipped")
+        else:
+            mm = operators[matmat_modes[0]].matmat(block)
+            out["matmat_rel_diff"] = float(max((mm[j] - op(pool[j])).norm() / op(pool[j]).norm() for j in range(g)))
+        calls["PyHessian dataloader_hv_product"] = (lambda i: hc.dataloader_hv_product(as_list(pool[i % len(pool)])), 1)
+
+        for fn, _ in calls.values():  # warm-up: allocator, cuDNN/oneDNN kernel choice, autograd paths
+            for i in range(2):
+                fn(i)
+        times: dict[str, list[float]] = {label: [] for label in calls}
+        for r in range(args.repeats):
+            for label, (fn, _) in calls.items():
+                times[label].append(C.timed(lambda fn=fn, r=r: fn(r), sync)[0])
+        t_forward = C.median(times["forward (plain model + loss)"])
+        rows = []
+        for label, (_, per) in calls.items():
+            seconds = C.median(times[label]) / max(per, 1)
+            rows.append({"what": label, "seconds": seconds, "per_forward": seconds / t_forward})
+        out["calls"] = rows
+        per_call = {row["what"]: row["seconds"] for row in rows}
+        out["pyhessian_hvp_over_ours_operator"] = (per_call["PyHessian dataloader_hv_product"]
+                                                   / next(v for key, v in per_call.items()
+                                                          if key.startswith("ours operator double_backprop")))
+        print(f"[{name}] per-call timings done", file=sys.stderr, flush=True)
+        save()
+
+    if not args.no_calls:
+        per_call_timings()
 
     # --- SLQ (PyHessian first: the JSON then holds it even if our runs are cut by a timeout) ---------------------
     hc.density(iter=min(m, 4), n_v=1)  # warm-up
@@ -320,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{r['model']}: dim {r['dim']}, {r['samples']} synthetic CIFAR-shaped samples, {r['batches']} "
               f"batches of {r['batch_size']}; mean loss rel diff {r['loss_rel_diff']:.1e}, HVP rel diff "
               f"{r['hvp_rel_diff']:.1e}")
-        C.print_table(["per call", "ms", "/ forward"],
-                      [[c["what"], c["seconds"] * 1e3, c["per_forward"]] for c in r["calls"]])
-        print(f"PyHessian HVP / our kept-graph operator HVP: {r['pyhessian_hvp_over_ours_operator']:.3g}")
+        if "calls" in r:
+            C.print_table(["per call", "ms", "/ forward"],
+                          [[c["what"], c["seconds"] * 1e3, c["per_forward"]] for c in r["calls"]])
+            print(f"PyHessian HVP / our kept-graph operator HVP: {r['pyhessian_hvp_over_ours_operator']:.3g}")
         C.print_table([f"SLQ k={r['k']} m={r['m']}", "k timed", "s timed", "s (k vectors)", "PyHessian / this"],
                       [[s["tool"] + ": " + s["what"], s["k_timed"], s["seconds_timed"], s["seconds"],
                         s["pyhessian_over_this"]] for s in r["slq"]])

@@ -466,8 +466,6 @@ def test_a_disk_full_during_training_is_named_on_the_console_and_a_rerun_complet
         (trajectory,) = (disk / "results").glob("*/trajectory.h5.partial")  # never under its final name
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         rerun = snakemake("--cores", "1", "--configfile", str(config), timeout=300)
-        if rerun.returncode != 0 and "not a readable partial trajectory file" in rerun.stderr:
-            pytest.xfail("training does not yet start over on an unreadable partial file (issue 27, step side)")
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         ran = trajectory.with_suffix("")
         (train,) = [shlex.split(line.rsplit("python -m ", 1)[1]) for line in (rerun.stdout + rerun.stderr).splitlines()
