@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from mounts import tmpfs
 from step_helpers import train_tiny
 
 from gradvis_steps import cli
@@ -54,22 +55,6 @@ def same_trajectories(a: Path, b: Path) -> None:
         assert sorted(fa) == sorted(fb)
         for name in fa:
             assert np.array_equal(fa[name][()], fb[name][()], equal_nan=True), name
-
-
-@contextlib.contextmanager
-def tmpfs(folder: Path, size: str, *options: str):
-    """A small tmpfs at ``folder`` (unmounted after); skips where this process may not mount."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs",
-                           str(folder)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def fill(folder: Path, leave_kib: int) -> Path:

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from mounts import tmpfs
 from workflow_runner import BIN, ROOT, snakemake
 
 sys.path.insert(0, str(ROOT / "workflow"))
@@ -36,21 +37,6 @@ HAVE_SNAKEMAKE = shutil.which("snakemake", path=str(BIN)) is not None
 needs_snakemake = pytest.mark.skipif(not HAVE_SNAKEMAKE, reason="snakemake is not installed in this environment")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str, read_only: bool = False):
-    """A tmpfs of ``size`` at ``path`` (root only): skips the test where it cannot be mounted."""
-    path.mkdir(parents=True, exist_ok=True)
-    options = f"size={size}" + (",ro" if read_only else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip() or mounted.returncode}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def fill(folder: Path) -> None:
@@ -108,7 +94,7 @@ def test_wrapper_runs_the_job_with_its_messages_on_the_console_when_the_log_cann
 
 
 def test_wrapper_on_a_read_only_and_on_a_full_file_system(tmp_path):
-    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+    with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
         result = logged(ro / "job.log", STEP)
         assert result.returncode == 2
         assert result.stderr.splitlines()[0].endswith(": read-only file system; the job's messages follow here")
@@ -211,7 +197,7 @@ def test_writable_problem_names_the_folder_and_the_cause(tmp_path):
     assert writable_problem(tmp_path / "new" / "results") is None
     (tmp_path / "file").write_text("")
     assert "is not a folder" in writable_problem(tmp_path / "file" / "results")
-    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+    with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
         assert writable_problem(ro / "results") == (f"results folder {ro / 'results'} cannot be created: {ro} is not "
                                                     "writable (read-only file system)")
         assert writable_problem(ro) == f"results folder {ro} is not writable (read-only file system)"
@@ -417,7 +403,7 @@ def test_every_file_of_a_run_is_rebuilt_when_deleted(owned_run, tmp_path):
 
 @needs_snakemake
 def test_a_read_only_results_folder_stops_the_run_in_one_line(tmp_path):
-    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+    with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
         config = tmp_path / "config.yaml"
         config.write_text(yaml.safe_dump(small_config(ro / "results")))
         result = snakemake("--cores", "1", "--configfile", str(config), timeout=300)
