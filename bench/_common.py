@@ -176,11 +176,6 @@ def run_models(
     return payload, threads, mtag
 
 
-def memory_budget(text: str) -> float | str:
-    """``--hvp-memory-mb``: ``auto`` (the objective's default) or a number of MiB."""
-    return text if text == "auto" else float(text)
-
-
 def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
     """Wall-clock seconds of ``fn()`` including the device work it queued, and its return value."""
     sync()

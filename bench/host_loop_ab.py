@@ -35,6 +35,8 @@ MODULE = "gradvis_steps/core/lanczos.py"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from gradvis_steps.cli import memory_budget  # the steps' own parser of --hvp-memory-mb
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     C.add_common_args(p, device=False)
     p.add_argument("--ref", default="HEAD", help="git revision whose host loop is the reference (default HEAD)")
@@ -42,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--m", type=int, default=30, help="Lanczos steps (default 30)")
     p.add_argument("--rounds", type=int, default=5, help="rounds over the k starting vectors (default 5)")
     p.add_argument("--batch-size", type=int, default=1024, help="objective batch size (default 1024)")
-    p.add_argument("--hvp-memory-mb", type=C.memory_budget, default=None,
+    p.add_argument("--hvp-memory-mb", type=memory_budget, default=None,
                    help="memory for the HVP operator's kept gradient graphs (default: the objective's)")
     return p.parse_args(argv)
 

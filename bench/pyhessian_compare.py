@@ -49,6 +49,8 @@ TOP_RTOL = 1e-4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from gradvis_steps.cli import memory_budget  # the steps' own parser of --hvp-memory-mb
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     C.add_common_args(p)
     p.add_argument("--models", nargs="+", default=["lenet", "resnet20"], help="lenet and/or resnet20")
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip the per-call timings (ResNet-20 on 2 cores: about 10 min): SLQ and the largest\n"
                         "eigenvalue only")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and the data (default 0)")
-    p.add_argument("--hvp-memory-mb", type=C.memory_budget, default=None,
+    p.add_argument("--hvp-memory-mb", type=memory_budget, default=None,
                    help="memory (MiB, or auto) for the gradient graphs our operator keeps (default: the\n"
                         "objective's, auto); batches beyond it are recomputed per product (the table says how\n"
                         "many were kept)")

@@ -56,6 +56,8 @@ import _common as C
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from gradvis_steps.cli import memory_budget  # the steps' own parser of --hvp-memory-mb
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     C.add_common_args(p)
     p.add_argument("--models", default="lenet,resnet20", help="comma-separated: lenet, resnet20")
@@ -73,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="interleaved baseline/SLQ rounds (default 3)")
     p.add_argument("--mode-repeats", type=int, default=8, help="HVPs per mode for the mode ratio (default 8)")
     p.add_argument("--no-predict", action="store_true", help="skip the diagonal-matvec prediction")
-    p.add_argument("--hvp-memory-mb", type=C.memory_budget, default=None,
+    p.add_argument("--hvp-memory-mb", type=memory_budget, default=None,
                    help="memory for the gradient graphs the HVP operator keeps (default: the objective's;\n"
                         "0: every HVP recomputes the forward pass and the gradient, as before they were kept)")
     args = p.parse_args(argv)
