@@ -263,6 +263,32 @@ def test_sweep_keeps_files_that_only_look_alike(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "y.h5"])
 
 
+SWEEP = "import sys; from gradvis_steps.storage.atomic import remove_stale_temporaries as r; print(len(r(sys.argv[1])))"
+
+
+def test_a_second_step_in_the_folder_leaves_files_being_written_alone(tmp_path):
+    """Two jobs writing in one folder (a workflow's 1-D and 2-D landscapes): the second one's sweep at its start
+    must not remove what the first is writing, however that is written (HDF5 or Python, which open and close the
+    file themselves and so would drop a lock held on the file itself: the CI failure this test pins)."""
+    from gradvis_steps.storage.atomic import hdf5_output, write_json
+
+    def sweep_in_another_process() -> str:
+        return subprocess.run([sys.executable, "-c", SWEEP, str(tmp_path)], check=True, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.strip()
+
+    with hdf5_output(tmp_path / "landscape_1d.h5") as file:
+        file["loss"] = np.arange(3.0)
+        file.flush()
+        assert sweep_in_another_process() == "0"
+    with atomic_path(tmp_path / "notes.txt", ".txt") as tmp:
+        tmp.write_text("being written")
+        assert sweep_in_another_process() == "0"
+    write_json(tmp_path / "provenance.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["landscape_1d.h5", "notes.txt", "provenance.json"]
+    with h5py.File(tmp_path / "landscape_1d.h5") as file:
+        assert list(file["loss"][()]) == [0.0, 1.0, 2.0]
+
+
 LOCK = textwrap.dedent("""
     import sys, time, h5py
     f = h5py.File(sys.argv[1], "r+")

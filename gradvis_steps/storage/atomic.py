@@ -1,10 +1,12 @@
 """Atomic file writes: write beside the target, then ``os.replace``, so no reader sees half a file.
 
-A temporary file is named ``.<target name>.tmp-XXXXXXXX<suffix>`` and holds a POSIX lock while it is written; the
-first write of a process into a folder removes the unlocked ones there (left by a step that was killed or crashed:
-a lock dies with its process, on any host sharing the folder). The lock is a POSIX one (``lockf``), which HDF5's
-own locking (``flock``) ignores; POSIX drops it when the process closes any descriptor of the file, so a writer
-should close the temporary file as its last act before the rename (every writer here does)."""
+A temporary file is named ``.<target name>.tmp-XXXXXXXX<suffix>``; while it is written its writer holds a POSIX
+lock (``lockf``) on a sidecar ``.<target name>.tmp-XXXXXXXX.lock``. The first write of a process into a folder
+removes the temporaries whose sidecar is missing or unlocked (left by a step that was killed or crashed: a lock dies
+with its process, on any host sharing the folder). The lock sits on its own file because POSIX drops a process's
+locks on a file whenever the process closes any descriptor of it, and HDF5 (or ``Path.write_text``) opens and closes
+the temporary file itself: a lock on the temporary would be gone while it is written (measured), and a second step
+writing in the same folder would remove a live file."""
 
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ from .failures import (
 )
 
 TEMP_MARK = ".tmp-"
-_TEMPORARY = re.compile(r"^\..+\.tmp-[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")  # tempfile.mkstemp's 8 random characters
-_LIVE: set[str] = set()  # temporaries this process writes: its own POSIX locks do not exclude it
+LOCK_SUFFIX = ".lock"
+_TEMPORARY = re.compile(r"^(\..+\.tmp-[a-z0-9_]{8})(\.[A-Za-z0-9]+)?$")  # tempfile.mkstemp's 8 random characters
+_LIVE: set[str] = set()  # stems of the temporaries this process writes: its own POSIX locks do not exclude it
 _SWEPT: set[str] = set()  # folders whose stale temporaries this process removed
 _ABANDONED: list[Any] = []  # HDF5 files left open after a failed write: closing them could crash the interpreter
 
@@ -52,52 +55,83 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     with writing(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target.parent)
-        fd, tmp = _locked_temporary(target.parent, target.name, suffix or ".tmp")
-    tmp_path = Path(tmp)
-    try:
-        with writing(target):
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files a group can read
-        with writing(target, written=tmp):
+    with claimed_temporary(target.parent, target.name, suffix or ".tmp", target) as (tmp_path, _):
+        with writing(target, written=tmp_path):
             yield tmp_path
         with writing(target):
             os.replace(tmp_path, target)
+
+
+@contextlib.contextmanager
+def claimed_temporary(folder: Path, name: str, suffix: str, reported: Path) -> Iterator[tuple[Path, int]]:
+    """Create ``.<name>.tmp-XXXXXXXX<suffix>`` in ``folder`` (readable as an ordinary result: mode 0666 less the
+    umask) and its locked sidecar; yield the path and an open descriptor of the file. Both go when the block ends
+    (the file only if it is still there: the caller may have renamed it). Failures to create name ``reported``."""
+    with writing(reported):
+        lock_fd, lock = _locked_sidecar(folder, name)
+    stem = lock[: -len(LOCK_SUFFIX)]
+    path, fd = Path(stem + suffix), -1
+    try:
+        with writing(reported):
+            umask = os.umask(0)
+            os.umask(umask)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666 & ~umask)
+        yield path, fd
     finally:
+        if fd >= 0:
+            os.close(fd)
         with contextlib.suppress(OSError):
-            tmp_path.unlink()
+            path.unlink()
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(lock_fd)
+        _LIVE.discard(stem)
+
+
+def _locked_sidecar(folder: Path, name: str) -> tuple[int, str]:
+    """Create ``.<name>.tmp-XXXXXXXX.lock`` in ``folder`` and lock it (``lockf``) for as long as its fd is open. A
+    sweep in another process may remove it in the instant before the lock is taken: then it is made again."""
+    while True:
+        fd, lock = tempfile.mkstemp(dir=folder, prefix=f".{name}{TEMP_MARK}", suffix=LOCK_SUFFIX)
+        _LIVE.add(lock[: -len(LOCK_SUFFIX)])
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # no locks on this filesystem: the file is merely not protected (no sweep can lock it either)
+            return fd, lock
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd, lock
         os.close(fd)
-        _LIVE.discard(tmp)
-
-
-def _locked_temporary(folder: Path, name: str, suffix: str) -> tuple[int, str]:
-    """Create ``.<name>.tmp-XXXXXXXX<suffix>`` in ``folder``, locked (``lockf``) for as long as its fd is open."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}{TEMP_MARK}", suffix=suffix)
-    _LIVE.add(tmp)
-    with contextlib.suppress(OSError):  # no locks on this filesystem: the file is merely not protected
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd, tmp
+        _LIVE.discard(lock[: -len(LOCK_SUFFIX)])
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, *, again: bool = False) -> list[Path]:
-    """Remove the temporary files of :func:`atomic_path` in ``folder`` that no live process holds locked (a step
-    killed or crashed while writing left them), once per process and folder unless ``again``; returns them."""
+    """Remove the temporary files of :func:`atomic_path` in ``folder`` whose writer is gone (a step killed or crashed
+    while writing left them: their sidecar is missing or unlocked), once per process and folder unless ``again``;
+    returns the temporary files removed (their sidecars go too, unreported)."""
     folder = Path(folder)
     key = os.path.realpath(folder)
     if key in _SWEPT and not again:
         return []
     _SWEPT.add(key)
-    removed = []
+    stems: dict[str, list[str]] = {}
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        candidates = [entry.path for entry in entries if _TEMPORARY.match(entry.name) and entry.path not in _LIVE]
-    for path in candidates:
-        if path in _LIVE or not _unlocked(path):
+        for entry in entries:
+            match = _TEMPORARY.match(entry.name)
+            if match:
+                stems.setdefault(os.path.join(folder, match[1]), []).append(entry.path)
+    removed = []
+    for stem, paths in stems.items():
+        lock = stem + LOCK_SUFFIX
+        if stem in _LIVE or (lock in paths and not _unlocked(lock)):
             continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            removed.append(Path(path))
-            print(f"removed {path}: a temporary file left by an earlier run that stopped while writing",
-                  file=sys.stderr)
+        for path in sorted(paths, key=lambda p: p == lock):  # the sidecar last: a file never outlives its lock
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                if path != lock:
+                    removed.append(Path(path))
+                    print(f"removed {path}: a temporary file left by an earlier run that stopped while writing",
+                          file=sys.stderr)
     return removed
 
 
@@ -123,14 +157,8 @@ def check_writable(folder: str | os.PathLike) -> Path:
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(folder)
-        fd, tmp = _locked_temporary(folder, "write-test", ".tmp")
-        try:
-            os.write(fd, b"\0" * 4096)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            os.close(fd)
-            _LIVE.discard(tmp)
+    with claimed_temporary(folder, "write-test", ".tmp", folder) as (_, fd), writing(folder):
+        os.write(fd, b"\0" * 4096)
     return folder
 
 
