@@ -34,7 +34,7 @@ def test_equal_folders_pass_and_provenance_attributes_are_listed_only(tmp_path):
     write(tmp_path / "a", loss)
     write(tmp_path / "b", loss.copy(), version="1.1")
     status, text = compare(tmp_path / "a", tmp_path / "b")
-    assert status == 0 and "gradvis_version" in text and "1 of 1 HDF5 files" in text
+    assert status == 0 and "gradvis_version: 1" in text and "1 of 1 HDF5 files" in text
     assert compare(tmp_path / "a", tmp_path / "b", strict_attributes=True)[0] == 1
 
 

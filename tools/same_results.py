@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,22 +73,29 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def compare_folders(first: Path, second: Path, *, strict_attributes: bool = False, out=sys.stdout) -> int:
-    """Print every difference between the HDF5 results of two folders; 0 when their numbers are equal bitwise."""
+def compare_folders(first: Path, second: Path, *, strict_attributes: bool = False, show_attributes: bool = False,
+                    out=sys.stdout) -> int:
+    """Print every difference between the HDF5 results of two folders (attributes counted by name unless
+    ``show_attributes``); 0 when their numbers are equal bitwise."""
     files_a, files_b = hdf5_files(first), hdf5_files(second)
     failed = False
     for rel in sorted(files_a ^ files_b):
         print(f"{rel}: only in {first if rel in files_a else second}", file=out)
         failed = True
-    same = 0
+    same, attribute_names = 0, Counter()
     for rel in sorted(files_a & files_b):
         datasets, attributes = compare_files(first / rel, second / rel)
         for line in datasets:
             print(f"{rel}:{line}", file=out)
         for line in attributes:
-            print(f"{rel}:{line} (attribute)", file=out)
+            if show_attributes:
+                print(f"{rel}:{line} (attribute)", file=out)
+            attribute_names[line.split("@", 1)[1].split(":", 1)[0]] += 1
         failed |= bool(datasets) or (strict_attributes and bool(attributes))
         same += not datasets
+    if attribute_names:
+        print("attributes that differ (name: times): " + ", ".join(f"{k}: {n}" for k, n in
+                                                                  sorted(attribute_names.items())), file=out)
     others = sum(1 for p in first.rglob("*") if p.is_file() and p.suffix not in HDF5_SUFFIXES)
     print(f"{same} of {len(files_a & files_b)} HDF5 files in both folders hold bitwise-equal datasets; "
           f"{len(files_a ^ files_b)} files on one side only; {others} other files not compared", file=out)
@@ -99,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("first", type=Path)
     parser.add_argument("second", type=Path)
     parser.add_argument("--strict-attributes", action="store_true", help="attribute differences fail too")
+    parser.add_argument("--show-attributes", action="store_true", help="list each attribute that differs")
     args = parser.parse_args(argv)
     for folder in (args.first, args.second):
         if not folder.is_dir():
             parser.error(f"{folder} is not a folder")
-    return compare_folders(args.first, args.second, strict_attributes=args.strict_attributes)
+    return compare_folders(args.first, args.second, strict_attributes=args.strict_attributes,
+                           show_attributes=args.show_attributes)
 
 
 if __name__ == "__main__":
