@@ -113,7 +113,7 @@ def register_kernel(accepts: Callable[[Array], bool], kernel: Kernel) -> Callabl
 
 @contextmanager
 def reference_only() -> Iterator[None]:
-    """Within the block, every run takes :func:`reference_lanczos` (to check or time a kernel against it)."""
+    """Within the block every run, in every thread, takes :func:`reference_lanczos` (to check or time a kernel)."""
     _use_kernels[0], previous = False, _use_kernels[0]
     try:
         yield
