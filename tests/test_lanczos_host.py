@@ -192,3 +192,19 @@ def test_the_host_kernel_is_what_a_single_host_chain_runs(backend):
     exact = np.linalg.eigvalsh(A)  # m = n: T's eigenvalues are A's
     np.testing.assert_allclose(reference.eigh()[0], exact, rtol=0, atol=1e-10)
     np.testing.assert_allclose(res.eigh()[0], exact, rtol=0, atol=1e-10)
+
+
+def test_the_lanczos_modules_import_each_other_without_a_loop():
+    """core/arrays.py <- core/lanczos_host.py <- core/lanczos.py <- core/slq.py, and no import back (at any level)."""
+    import ast
+    from pathlib import Path
+
+    core = Path(__file__).resolve().parents[1] / "gradvis_steps" / "core"
+    names = ["arrays", "lanczos_host", "lanczos", "slq"]
+    imports = {}
+    for name in names:
+        tree = ast.parse((core / f"{name}.py").read_text())
+        imports[name] = {node.module for node in ast.walk(tree)
+                         if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in names}
+    assert imports == {"arrays": set(), "lanczos_host": {"arrays"}, "lanczos": {"arrays", "lanczos_host"},
+                       "slq": {"arrays", "lanczos"}}
