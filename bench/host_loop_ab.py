@@ -1,7 +1,8 @@
 """The CPU ("host") Lanczos loop of a git revision against the working tree's, in alternating pairs.
 
-For changes to ``core.lanczos._lanczos_host`` that must not make the CPU path slower. One process loads the
-module as it is at ``--ref`` (``git show REF:gradvis_steps/core/lanczos.py``) next to the working tree's, builds
+For changes to the host kernel (``core/lanczos_host.py``) that must not make the CPU path slower. One process loads
+the host loop as it is at ``--ref`` (``git show``: ``core/lanczos_host.py``, or before it existed the
+``_lanczos_host`` of ``core/lanczos.py``) next to the working tree's, registered as a kernel in turn; builds
 ``objective.hvp_operator(theta)`` for LeNet on the digits (as ``bench/slq_overhead.py`` does), and then, for every
 round and starting vector i: m bare HVPs (baseline), then ``slq(..., indices=[i])`` once with each loop, in an
 order that alternates from pair to pair. Each SLQ row also records the time spent inside its own HVP calls, in
@@ -26,12 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import _common as C
 
-MODULE = "gradvis_steps/core/lanczos.py"
+MODULES = ("gradvis_steps/core/lanczos_host.py", "gradvis_steps/core/lanczos.py")  # the kernel's home, newest first
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,17 +51,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_module_at(ref: str) -> Any:
-    """``core/lanczos.py`` as it is at the git revision ``ref``, imported under its own name."""
-    source = subprocess.run(["git", "show", f"{ref}:{MODULE}"], cwd=C.ROOT, check=True, capture_output=True,
-                            text=True).stdout
+def loop_at(ref: str) -> Any:
+    """The host loop of torch CPU tensors at the git revision ``ref`` as a kernel ``(op, v0, m, tol, keep_basis)``:
+    its module imported under its own name (its relative imports of ``core/arrays.py`` made absolute)."""
+    for module_path in MODULES:
+        done = subprocess.run(["git", "show", f"{ref}:{module_path}"], cwd=C.ROOT, capture_output=True, text=True)
+        if done.returncode == 0:
+            break
+    source = done.stdout.replace("from .arrays import", "from gradvis_steps.core.arrays import")
     path = Path(tempfile.mkdtemp(prefix="lanczos_ref_")) / "lanczos_at_ref.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("lanczos_at_ref", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
-    return module
+    if hasattr(module, "host_lanczos"):
+        from gradvis_steps.backends.torch.lanczos_graphs import TORCH_HOST_OPS
+
+        return partial(module.host_lanczos, TORCH_HOST_OPS)
+    return module._lanczos_host  # (matvec, v0, m, breakdown_tol, keep_basis): the tolerance passes as given
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,11 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    import gradvis_steps.core.lanczos as current
+    from gradvis_steps.backends.torch.lanczos_graphs import TORCH_HOST_OPS
     from gradvis_steps.backends.torch.objective import TorchObjective
+    from gradvis_steps.core.lanczos import register_kernel
+    from gradvis_steps.core.lanczos_host import host_lanczos
     from gradvis_steps.core.slq import slq
 
-    loops = {"ref": load_module_at(args.ref)._lanczos_host, "new": current._lanczos_host}
+    loops = {"ref": loop_at(args.ref), "new": partial(host_lanczos, TORCH_HOST_OPS)}
+    chosen = [loops["new"]]
+    register_kernel(lambda v0: isinstance(v0, torch.Tensor) and v0.device.type == "cpu",
+                    lambda *run: chosen[0](*run))
     model, x, y, data_desc = C.load_models_data("lenet", resnet_data="digits", resnet_samples=0)
     memory = {} if args.hvp_memory_mb is None else {"hvp_memory_mb": args.hvp_memory_mb}
     obj = TorchObjective(model, x, y, batch_size=args.batch_size, device="cpu", hvp_mode="double_backprop", **memory)
@@ -97,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     def row(label: str, i: int) -> tuple[float, float, float, float, Any]:
         """Wall seconds of SLQ row i with loop ``label``, its wall seconds inside the HVPs, its CPU seconds in all
         and outside the HVPs, and the row."""
-        current._lanczos_host = loops[label]  # what _run_loop calls for host arrays
+        chosen[0] = loops[label]  # what the registered kernel runs
         try:
             inside[:] = [0.0, 0.0]
             cpu = time.thread_time()
             seconds, part = C.timed(lambda: slq(hvp, dim, k, m, seed=0, like=theta, indices=[i]), sync)
             cpu = time.thread_time() - cpu
         finally:
-            current._lanczos_host = loops["new"]
+            chosen[0] = loops["new"]
         return seconds, inside[0], cpu, cpu - inside[1], part
 
     print(f"[lenet] dim={dim}, {data_desc}, k={k}, m={m}, ref {args.ref}", file=sys.stderr, flush=True)

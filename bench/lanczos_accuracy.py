@@ -1,7 +1,7 @@
 """Accuracy figures of the Lanczos/SLQ core on the tests' known spectrum (not a timing bench).
 
 The 2000 x 2000 symmetric matrix of tests/test_lanczos.py (uniform bulk in [-1, 3], outliers 120 ... 20 and
--12, -8, -5), the three Lanczos loops (host-branching, the sync-free device loop, and the torch backend's
+-12, -8, -5), the three Lanczos loops (the host kernel, the sync-free reference algorithm, and the torch backend's
 CUDA-graph loop, the latter two forced on the CPU, where the graph loop runs its captured step eagerly): relative
 errors of the top-5 and bottom-3 Ritz values against numpy.linalg.eigvalsh, largest true residual, basis
 orthogonality; then SLQ (k=10, m=80) Wasserstein-1 distance to the exact spectrum over the spectral width.
@@ -10,6 +10,7 @@ Run: ``python bench/lanczos_accuracy.py``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -39,25 +40,23 @@ def main() -> int:
     import torch
 
     from gradvis_steps.backends.torch.lanczos_graphs import graph_lanczos
+    from gradvis_steps.core.lanczos import register_kernel
 
     At = torch.from_numpy(A)
-    on_host, device_loops = L._on_host, list(L._device_loops)
-    for loop in ("host", "device", "graph"):
-        L._on_host = on_host if loop == "host" else (lambda v: False)
-        if loop == "graph":  # torch tensors on the CPU take the graph loop's step, run eagerly
-            L._device_loops[:] = [(lambda v: isinstance(v, torch.Tensor), graph_lanczos)]
-            op, start = (lambda v: At @ v), torch.from_numpy(v0)
-        else:
-            op, start = matvec, v0
-        top = L.ritz_pairs(op, start, 120, 5, "largest")
-        bottom = L.ritz_pairs(op, start, 120, 3, "smallest")
-        V = L.to_numpy(L.lanczos(op, start, 120, return_basis=True).basis)
-        print(f"{loop:6s} loop, m=120: top-5 rel. error {np.max(np.abs(top.values / ev[::-1][:5] - 1)):.1e}, "
+    for loop in ("host", "reference", "graph"):
+        # numpy arrays take the host kernel; torch tensors on the CPU the graph loop's step, run eagerly
+        remove = register_kernel(lambda v: isinstance(v, torch.Tensor), graph_lanczos) if loop == "graph" else None
+        op, start = ((lambda v: At @ v), torch.from_numpy(v0)) if loop == "graph" else (matvec, v0)
+        with L.reference_only() if loop == "reference" else contextlib.nullcontext():
+            top = L.ritz_pairs(op, start, 120, 5, "largest")
+            bottom = L.ritz_pairs(op, start, 120, 3, "smallest")
+            V = L.to_numpy(L.lanczos(op, start, 120, return_basis=True).basis)
+        if remove is not None:
+            remove()
+        print(f"{loop:9s} loop, m=120: top-5 rel. error {np.max(np.abs(top.values / ev[::-1][:5] - 1)):.1e}, "
               f"bottom-3 {np.max(np.abs(bottom.values / ev[:3] - 1)):.1e}, "
               f"max residual {max(top.residuals.max(), bottom.residuals.max()):.1e}, "
               f"orthogonality {np.abs(V @ V.T - np.eye(V.shape[0])).max():.1e}")
-    L._device_loops[:] = device_loops
-    L._on_host = on_host
     res = slq(matvec, N, 10, 80, seed=0)
     w1 = wasserstein_distance(res.nodes.ravel(), ev, u_weights=res.weights.ravel()) / (ev[-1] - ev[0])
     print(f"SLQ k=10 m=80: W1 / spectral width {w1:.1e} (issue bound 1e-3)")

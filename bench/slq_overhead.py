@@ -125,9 +125,7 @@ def cold_basis_floor(dim: int, m: int, like: Any, sync: Any, evict_mb: int = 64,
     A floor: no other vector work, no Python."""
     import torch
 
-    from gradvis_steps.core.lanczos import _host_ops
-
-    ops = _host_ops(like)
+    from gradvis_steps.backends.torch.lanczos_graphs import TORCH_HOST_OPS as ops
     V = torch.randn(m, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(like)
     V /= V.norm(dim=1, keepdim=True)
     w0 = C.unit_vectors(dim, 1, like)[0]

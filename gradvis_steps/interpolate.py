@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from .backends import backend_for_trajectory
     from .checkpoints import UnusableCheckpoint, loss_problem, skip_checkpoint, usable_or_error
     from .core.grid import LandscapeResult
+    from .core.lanczos import lanczos_steps
     from .core.parallel import parallel_layout, world
     from .provenance import provenance
     from .spectrum import point_spectrum, resolve_group_size, settle_hvp_mode, stored_sigma_rule, warn_uneven_groups
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         for traj, run in ((traj_a, "A"), (traj_b, "B")):
             usable_or_error(traj, -1, f"final point of run {run}", f"retrain run {run} with a lower train.lr or "
                             "train.on_divergence: keep")
-        spectra = Spectra({}, {"dim": traj_a.dim, "k": args.k, "m": min(args.m, traj_a.dim), "seed": args.seed,
+        m = lanczos_steps(args.m, traj_a.dim)
+        spectra = Spectra({}, {"dim": traj_a.dim, "k": args.k, "m": m, "seed": args.seed,
                                "skipped": [], "vector_kind": args.vector, "t": ts.tolist(), "group_size": group_size,
                                "sigma_rule": stored_sigma_rule(args.sigma),
                                "config": {**config, "run_a": traj_a.config, "run_b": traj_b.config},
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                         spectra.attrs["provenance"]["hvp"] = settle_hvp_mode(comm, objective, theta, group_size,
                                                                              everyone=layout.ranks_per_group > 1)
                     try:
-                        entry = point_spectrum(comm, objective, theta, index, k=args.k, m=min(args.m, traj_a.dim),
+                        entry = point_spectrum(comm, objective, theta, index, k=args.k, m=m,
                                                seed=args.seed, kind=args.vector, sigma=args.sigma,
                                                group_size=group_size, ranks_per_group=layout.ranks_per_group)
                     except UnusableCheckpoint as error:  # rank 0 only, after the point's last collective

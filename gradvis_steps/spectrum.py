@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .backends import backend_for_trajectory
     from .checkpoints import UnusableCheckpoint, checkpoint_problem, loss_problem, select_rows, skip_checkpoint
+    from .core.lanczos import lanczos_steps
     from .core.parallel import parallel_layout, world
     from .provenance import provenance
     from .storage import runs
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             traj, fraction=args.eval_fraction, subset_seed=args.eval_seed, batch_size=args.batch_size,
             device=args.device, dtype=args.dtype, hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode,
             data_comm=layout.data)
-        m = min(args.m, traj.dim)
+        m = lanczos_steps(args.m, traj.dim)
         group_size = resolve_group_size(args.group_size, args.k, objective.device_type, layout.n_groups)
         attrs = {"dim": traj.dim, "k": args.k, "m": m, "seed": args.seed, "vector_kind": args.vector,
                  "sigma_rule": stored_sigma_rule(args.sigma),

@@ -62,6 +62,41 @@ def test_step_modules_import_no_framework_and_no_backend_package(path):
         assert not inside, f"{path.name} imports {name}: get the backend from gradvis_steps.backends instead"
 
 
+#: every module of the package outside ``backends/``, at any depth; ``project_template/`` holds the files ``gradvis
+#: init`` copies into a user's project (a user's torch model), package data the package never imports
+FRAMEWORK_FREE_MODULES = sorted(path for path in PACKAGE.rglob("*.py")
+                                if not {"backends", "project_template"} & set(path.relative_to(PACKAGE).parts[:-1]))
+
+
+def _framework_imports(path: Path) -> list[str]:
+    """``file:line module`` for each import of a framework in ``path``, at any level: the module's top, a function,
+    a method, a branch (``ast.walk`` visits every node)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:  # relative imports stay inside the package
+            names = [node.module or ""]
+        else:
+            continue
+        found += [f"{path.name}:{node.lineno} {name}" for name in names if name.split(".")[0] in FRAMEWORKS]
+    return found
+
+
+def test_no_module_outside_the_backends_imports_a_framework_at_any_level():
+    assert len(FRAMEWORK_FREE_MODULES) > 40  # core/, storage/, render/, data/, the steps: the whole package
+    assert PACKAGE / "core" / "lanczos.py" in FRAMEWORK_FREE_MODULES
+    found = [hit for path in FRAMEWORK_FREE_MODULES for hit in _framework_imports(path)]
+    assert not found, f"framework imports outside gradvis_steps/backends/: {found}"
+
+
+def test_the_framework_check_sees_imports_inside_functions(tmp_path):
+    path = tmp_path / "loop.py"
+    path.write_text("import numpy\n\nclass A:\n    def f(self):\n        if True:\n            import torch.cuda\n"
+                    "        from keras import ops\n\ndef g():\n    from .backends import torch\n")
+    assert sorted(_framework_imports(path)) == ["loop.py:6 torch.cuda", "loop.py:7 keras"]
+
+
 def test_the_import_check_sees_a_backend_import(tmp_path):
     assert "gradvis_steps.backends.torch" in BACKEND_MODULES
     path = tmp_path / "step.py"

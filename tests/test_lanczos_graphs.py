@@ -12,10 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import gradvis_steps.core.lanczos as lanczos_module  # noqa: E402
 from gradvis_steps.backends.torch import lanczos_graphs  # noqa: E402
 from gradvis_steps.backends.torch.lanczos_graphs import clear_lanczos_graphs, graph_lanczos  # noqa: E402
-from gradvis_steps.core.lanczos import _lanczos_device, lanczos, tridiagonal_eigh  # noqa: E402
+from gradvis_steps.core.lanczos import lanczos, reference_only, register_kernel, tridiagonal_eigh  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -38,6 +37,13 @@ def fresh_cache():
     clear_lanczos_graphs()
     yield
     clear_lanczos_graphs()
+
+
+def _reference(matvec, v0: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reference algorithm's alpha, beta (as tensors) and basis for one chain."""
+    with reference_only():
+        res = lanczos(matvec, v0, m, return_basis=True)
+    return torch.from_numpy(res.alpha), torch.from_numpy(res.beta), res.basis
 
 
 def _orth_error(V: torch.Tensor) -> float:
@@ -65,7 +71,7 @@ def test_agrees_with_the_generic_device_loop_at_every_bucket_edge(problem, m):
     """Zero-padded row buckets (8 rows here, 10 for m = 95) change nothing but rounding."""
     A, v0 = problem["A"], problem["v0"]
     alpha, beta, _ = graph_lanczos(lambda v: A @ v, v0, m)
-    a_ref, b_ref, _ = _lanczos_device(lambda v: A @ v, v0, m)
+    a_ref, b_ref, _ = _reference(lambda v: A @ v, v0, m)
     assert alpha.shape == (m,) and beta.shape == (m - 1,)
     np.testing.assert_allclose(alpha.numpy(), a_ref.numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(beta.numpy(), b_ref.numpy(), rtol=0, atol=1e-12)
@@ -126,31 +132,36 @@ def test_a_run_nested_in_the_matvec_does_not_share_the_buffers(problem):
     assert all(torch.equal(alpha, inner_plain[0]) for alpha in inner_alphas)
 
 
-def test_lanczos_dispatches_device_arrays_to_a_registered_loop(problem, monkeypatch):
-    """``register_device_loop`` routes the arrays its predicate accepts; the torch loop claims CUDA tensors only."""
+def test_lanczos_dispatches_single_chains_to_a_registered_kernel(problem):
+    """``register_kernel`` routes the vectors its predicate accepts (later registrations first, so this one before
+    the torch host kernel); blocks and other arrays do not reach it; the graph loop claims CUDA tensors only."""
     A, v0 = problem["A"], problem["v0"]
-    assert not lanczos_graphs._accepts(v0)
+    assert not lanczos_graphs._on_cuda(v0)
     calls = []
 
     def spy(matvec, v, m, tol, keep):
-        calls.append((m, keep))
+        calls.append((m, tol, keep))
         return graph_lanczos(matvec, v, m, tol, keep)
 
-    monkeypatch.setattr(lanczos_module, "_device_loops", [])
-    monkeypatch.setattr(lanczos_module, "_on_host", lambda v: False)
-    lanczos_module.register_device_loop(lambda v: isinstance(v, torch.Tensor), spy)
-    res = lanczos(lambda v: A @ v, v0, 25, return_basis=True)
-    assert calls == [(25, True)] and res.basis.shape == (25, N)
-    An = A.numpy()
-    ref = lanczos(lambda v: An @ v, v0.numpy(), 25)  # numpy arrays: no registered loop accepts them
-    assert len(calls) == 1
+    remove = register_kernel(lambda v: isinstance(v, torch.Tensor), spy)
+    try:
+        res = lanczos(lambda v: A @ v, v0, 25, return_basis=True)
+        assert calls == [(25, np.finfo(np.float64).eps ** 0.75, True)] and res.basis.shape == (25, N)
+        An = A.numpy()
+        ref = lanczos(lambda v: An @ v, v0.numpy(), 25)  # numpy arrays: this kernel does not accept them
+        lanczos(lambda v: A @ v, v0[None], 3)  # a block: the reference
+        assert len(calls) == 1
+    finally:
+        remove()
     np.testing.assert_allclose(res.alpha, ref.alpha, atol=1e-12)
+    lanczos(lambda v: A @ v, v0, 25)
+    assert len(calls) == 1  # removed
 
 
 def test_switch_turns_the_graph_loop_off():
     previous = lanczos_graphs.set_cuda_graphs(False)
     try:
-        assert not lanczos_graphs._accepts(torch.zeros(3))
+        assert not lanczos_graphs._on_cuda(torch.zeros(3))
     finally:
         lanczos_graphs.set_cuda_graphs(previous)
 
@@ -168,7 +179,7 @@ def test_cuda_graph_replay_matches_the_generic_loop_without_a_sync(problem):
         alpha, beta, V = graph_lanczos(lambda v: A @ v, v0, 80, keep_basis=True)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    a_ref, b_ref, _ = _lanczos_device(lambda v: A @ v, v0, 80)
+    a_ref, b_ref, _ = _reference(lambda v: A @ v, v0, 80)
     np.testing.assert_allclose(alpha.cpu().numpy(), a_ref.cpu().numpy(), atol=1e-12)
     np.testing.assert_allclose(beta.cpu().numpy(), b_ref.cpu().numpy(), atol=1e-12)
     np.testing.assert_allclose(alpha.cpu().numpy(), first.alpha, atol=1e-12)  # replayed = first (eager+capture)

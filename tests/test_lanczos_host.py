@@ -1,26 +1,31 @@
-"""The host Lanczos loop's pass structure: two reads of the basis per step, more only where rounding demands it.
+"""The host Lanczos kernel's pass structure: two reads of the basis per step, more only where rounding demands it.
 
 Each step makes a local pass over the two newest basis vectors (their coefficients, then the three-term recurrence
 into the next row), one Gram-Schmidt pass over the basis that also gives ``||r||^2``, and one update pass; the
 Kahan-Parlett "twice is enough" test is decided from Pythagoras before the update. These tests record every call
-of the loop's two vector functions (``mm``, ``addmm``) with the number of basis rows it reads: on a symmetric
-operator the sequence is exactly that; an operator which defeats one pass (non-symmetric, with a large part along a
-direction already in the basis) takes the explicit-norm and second-pass path and still gets an orthonormal basis;
-after a breakdown the next row is the documented restart direction. The last tests cover the workspace (basis,
-coefficient buffers, every step's views) that the loop keeps between runs of one shape: nothing a previous run left
-is read, a handed-out basis is never reused, a run nested in a matvec gets its own, large bases are not kept.
+of the kernel's two vector functions (``mm``, ``addmm``) with the number of basis rows it reads, through the public
+seams (the ops passed in, the kernel registration): on a symmetric operator the sequence is exactly that; an
+operator which defeats one pass (non-symmetric, with a large part along a direction already in the basis) takes the
+explicit-norm and second-pass path and still gets an orthonormal basis; after a breakdown the next row is the
+documented restart direction, as in the reference algorithm. The last tests check that runs never share buffers.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from functools import partial
+
 import numpy as np
 import pytest
 
-import gradvis_steps.core.lanczos as lanczos_module
-from gradvis_steps.core.lanczos import _hash_vector, lanczos
+from gradvis_steps.core.arrays import RESTART_SALT, hash_vector
+from gradvis_steps.core.lanczos import lanczos, reference_only, register_kernel
+from gradvis_steps.core.lanczos_host import NUMPY_OPS, host_lanczos
 
 try:  # torch is an optional backend: the numpy tests run without it
     import torch
+
+    from gradvis_steps.backends.torch.lanczos_graphs import TORCH_HOST_OPS
 except ImportError:  # pragma: no cover
     torch = None
 
@@ -32,7 +37,7 @@ def _orth_error(V: np.ndarray) -> float:
 
 
 def _operator(backend: str, M: np.ndarray, v0: np.ndarray):
-    """``(matvec, v0)`` in the backend's arrays (float64; torch CPU tensors take the host loop too)."""
+    """``(matvec, v0)`` in the backend's arrays (float64; torch CPU tensors take the host kernel too)."""
     if backend == "torch":
         Mt = torch.from_numpy(M)
         return (lambda v: Mt @ v), torch.from_numpy(v0)
@@ -40,10 +45,10 @@ def _operator(backend: str, M: np.ndarray, v0: np.ndarray):
 
 
 @pytest.fixture()
-def calls(monkeypatch):
-    """Every ``mm`` / ``addmm`` call of the host loop, in order, as (name, rows of the basis operand)."""
+def calls():
+    """Every ``mm`` / ``addmm`` call of the host kernel, in order, as (name, rows of the basis operand): a kernel
+    with recording ops, registered for every array while the test runs."""
     recorded: list[tuple[str, int]] = []
-    host_ops = lanczos_module._host_ops
 
     def recording(name, fn, basis_arg):
         def recorded_fn(*args, **kwargs):
@@ -52,14 +57,14 @@ def calls(monkeypatch):
 
         return recorded_fn
 
-    def recording_host_ops(x):
-        ops = host_ops(x)
-        ops.mm = recording("mm", ops.mm, 0)
-        ops.addmm = recording("addmm", ops.addmm, 2)
-        return ops
+    def kernel(op, v0, m, tol, keep_basis):
+        ops = TORCH_HOST_OPS if torch is not None and isinstance(v0, torch.Tensor) else NUMPY_OPS
+        ops = dataclasses.replace(ops, mm=recording("mm", ops.mm, 0), addmm=recording("addmm", ops.addmm, 2))
+        return host_lanczos(ops, op, v0, m, tol, keep_basis)
 
-    monkeypatch.setattr(lanczos_module, "_host_ops", recording_host_ops)
-    return recorded
+    remove = register_kernel(lambda v0: True, kernel)
+    yield recorded
+    remove()
 
 
 def _one_pass_per_step(m: int) -> list[tuple[str, int]]:
@@ -120,14 +125,15 @@ def test_breakdown_restarts_from_the_rolled_pseudo_random_direction(backend):
     V = np.asarray(res.basis)
     assert res.beta[6] == 0.0 and np.count_nonzero(res.beta == 0.0) == 1
     assert _orth_error(V) < 1e-13
-    x = np.roll(_hash_vector(np, n, 0xB10C, np.float64, "cpu"), 7)
+    x = np.roll(hash_vector(np, n, RESTART_SALT, np.float64, "cpu"), 7)
     for _ in range(2):
         x -= V[:7].T @ (V[:7] @ x)
     np.testing.assert_allclose(V[7], x / np.linalg.norm(x), atol=1e-13)
-    # the loop taken on GPUs, forced here on the CPU, makes the same choice
-    device = lanczos_module._lanczos_device(matvec, v0, 12)
-    np.testing.assert_allclose(np.asarray(device[1]), res.beta, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(device[2])[7], V[7], atol=1e-12)
+    # the reference algorithm makes the same choice
+    with reference_only():
+        reference = lanczos(matvec, v0, 12, return_basis=True)
+    np.testing.assert_allclose(reference.beta, res.beta, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(reference.basis)[7], V[7], atol=1e-12)
 
 
 def _spectrum_operator(seed: int, n: int = 200):
@@ -137,55 +143,22 @@ def _spectrum_operator(seed: int, n: int = 200):
     return 0.5 * (A + A.T), rng.standard_normal(n)
 
 
-def _poison_kept_workspace() -> None:
-    """Fill the kept basis and coefficient buffers with NaN: a run that read anything a previous run left would
-    return NaN."""
-    ws = lanczos_module._kept_workspace.ws
-    for buffer in (ws.V, ws.pair_coef, ws.coef):
-        if isinstance(buffer, np.ndarray):
-            buffer[...] = np.nan
-        else:
-            buffer.fill_(float("nan"))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_kept_workspace_gives_the_fresh_runs_results_bitwise(backend):
-    A, v0 = _spectrum_operator(21)
-    B, w0 = _spectrum_operator(22)
-    fresh = []
-    for M, start in ((A, v0), (B, w0)):
-        lanczos_module.clear_lanczos_workspace()
-        fresh.append(lanczos(*_operator(backend, M, start), 40))
-    # now back to back, the second reusing (and first poisoned) the workspace the first run kept
-    lanczos(*_operator(backend, A, v0), 40)
-    kept = lanczos_module._kept_workspace.ws
-    assert kept is not None
-    _poison_kept_workspace()
-    again = lanczos(*_operator(backend, B, w0), 40)
-    assert lanczos_module._kept_workspace.ws is kept  # reused, not rebuilt
-    np.testing.assert_array_equal(again.alpha, fresh[1].alpha)
-    np.testing.assert_array_equal(again.beta, fresh[1].beta)
-    lanczos_module.clear_lanczos_workspace()
-    assert lanczos_module._kept_workspace.ws is None
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_handed_out_basis_is_never_overwritten(backend):
     A, v0 = _spectrum_operator(23)
     B, w0 = _spectrum_operator(24)
     first = lanczos(*_operator(backend, A, v0), 30, return_basis=True)
     V = np.asarray(first.basis).copy()
-    lanczos(*_operator(backend, B, w0), 30)  # same shape, basis kept by the loop
+    lanczos(*_operator(backend, B, w0), 30)  # same shape
     lanczos(*_operator(backend, B, w0), 30, return_basis=True)
     np.testing.assert_array_equal(np.asarray(first.basis), V)
     assert _orth_error(V) < 1e-13
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_run_nested_in_the_matvec_does_not_share_the_workspace(backend):
+def test_a_run_nested_in_the_matvec_does_not_share_buffers(backend):
     A, v0 = _spectrum_operator(25)
     B, w0 = _spectrum_operator(26)
-    lanczos_module.clear_lanczos_workspace()
     plain = lanczos(*_operator(backend, A, v0), 30)
     inner_matvec, inner_v0 = _operator(backend, B, w0)
     outer_matvec, outer_v0 = _operator(backend, A, v0)
@@ -202,15 +175,36 @@ def test_a_run_nested_in_the_matvec_does_not_share_the_workspace(backend):
         np.testing.assert_array_equal(alpha, inner_alphas[0])
 
 
-def test_large_bases_are_not_kept(monkeypatch):
-    lanczos_module.clear_lanczos_workspace()
-    A, v0 = _spectrum_operator(27)
-    monkeypatch.setattr(lanczos_module, "_WORKSPACE_KEEP_BYTES", 30 * 200 * 8 - 1)
-    lanczos(lambda v: A @ v, v0, 30)
-    assert lanczos_module._kept_workspace.ws is None
-    monkeypatch.setattr(lanczos_module, "_WORKSPACE_KEEP_BYTES", 30 * 200 * 8)
-    lanczos(lambda v: A @ v, v0, 30)
-    assert lanczos_module._kept_workspace.ws.V.shape == (30, 200)
-    lanczos(lambda v: A @ v, v0, 20)  # another shape replaces it
-    assert lanczos_module._kept_workspace.ws.V.shape == (20, 200)
-    lanczos_module.clear_lanczos_workspace()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_host_kernel_is_what_a_single_host_chain_runs(backend):
+    """Host arrays take the registered host kernel: its results bitwise, called directly with the capped m and the
+    default tolerance; it and the reference both find A's whole spectrum in n steps."""
+    A, v0 = _spectrum_operator(28)
+    matvec, start = _operator(backend, A, v0)
+    res = lanczos(matvec, start, 500, return_basis=True)  # m capped to n = 200
+    ops = NUMPY_OPS if backend == "numpy" else TORCH_HOST_OPS
+    alpha, beta, V = partial(host_lanczos, ops)(matvec, start, 200, np.finfo(np.float64).eps ** 0.75, True)
+    np.testing.assert_array_equal(res.alpha, alpha)
+    np.testing.assert_array_equal(res.beta, beta)
+    np.testing.assert_array_equal(np.asarray(res.basis), np.asarray(V))
+    with reference_only():
+        reference = lanczos(matvec, start, 500)
+    exact = np.linalg.eigvalsh(A)  # m = n: T's eigenvalues are A's
+    np.testing.assert_allclose(reference.eigh()[0], exact, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(res.eigh()[0], exact, rtol=0, atol=1e-10)
+
+
+def test_the_lanczos_modules_import_each_other_without_a_loop():
+    """core/arrays.py <- core/lanczos_host.py <- core/lanczos.py <- core/slq.py, and no import back (at any level)."""
+    import ast
+    from pathlib import Path
+
+    core = Path(__file__).resolve().parents[1] / "gradvis_steps" / "core"
+    names = ["arrays", "lanczos_host", "lanczos", "slq"]
+    imports = {}
+    for name in names:
+        tree = ast.parse((core / f"{name}.py").read_text())
+        imports[name] = {node.module for node in ast.walk(tree)
+                         if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in names}
+    assert imports == {"arrays": set(), "lanczos_host": {"arrays"}, "lanczos": {"arrays", "lanczos_host"},
+                       "slq": {"arrays", "lanczos"}}

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradvis_steps.core.lanczos import lanczos
-from gradvis_steps.core.lanczos_lockstep import lanczos_lockstep, rows_matmat
+from gradvis_steps.core.lanczos import lanczos, reference_only
 from gradvis_steps.core.slq import SLQResult, groups_of, slq, starting_vector
 
 torch = pytest.importorskip("torch")
@@ -38,21 +37,33 @@ class CountingMatmat:
         return V @ self.A  # A is symmetric: rows of V A are A v_i
 
 
+def lanczos_lockstep(matmat, V0, m):
+    """``lanczos`` on the block ``V0`` with the block product ``matmat``: alpha, beta, bases as numpy arrays."""
+
+    def op(v):
+        raise AssertionError("a block run multiplies by matmat")
+
+    op.matmat = matmat
+    res = lanczos(op, V0, m, return_basis=True)
+    return res.alpha, res.beta, np.asarray(res.basis)
+
+
 def _orth_error(basis: np.ndarray) -> float:
     return float(np.abs(basis @ basis.T - np.eye(basis.shape[0])).max())
 
 
+@pytest.mark.parametrize("chains", [1, 4])
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_each_chain_is_a_lanczos_run_of_its_own(problem, backend):
+def test_each_chain_is_a_lanczos_run_of_its_own(problem, backend, chains):
     A = problem["A"]
-    V0 = np.stack([starting_vector(N, 3, i) for i in range(4)])
+    V0 = np.stack([starting_vector(N, 3, i) for i in range(chains)])
     op = CountingMatmat(A if backend == "numpy" else torch.from_numpy(A))
     block = V0 if backend == "numpy" else torch.from_numpy(V0)
-    alpha, beta, basis = lanczos_lockstep(op.matmat, block, 60)
+    res = lanczos(op, block, 60, return_basis=True)
     assert op.calls == 60
-    alpha, beta, basis = (np.asarray(a) for a in (alpha, beta, basis))
-    assert alpha.shape == (4, 60) and beta.shape == (4, 59) and basis.shape == (4, 60, N)
-    for c in range(4):
+    alpha, beta, basis = res.alpha, res.beta, np.asarray(res.basis)
+    assert alpha.shape == (chains, 60) and beta.shape == (chains, 59) and basis.shape == (chains, 60, N)
+    for c in range(chains):
         single = lanczos(lambda v: A @ v, V0[c], 60)
         np.testing.assert_allclose(alpha[c], single.alpha, rtol=1e-8, atol=1e-9)
         np.testing.assert_allclose(beta[c], single.beta, rtol=1e-8, atol=1e-9)
@@ -92,8 +103,37 @@ def test_zero_start_row_takes_the_pseudo_random_start():
 
 
 def test_bad_block_is_named():
-    with pytest.raises(ValueError, match="V0 must be a \\(g, n\\) block"):
-        lanczos_lockstep(lambda V: V, np.ones(5), 3)
+    with pytest.raises(ValueError, match=r"V0 must be a vector \(n,\) or a block of g >= 1 vectors \(g, n\), got "
+                                         r"shape \(2, 2, 5\)"):
+        lanczos(lambda v: v, np.ones((2, 2, 5)), 3)
+    with pytest.raises(ValueError, match=r"got shape \(0, 5\)"):
+        lanczos(lambda v: v, np.ones((0, 5)), 3)
+    with pytest.raises(ValueError, match="need m >= 1 and a non-empty vector, got m=0"):
+        lanczos(lambda v: v, np.ones((2, 5)), 0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_full_run_finds_every_eigenvalue_for_a_chain_and_for_blocks(backend):
+    """m = n steps (more asked: capped): T's eigenvalues are A's (np.linalg.eigh of the dense matrix), for one
+    vector on its kernel and on the reference, a block of one, and a block of three."""
+    rng = np.random.default_rng(5)
+    n = 50
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A = (Q * np.concatenate([rng.uniform(-1.0, 1.0, n - 3), [6.0, 4.0, -3.0]])) @ Q.T
+    A = 0.5 * (A + A.T)
+    exact = np.linalg.eigh(A)[0]
+    M = A if backend == "numpy" else torch.from_numpy(A)
+    V0 = rng.standard_normal((3, n))
+    V0 = V0 if backend == "numpy" else torch.from_numpy(V0)
+    runs = [lanczos(lambda v: M @ v, V0[0], 80)]
+    with reference_only():
+        runs.append(lanczos(lambda v: M @ v, V0[0], 80))
+    blocks = [lanczos(CountingMatmat(M), V0[:g], 80) for g in (1, 3)]
+    runs += [type(b)(alpha=b.alpha[c], beta=b.beta[c]) for b in blocks for c in range(b.alpha.shape[0])]
+    assert len(runs) == 6
+    for res in runs:
+        assert res.m == n
+        np.testing.assert_allclose(res.eigh()[0], exact, rtol=0, atol=1e-11)
 
 
 def test_groups_follow_the_index_not_the_caller():
@@ -125,8 +165,6 @@ def test_grouped_slq_without_matmat_multiplies_row_by_row(problem):
     via_rows = slq(lambda v: A @ v, N, 4, 20, seed=1, group_size=4)
     via_block = slq(CountingMatmat(A), N, 4, 20, seed=1, group_size=4)
     np.testing.assert_allclose(via_rows.nodes, via_block.nodes, rtol=1e-10, atol=1e-12)
-    block = np.stack([starting_vector(N, 1, i) for i in range(3)])
-    np.testing.assert_array_equal(rows_matmat(lambda v: A @ v)(block), np.stack([A @ v for v in block]))
 
 
 def test_grouped_slq_on_torch_float32_matches_float64(problem):

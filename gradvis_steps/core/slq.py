@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from array_api_compat import array_namespace
 
-from .lanczos import Array, MatVec, from_numpy, lanczos, tridiagonal_eigh
+from .arrays import Array, from_numpy
+from .lanczos import MatVec, lanczos, lanczos_steps, tridiagonal_eigh
 
 __all__ = [
     "SLQResult",
@@ -129,8 +131,8 @@ def slq(
     (a subset of ``range(k)``) computes only those starting vectors, for Algorithm 5's split over ranks.
     ``m`` is clamped to ``dim``.
 
-    ``group_size`` g > 1 runs the chains in lockstep (:func:`.lanczos_lockstep.lanczos_lockstep`), one block product
-    per step (``matvec.matmat`` if the operator has one, else row by row): starting vectors ``i`` with the same
+    ``group_size`` g > 1 runs the chains in lockstep (:func:`.lanczos.lanczos` on a block), one block product per
+    step (``matvec.matmat`` if the operator has one, else row by row): starting vectors ``i`` with the same
     ``i // g`` form a group. A group's results depend only on its members, so runs that take whole groups (ranks,
     chunks: :func:`groups_of`) reproduce the serial run bitwise for the same g; different g agree to float
     tolerance (the batched products and reorthogonalization round differently).
@@ -140,18 +142,17 @@ def slq(
         raise ValueError(f"indices must lie in range(k={k})")
     if int(group_size) < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    m_eff = min(int(m), int(dim))
+    m_eff = lanczos_steps(m, dim)
     nodes = np.empty((idx.size, m_eff))
     weights = np.empty((idx.size, m_eff))
     alpha1 = np.empty(idx.size)
     row = 0
     for group in groups_of(idx, int(group_size)):
         vectors = [starting_vector(dim, seed, int(i), kind, like) for i in group]
-        if int(group_size) == 1:
-            res = lanczos(matvec, vectors[0], m_eff, breakdown_tol=breakdown_tol)
-            alphas, betas = res.alpha[None, :], res.beta[None, :]
-        else:
-            alphas, betas = _lockstep(matvec, vectors, m_eff, breakdown_tol)
+        # g = 1: one vector, a plain chain (a kernel may take it); else a block, even of one trailing member
+        start = vectors[0] if int(group_size) == 1 else array_namespace(vectors[0]).stack(vectors)
+        res = lanczos(matvec, start, m_eff, breakdown_tol=breakdown_tol)
+        alphas, betas = (res.alpha[None, :], res.beta[None, :]) if start.ndim == 1 else (res.alpha, res.beta)
         for alpha, beta in zip(alphas, betas, strict=True):
             if np.isfinite(alpha).all() and np.isfinite(beta).all():
                 lam, U = tridiagonal_eigh(alpha, beta)  # eq. 6: T = U L U^T
@@ -173,20 +174,6 @@ def groups_of(indices: np.ndarray, group_size: int) -> list[np.ndarray]:
         return []
     breaks = np.flatnonzero(np.diff(idx // group_size) != 0) + 1
     return np.split(idx, breaks)
-
-
-def _lockstep(matvec: MatVec, vectors: list[Array], m: int,
-              breakdown_tol: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """alpha (g, m), beta (g, m-1) on the host for one group of starting vectors run in lockstep."""
-    from array_api_compat import array_namespace
-
-    from .lanczos import to_numpy
-    from .lanczos_lockstep import lanczos_lockstep, rows_matmat
-
-    block = array_namespace(vectors[0]).stack(vectors)
-    matmat = getattr(matvec, "matmat", None) or rows_matmat(matvec)
-    alpha, beta, _ = lanczos_lockstep(matmat, block, m, breakdown_tol)
-    return to_numpy(alpha).astype(np.float64), to_numpy(beta).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,23 +1,23 @@
-"""Lanczos on CUDA tensors with each step's vector work replayed as one captured CUDA graph.
+"""The torch backend's Lanczos kernels (:func:`gradvis_steps.core.lanczos.register_kernel`): torch's functions for
+the host loop on CPU tensors, and on CUDA tensors a loop whose step is replayed as one captured CUDA graph.
 
-The generic device loop (``core.lanczos._lanczos_device``) issues about 25 small kernels per step from Python; for a
-model whose HVP is itself launch-bound (a small network such as LeNet, whose HVP the CPU issues kernel by kernel)
+The reference algorithm (``core.lanczos.reference_lanczos``) issues about 25 small kernels per step from Python; for
+a model whose HVP is itself launch-bound (a small network such as LeNet, whose HVP the CPU issues kernel by kernel)
 those launches are a large share of the SLQ time (figures in bench/README.md). Here a step is written against static
 buffers, with the step index ``j`` held in a device tensor (read by ``index_select``/``index_copy_``, advanced in
 place), so the same kernels serve every step and are captured once: a step then costs the copy of the HVP into the
 static input and one graph launch.
 
-The mathematics is that of ``_lanczos_device`` (paper Algorithm 2's Lanczos, eq. 6): classical Gram-Schmidt
-against the whole basis done twice, ``alpha_j`` the summed coefficients of ``q_j``, ``beta_j`` the norm of the
-remainder, and a breakdown (``beta_j <= tol * max ||A q_i||``) recorded as ``beta_j = 0`` with the step continued
-from an orthogonalized pseudo-random direction, chosen on the device (no host branch, no sync). The products
-run over a leading block of rows rounded up to a bucket size, not over exactly ``j + 1`` rows: rows past ``j`` are
-still zero, so they add nothing, and one graph per bucket (at most ~10) covers all steps. Buffers and graphs are
-kept for the next run of the same shape (SLQ runs k starting vectors in a row); :func:`clear_lanczos_graphs`
-releases them.
+The mathematics is the reference's (paper Algorithm 2's Lanczos, eq. 6): classical Gram-Schmidt against the whole
+basis done twice, ``alpha_j`` the summed coefficients of ``q_j``, ``beta_j`` the norm of the remainder, and a
+breakdown (``beta_j <= tol * max ||A q_i||``) recorded as ``beta_j = 0`` with the step continued from an
+orthogonalized pseudo-random direction, chosen on the device (no host branch, no sync). The products run over a
+leading block of rows rounded up to a bucket size, not over exactly ``j + 1`` rows: rows past ``j`` are still zero,
+so they add nothing, and one graph per bucket (at most ~10) covers all steps. Buffers and graphs are kept for the
+next run of the same shape (SLQ runs k starting vectors in a row); :func:`clear_lanczos_graphs` releases them.
 
-On CPU tensors the same steps run eagerly (no capture): that is how the CPU-only tests check this code path.
-Set ``GRADVIS_CUDA_GRAPHS=0`` to make CUDA tensors take the generic loop instead.
+On CPU tensors the same steps run eagerly (no capture) when :func:`graph_lanczos` is called directly: that is how
+the CPU-only tests check this code path. Set ``GRADVIS_CUDA_GRAPHS=0`` to make CUDA tensors take the reference.
 """
 
 from __future__ import annotations
@@ -28,13 +28,20 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from array_api_compat import array_namespace
 
-from ...core.lanczos import _hash_vector, _plain, _setup, register_device_loop
+from ...core.arrays import RESTART_SALT, START_SALT, hash_vector, plain
+from ...core.lanczos import breakdown_tolerance, lanczos_steps, register_kernel
+from ...core.lanczos_host import HostOps, host_lanczos
 
-__all__ = ["clear_lanczos_graphs", "graph_lanczos", "set_cuda_graphs"]
+__all__ = ["TORCH_HOST_OPS", "clear_lanczos_graphs", "graph_lanczos", "set_cuda_graphs"]
+
+#: torch's own functions for the host loop, looked up once: no Python frame between the loop and a kernel, and
+#: ``addmm`` is one GEMM (figures in bench/README.md)
+TORCH_HOST_OPS = HostOps(dot=torch.dot, mul=torch.mul, mm=torch.mm, addmm=torch.addmm)
 
 _MAX_GRAPHS = 10  # buckets per (n, m): bounds capture time; a bucket pads at most m / 10 rows
 _CACHE_SIZE = 2  # kept shapes: SLQ and eigendirections of one model, each with its own m
@@ -42,7 +49,7 @@ _enabled = os.environ.get("GRADVIS_CUDA_GRAPHS", "1") != "0"
 
 
 def set_cuda_graphs(enabled: bool) -> bool:
-    """Turn the CUDA-graph loop on or off for later runs (off: CUDA tensors take the generic device loop).
+    """Turn the CUDA-graph loop on or off for later runs (off: CUDA tensors take the reference loop).
     Returns the previous setting."""
     global _enabled
     previous, _enabled = _enabled, bool(enabled)
@@ -66,12 +73,12 @@ class _StaticLanczos:
         self.scale = torch.zeros((), **zeros)  # running max of ||A q_j||, a lower bound of ||A||
         self.steps_first = torch.arange(2, device=device)  # [j, j + 1] at j = 0
         self.steps = self.steps_first.clone()  # [j, j + 1] as index tensors
-        # Restart direction of step j: a pseudo-random vector rolled by j + 1 (the generic loop's choice), read
+        # Restart direction of step j: a pseudo-random vector rolled by j + 1 (the reference's choice), read
         # as a gather from two copies of it at indices that move down by one per step: no modulo per step.
         xp = array_namespace(self.V)
-        r0 = _hash_vector(xp, n, 0x5EED, dtype, device)  # the start when v0 is zero (the generic loop's choice)
+        r0 = hash_vector(xp, n, START_SALT, dtype, device)  # the start when v0 is zero (the reference's choice)
         self.zero_start = r0 / torch.linalg.vector_norm(r0)
-        r_base = _hash_vector(xp, n, 0xB10C, dtype, device)
+        r_base = hash_vector(xp, n, RESTART_SALT, dtype, device)
         self.r_twice = torch.cat([r_base, r_base])
         index = torch.int32 if 2 * n < 2**31 else torch.int64
         self.restart_first = torch.arange(n - 1, 2 * n - 1, dtype=index, device=device)
@@ -141,19 +148,19 @@ class _StaticLanczos:
         self.steps.copy_(self.steps_first)
         self.restart_index.copy_(self.restart_first)
         self.scale.zero_()
-        v0 = _plain(v0)
+        v0 = plain(v0)
         nrm0 = torch.linalg.vector_norm(v0)
         ok0 = nrm0 > 0
         V[0].copy_(torch.where(ok0, v0 / torch.where(ok0, nrm0, 1.0), self.zero_start))
         for j in range(m - 1):
-            w_in.copy_(_plain(matvec(rows[j])))
+            w_in.copy_(plain(matvec(rows[j])))
             replay = replays[j]
             if replay is None:
                 self.capture_step(j)
             else:
                 replay()
         # last step: only the diagonal entry is needed
-        torch.dot(rows[m - 1], _plain(matvec(rows[m - 1])), out=self.last_alpha)
+        torch.dot(rows[m - 1], plain(matvec(rows[m - 1])), out=self.last_alpha)
 
     def alpha(self) -> torch.Tensor:
         """alpha_j = q_j . A q_j as both Gram-Schmidt passes found it (the last one from its own dot)."""
@@ -179,7 +186,17 @@ def graph_lanczos(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """m Lanczos steps with full reorthogonalization from ``v0``: (alpha (m,), beta (m-1,), basis (m, n) or None)
     as device tensors of v0's dtype, without a host sync. On CUDA each step is one graph launch; elsewhere eager."""
-    _, n, m, dtype, dev, tol = _setup(v0, m, breakdown_tol)
+    if v0.ndim != 1:
+        raise ValueError(f"v0 must be a 1-D vector, got shape {tuple(v0.shape)}")
+    m = lanczos_steps(m, v0.shape[0])
+    return _graph_kernel(matvec, v0, m, breakdown_tolerance(torch, v0.dtype, breakdown_tol), keep_basis)
+
+
+def _graph_kernel(
+    matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, m: int, tol: float, keep_basis: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`graph_lanczos` with m capped and the absolute tolerance: the kernel registered for CUDA tensors."""
+    n, dtype, dev = int(v0.shape[0]), v0.dtype, v0.device
     key = (n, m, dtype, str(dev), tol)
     # out of the cache while it runs, so a run nested in the matvec builds its own buffers instead of sharing these
     state = _cache.pop(key, None)
@@ -195,8 +212,13 @@ def graph_lanczos(
     return state.alpha(), state.beta.clone(), state.V.clone() if keep_basis else None
 
 
-def _accepts(v0: object) -> bool:
+def _on_cuda(v0: object) -> bool:
     return _enabled and isinstance(v0, torch.Tensor) and v0.is_cuda
 
 
-register_device_loop(_accepts, graph_lanczos)
+def _on_cpu(v0: object) -> bool:
+    return isinstance(v0, torch.Tensor) and v0.device.type == "cpu"
+
+
+register_kernel(_on_cpu, partial(host_lanczos, TORCH_HOST_OPS))
+register_kernel(_on_cuda, _graph_kernel)
