@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from . import cli
+from .defaults import schema_default
 
 
 def landscape_files(paths: list[str]) -> list[str]:
@@ -48,10 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spectra", required=True, help="spectra file (.h5) of the same checkpoints / points")
     parser.add_argument("--out-dir", required=True, type=cli.output_folder, help="folder for frame_000000.png, ...")
     cli.add_sigma_argument(parser)
-    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
-                        help="log-scale density axis")
+    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction,
+                        default=schema_default("frames.log_scale"), help="log-scale density axis")
     parser.add_argument("--log-levels", action="store_true", help="log-spaced contour levels")
-    parser.add_argument("--dpi", type=cli.positive_int, default=80)
+    parser.add_argument("--dpi", type=cli.positive_int, default=schema_default("frames.dpi"))
     return parser
 
 

@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from . import cli
+from .defaults import schema_default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-line", required=True, type=cli.output_file, help="line landscape to write (.h5)")
     parser.add_argument("--out-spectra", type=cli.output_file,
                         help="spectra at the line's points to write (.h5); skipped if absent")
-    parser.add_argument("--points", type=cli.positive_int, default=20, help="points on the line (paper: 20)")
+    parser.add_argument("--points", type=cli.positive_int, default=schema_default("interpolation.points"),
+                        help="points on the line (paper: 20)")
     parser.add_argument("--margin", type=float, default=0.0, help="extend the line by this fraction beyond each end")
     cli.add_slq_arguments(parser)
     cli.add_parallel_arguments(parser)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from . import cli
+from .defaults import schema_default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", required=True, type=cli.output_folder,
                         help="folder for density_<iteration:06d>.png")
     cli.add_sigma_argument(parser)
-    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
-                        help="log-scale density axis")
+    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction,
+                        default=schema_default("frames.log_scale"), help="log-scale density axis")
     parser.add_argument("--dpi", type=cli.positive_int, default=100)
     return parser
 
