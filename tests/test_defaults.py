@@ -20,7 +20,8 @@ SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas
 #: step -> its settings dataclass (the steps converted to settings + run + main)
 SETTINGS = {"spectrum": "SpectrumSettings", "landscape": "LandscapeSettings", "directions": "DirectionsSettings",
             "eigendirections": "EigendirectionsSettings", "moving_frame": "MovingFrameSettings",
-            "video": "VideoSettings"}
+            "video": "VideoSettings", "interpolate": "InterpolateSettings",
+            "frames": "FramesSettings", "plot_spectra": "PlotSpectraSettings"}
 
 
 def schema_value(key: str):
