@@ -4,6 +4,11 @@ A setting that both the workflow config and a step's command line know (``spectr
 default written once, in ``workflow/schemas/config.schema.yaml``; the steps' settings dataclasses (and through them
 their argparse defaults) take it from there with :func:`schema_default`. The values are the laptop-sized ones the
 default config runs with (``m`` 30, ``k`` 4, ``resolution`` 25); the paper's (80, 10, 50) are named in each help text.
+
+The train step's optimizer and schedule defaults are :class:`~gradvis_steps.core.training.TrainSettings`' (one
+definition, the paper's SGD: batch 256, lr 0.01, one epoch); the schema's scalar ``train`` keys (``warmup``, ``eps``,
+...) equal them. The schema's ``train`` lists (``lr: [0.05]``, ``batch_size: [64]``, ``epochs: [6]``, ``seed: [0, 1]``)
+are not option defaults but the default config's grid of runs, sized for a laptop, and stay as they are.
 :data:`CONFIG_KEYS` maps each step option to its config key; ``tests/test_defaults.py`` checks every step against it.
 """
 
@@ -45,6 +50,9 @@ CONFIG_KEYS: dict[str, dict[str, str]] = {
     "frames": {"log_scale": "frames.log_scale", "dpi": "frames.dpi", "sigma": "spectra.sigma"},
     "plot_spectra": {"log_scale": "frames.log_scale", "sigma": "spectra.sigma"},
     "video": {"fps": "frames.fps"},
+    "train": {"warmup": "train.warmup", "step_every": "train.step_every", "step_gamma": "train.step_gamma",
+              "min_lr": "train.min_lr", "beta1": "train.beta1", "beta2": "train.beta2", "eps": "train.eps",
+              "checkpoint_every": "train.checkpoint_every", "on_divergence": "train.on_divergence", "device": "device"},
 }
 
 

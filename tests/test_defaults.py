@@ -21,7 +21,7 @@ SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas
 SETTINGS = {"spectrum": "SpectrumSettings", "landscape": "LandscapeSettings", "directions": "DirectionsSettings",
             "eigendirections": "EigendirectionsSettings", "moving_frame": "MovingFrameSettings",
             "video": "VideoSettings", "interpolate": "InterpolateSettings",
-            "frames": "FramesSettings", "plot_spectra": "PlotSpectraSettings"}
+            "frames": "FramesSettings", "plot_spectra": "PlotSpectraSettings", "train": "TrainStepSettings"}
 
 
 def schema_value(key: str):
@@ -84,3 +84,13 @@ def test_schema_default_names_a_missing_key():
         defaults.schema_default("spectra.nope")
     with pytest.raises(KeyError, match="no default for 'experiments'"):
         defaults.schema_default("experiments")
+
+
+def test_train_defaults_are_the_training_settings():
+    """The train step's run settings default to core.training.TrainSettings' (its one definition)."""
+    import gradvis_steps.train as train
+    from gradvis_steps.core.training import TrainSettings
+
+    step_fields = {f.name: f.default for f in dataclasses.fields(train.TrainStepSettings)}
+    for field in dataclasses.fields(TrainSettings):
+        assert step_fields[field.name] == field.default, field.name
