@@ -21,7 +21,9 @@ SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas
 SETTINGS = {"spectrum": "SpectrumSettings", "landscape": "LandscapeSettings", "directions": "DirectionsSettings",
             "eigendirections": "EigendirectionsSettings", "moving_frame": "MovingFrameSettings",
             "video": "VideoSettings", "interpolate": "InterpolateSettings",
-            "frames": "FramesSettings", "plot_spectra": "PlotSpectraSettings", "train": "TrainStepSettings"}
+            "frames": "FramesSettings", "plot_spectra": "PlotSpectraSettings", "train": "TrainStepSettings",
+            "merge_spectra": "MergeSpectraSettings", "li_surface": "LiSurfaceSettings",
+            "plot_landscape": "PlotLandscapeSettings"}
 
 
 def schema_value(key: str):
