@@ -50,6 +50,7 @@ CONFIG_KEYS: dict[str, dict[str, str]] = {
     "frames": {"log_scale": "frames.log_scale", "dpi": "frames.dpi", "sigma": "spectra.sigma"},
     "plot_spectra": {"log_scale": "frames.log_scale", "sigma": "spectra.sigma"},
     "video": {"fps": "frames.fps"},
+    "compare": {"sigma": "spectra.sigma"},
     "train": {"warmup": "train.warmup", "step_every": "train.step_every", "step_gamma": "train.step_gamma",
               "min_lr": "train.min_lr", "beta1": "train.beta1", "beta2": "train.beta2", "eps": "train.eps",
               "checkpoint_every": "train.checkpoint_every", "on_divergence": "train.on_divergence", "device": "device"},

@@ -23,7 +23,8 @@ SETTINGS = {"spectrum": "SpectrumSettings", "landscape": "LandscapeSettings", "d
             "video": "VideoSettings", "interpolate": "InterpolateSettings",
             "frames": "FramesSettings", "plot_spectra": "PlotSpectraSettings", "train": "TrainStepSettings",
             "merge_spectra": "MergeSpectraSettings", "li_surface": "LiSurfaceSettings",
-            "plot_landscape": "PlotLandscapeSettings"}
+            "plot_landscape": "PlotLandscapeSettings", "compare": "CompareSettings",
+            "experiment_summary": "SummarySettings"}
 
 
 def schema_value(key: str):
