@@ -24,7 +24,8 @@ SETTINGS = {"spectrum": "SpectrumSettings", "landscape": "LandscapeSettings", "d
             "frames": "FramesSettings", "plot_spectra": "PlotSpectraSettings", "train": "TrainStepSettings",
             "merge_spectra": "MergeSpectraSettings", "li_surface": "LiSurfaceSettings",
             "plot_landscape": "PlotLandscapeSettings", "compare": "CompareSettings",
-            "experiment_summary": "SummarySettings"}
+            "experiment_summary": "SummarySettings", "import_checkpoints": "ImportSettings",
+            "settings_file": "SettingsFileSettings"}
 
 
 def schema_value(key: str):
