@@ -1,7 +1,7 @@
 """Steps are functions: ``run(Settings(...))`` writes the same files as ``main([...])`` with the same settings, bit for
 bit (every HDF5 dataset), and returns what it wrote; settings built in Python are checked as the command line is.
 
-One tiny trajectory (LeNet of widths 3, 4, 16, 12 on the digits, one epoch of batch 128: 13 checkpoints)."""
+Tiny trajectories (LeNet of widths 3, 4, 16, 12 on the digits, one epoch of batch 128: 13 checkpoints)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from step_helpers import step, train_tiny
 
-from gradvis_steps import directions, eigendirections, landscape, spectrum
+from gradvis_steps import directions, eigendirections, interpolate, landscape, spectrum, train
 from gradvis_steps.storage.directions import load_directions_file
 from gradvis_steps.storage.landscape import load_landscape
 from gradvis_steps.storage.spectra import load_spectra
@@ -107,6 +107,31 @@ def test_spectrum_run_equals_main(folder, trajectory):
     stored = load_spectra(by_main)
     assert sorted(result.entries) == sorted(stored.entries) == [0, 12]
     np.testing.assert_array_equal(result.entries[12].nodes, stored.entries[12].nodes)
+
+
+def test_train_run_equals_main(folder, trajectory):
+    """The trajectory of the fixture came from main (train_tiny); the same run by settings is the same file's data."""
+    by_run = folder / "train_run.h5"
+    path = train.run(train.TrainStepSettings(out=str(by_run), model="lenet", model_option=(("widths", [3, 4, 16, 12]),),
+                                             epochs=1, batch_size=128, lr=0.05, seed=0, no_progress=True))
+    assert path == by_run
+    assert_same_datasets(trajectory, by_run)
+
+
+def test_interpolate_run_equals_main(folder, trajectory):
+    other = train_tiny(folder / "other.h5", 1)
+    argv = ["--points", "3", "--k", "2", "--m", "5", "--dtype", "float64", "--hvp-mode", "double_backprop", *EVAL_ARGV]
+    main_line, main_spectra = folder / "line_main.h5", folder / "ispec_main.h5"
+    step(interpolate, "--trajectory-a", trajectory, "--trajectory-b", other, "--out-line", main_line,
+         "--out-spectra", main_spectra, *argv)
+    run_line, run_spectra = folder / "line_run.h5", folder / "ispec_run.h5"
+    result = interpolate.run(interpolate.InterpolateSettings(
+        trajectory_a=str(trajectory), trajectory_b=str(other), out_line=str(run_line), out_spectra=str(run_spectra),
+        points=3, k=2, m=5, dtype="float64", hvp_mode="double_backprop", **EVAL))
+    assert_same_datasets(main_line, run_line)
+    assert_same_datasets(main_spectra, run_spectra)
+    np.testing.assert_array_equal(result.line.loss, load_landscape(main_line).loss)
+    assert sorted(result.spectra.entries) == [0, 1, 2]
 
 
 def test_settings_built_in_python_are_checked(folder, trajectory, pca):
