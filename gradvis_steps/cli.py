@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import yaml
 
 from .core.memory import check_memory_budget, keep_freed_memory  # noqa: F401 (steps call cli.keep_freed_memory)
-from .core.objective import HVP_MEMORY_MB
+from .step_settings import EvaluationSettings, HessianSettings, SLQSettings
 from .storage.failures import EXIT_WRITE_FAILED, OutputError, hard_exit
 
 #: Errors that mean "bad input": reported in one line naming the problem, exit status 2.
@@ -57,21 +58,25 @@ def group_size(text: str) -> int | str:
 def add_evaluation_arguments(parser: argparse.ArgumentParser, *, hessian: bool = False) -> None:
     """Options shared by the steps that evaluate a model (landscape, spectrum, eigendirections, ...); ``hessian``
     adds those of the steps that multiply one point's Hessian by many vectors."""
-    parser.add_argument("--eval-fraction", type=fraction, default=0.2,
+    parser.add_argument("--eval-fraction", type=fraction, default=EvaluationSettings.eval_fraction,
                         help="fraction of the training set used for evaluation (paper: 0.2)")
-    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation subset")
-    parser.add_argument("--batch-size", type=positive_int, default=1024, help="evaluation batch size")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--eval-seed", type=int, default=EvaluationSettings.eval_seed,
+                        help="seed of the evaluation subset")
+    parser.add_argument("--batch-size", type=positive_int, default=EvaluationSettings.batch_size,
+                        help="evaluation batch size")
+    parser.add_argument("--device", default=EvaluationSettings.device, help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--dtype", default=EvaluationSettings.dtype, choices=("float32", "float64"))
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     if hessian:
-        parser.add_argument("--hvp-memory-mb", type=memory_budget, default=HVP_MEMORY_MB,
+        parser.add_argument("--hvp-memory-mb", type=memory_budget,
+                            default=HessianSettings.hvp_memory_mb,
                             help="memory (MiB) the Hessian-vector products at one point may take: the gradient graphs "
                                  "kept between products (each product is then one backward pass per batch) and the "
                                  "working memory of a block of vectors (0: recompute the graphs, one vector at a "
                                  "time; auto, the default: half the memory available when the point starts, split "
                                  "between the ranks of a node)")
-        parser.add_argument("--hvp-mode", choices=("auto", "double_backprop", "forward_over_reverse"), default="auto",
+        parser.add_argument("--hvp-mode", choices=("auto", "double_backprop", "forward_over_reverse"),
+                            default=HessianSettings.hvp_mode,
                             help="how Hessian-vector products are taken; auto: double backprop for one vector at a "
                                  "time on a CPU, otherwise the faster of the two timed at the first point (recorded "
                                  "in the output's provenance)")
@@ -79,12 +84,12 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser, *, hessian: bool =
 
 def add_slq_arguments(parser: argparse.ArgumentParser) -> None:
     """The stochastic Lanczos quadrature options of the spectrum and interpolation steps."""
-    parser.add_argument("--k", type=positive_int, default=10, help="starting vectors (paper: 10)")
-    parser.add_argument("--m", type=positive_int, default=80, help="Lanczos steps per vector (paper: 80)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the starting vectors")
-    parser.add_argument("--vector", choices=("gaussian", "rademacher"), default="gaussian")
+    parser.add_argument("--k", type=positive_int, default=SLQSettings.k, help="starting vectors (paper: 10)")
+    parser.add_argument("--m", type=positive_int, default=SLQSettings.m, help="Lanczos steps per vector (paper: 80)")
+    parser.add_argument("--seed", type=int, default=SLQSettings.seed, help="seed of the starting vectors")
+    parser.add_argument("--vector", choices=("gaussian", "rademacher"), default=SLQSettings.vector)
     add_sigma_argument(parser)
-    parser.add_argument("--group-size", type=group_size, default="auto",
+    parser.add_argument("--group-size", type=group_size, default=SLQSettings.group_size,
                         help="starting vectors whose Lanczos chains advance in lockstep, one block Hessian product "
                              "per step (vector i is in group i // size; results depend on the size to float "
                              "tolerance only); auto: 1 on a CPU, on a GPU the k vectors split evenly over the MPI "
@@ -94,7 +99,7 @@ def add_slq_arguments(parser: argparse.ArgumentParser) -> None:
 def add_sigma_argument(parser: argparse.ArgumentParser) -> None:
     """``--sigma``: the density width of every step that smooths eigenvalue nodes (spectrum, interpolate, frames,
     plot_spectra), one meaning everywhere."""
-    parser.add_argument("--sigma", type=float, default=None,
+    parser.add_argument("--sigma", type=float, default=SLQSettings.sigma,
                         help="Gaussian width of the eigenvalue density, absolute (default: the range of the "
                              "nodes shown together / 500, see gradvis_steps.core.slq.SIGMA_REL)")
 
@@ -107,13 +112,13 @@ def check_sigma(sigma: float | None) -> None:
 
 def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
     """How the spectrum and interpolation steps spread each point's SLQ over MPI ranks (paper section 2.3)."""
-    parser.add_argument("--parallel", choices=("iteration", "data", "hybrid"), default="iteration",
+    parser.add_argument("--parallel", choices=("iteration", "data", "hybrid"), default=SLQSettings.parallel,
                         help="under mpiexec: iteration = whole lockstep groups of starting vectors per rank "
                              "(Algorithm 5, results bitwise equal to serial); data = every rank runs all chains over "
                              "a shard of the evaluation batches, one Allreduce per Hessian product (Algorithm 4); "
                              "hybrid = groups of --ranks-per-group ranks, iteration parallel over groups, data "
                              "parallel inside (data and hybrid equal serial to float tolerance)")
-    parser.add_argument("--ranks-per-group", type=positive_int, default=None,
+    parser.add_argument("--ranks-per-group", type=positive_int, default=SLQSettings.ranks_per_group,
                         help="ranks per data-parallel group of --parallel hybrid (1: iteration, all ranks: data); "
                              "should divide the number of ranks, else the last group is smaller and finishes last")
 
@@ -176,6 +181,17 @@ def output_folder(text: str) -> str:
     if Path(text).is_dir():
         check_writable(text)
     return text
+
+
+def check_outputs(files: tuple[str | None, ...] = (), folders: tuple[str | None, ...] = ()) -> None:
+    """What the ``output_file`` and ``output_folder`` option types check, for a step's ``run`` called with settings
+    built in Python (``None``: an output not asked for)."""
+    for path in files:
+        if path is not None:
+            output_file(os.fspath(path))
+    for path in folders:
+        if path is not None:
+            output_folder(os.fspath(path))
 
 
 def write_failure(error: BaseException) -> tuple[str, bool] | None:

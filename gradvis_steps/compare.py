@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import cli
+from . import cli, step_settings
+from .defaults import schema_default
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -40,6 +41,22 @@ TABLE_COLUMNS = (("lambda_max", "λmax"), ("lambda_min", "λmin"), ("negative_ma
 DENSITY_POINTS = 2000
 
 
+@dataclass(frozen=True, kw_only=True)
+class CompareSettings:
+    """Settings of the compare step: the spectra or landscape files (one kind), their labels, the figure."""
+
+    out: str
+    spectra: tuple[str, ...] | None = None
+    landscapes: tuple[str, ...] | None = None
+    labels: tuple[str, ...] | None = None
+    iteration: int | None = None
+    sigma: float | None = schema_default("spectra.sigma")
+    log_scale: bool | None = None
+    across_runs: bool = False
+    title: str | None = None
+    dpi: int = 120
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.compare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -50,18 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", nargs="+", metavar="LABEL",
                         help="one legend label per file, in the same order (default: the file names)")
     parser.add_argument("--out", required=True, type=cli.output_file, help="figure to write (.png/.pdf/.svg)")
-    parser.add_argument("--iteration", type=int, default=None,
+    parser.add_argument("--iteration", type=int,
                         help="checkpoint whose spectra are compared (default: the last one common to all files)")
     cli.add_sigma_argument(parser)  # the nodes shown together: every file's at the compared checkpoint
-    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction,
                         help="log-scale density axis (spectra; default on), log-spaced contour levels or log loss "
                              "axis (landscapes; default off)")
     parser.add_argument("--across-runs", action="store_true",
                         help="the files may belong to different training runs (e.g. seeds side by side); without it "
                              "they must all belong to one run")
-    parser.add_argument("--title", default=None, help="figure title")
-    parser.add_argument("--dpi", type=cli.positive_int, default=120)
-    return parser
+    parser.add_argument("--title", help="figure title")
+    parser.add_argument("--dpi", type=cli.positive_int)
+    return step_settings.use_defaults(parser, CompareSettings)
 
 
 # -------------------------------------------------------------------------------------------------- spectra
@@ -207,9 +224,19 @@ def landscapes_figure(results: Sequence[LandscapeResult], paths: Sequence[str], 
 
 # --------------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    paths = args.spectra or args.landscapes
-    labels = args.labels if args.labels is not None else [Path(p).stem for p in paths]
+    run(step_settings.parse(build_parser(), CompareSettings, argv))
+    return 0
+
+
+def run(settings: CompareSettings) -> Path:
+    """One figure comparing the spectra (or the landscapes) of ``settings`` side by side; returns its path."""
+    args = settings
+    if (args.spectra is None) == (args.landscapes is None):
+        raise ValueError("give spectra or landscapes (one of them)")
+    step_settings.check_positive(args, "dpi")
+    cli.check_outputs(files=(args.out,))
+    paths = list(args.spectra or args.landscapes)
+    labels = list(args.labels) if args.labels is not None else [Path(p).stem for p in paths]
     if len(labels) != len(paths):
         raise ValueError(f"--labels gives {len(labels)} label(s) for {len(paths)} file(s): "
                          f"{labels} for {paths}")
@@ -235,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         what = f"{len(paths)} landscapes"
     save_figure(fig, args.out, dpi=args.dpi)
     print(f"wrote {what} side by side to {args.out}", file=sys.stderr)
-    return 0
+    return Path(args.out)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,43 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import cli
+from . import cli, step_settings
+from .core.normalization import DEFAULT_IGNORE, is_normalized, normalize_directions
 from .core.normalization import METHODS as NORMALIZATIONS
-from .core.normalization import is_normalized, normalize_directions
+from .defaults import schema_default
 
 METHODS = ("random", "pca", "hessian", "custom", "interpolation")
 DEFAULT_NORMALIZATION = {"random": "filter", "custom": "filter", "pca": "none", "hessian": "none",
                          "interpolation": "none"}
 KINDS = ("bias", "batchnorm", "norm", "conv", "linear", "other")
+
+if TYPE_CHECKING:
+    from .storage.directions import Directions
+
+
+@dataclass(frozen=True, kw_only=True)
+class DirectionsSettings:
+    """Settings of the directions step: the trajectory, the method and its inputs, normalization, where to write."""
+
+    trajectory: str
+    method: str
+    out: str
+    count: int = 2
+    center_iteration: int | None = None
+    seed: int = schema_default("directions.seed")
+    eigendirections: str | None = None
+    pick: tuple[int, ...] | None = None
+    pca_memory_mb: int = 1024
+    custom: str | None = schema_default("directions.custom_file")
+    custom_key: tuple[str, ...] | None = schema_default("directions.custom_key")
+    trajectory_b: str | None = None
+    normalization: str = schema_default("directions.normalization")
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,32 +68,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--out", required=True, type=cli.output_file, help="directions file to write (.h5)")
-    parser.add_argument("--count", type=cli.positive_int, default=2, help="number of directions")
-    parser.add_argument("--center-iteration", type=int, default=None,
+    parser.add_argument("--count", type=cli.positive_int, help="number of directions")
+    parser.add_argument("--center-iteration", type=int,
                         help="checkpoint the landscape is centred on (default: the last one)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random directions")
+    parser.add_argument("--seed", type=int, help="seed of random directions")
     parser.add_argument("--eigendirections", help="eigendirections file (method hessian)")
-    parser.add_argument("--pick", type=int, nargs="+", default=None,
+    parser.add_argument("--pick", type=int, nargs="+",
                         help="which eigenvectors of the eigendirections file to use (default: the first --count)")
-    parser.add_argument("--pca-memory-mb", type=cli.positive_int, default=1024,
+    parser.add_argument("--pca-memory-mb", type=cli.positive_int,
                         help="memory for checkpoints held at once by the streamed PCA (default 1024): the more, the "
                              "fewer passes over the trajectory; at least 3 model-sized vectors are always held")
     parser.add_argument("--custom", help="file with the directions (method custom): .npy, .npz or .h5, (k, N); a Li et "
                         "al. direction file (groups xdirection, ydirection of per-tensor datasets) gives the plane")
-    parser.add_argument("--custom-key", nargs="+", default=None, metavar="KEY",
+    parser.add_argument("--custom-key", nargs="+", metavar="KEY",
                         help="the array(s) or group(s) of a .npz/.h5 --custom file to use, in this order (default: its "
                              "only entry, or xdirection and ydirection of a Li et al. file)")
     parser.add_argument("--trajectory-b", help="second run (method interpolation): the plane through both final "
                         "points and the first run's initial point, centred on the first run's final point")
-    parser.add_argument("--normalization", default="auto", choices=("auto", *NORMALIZATIONS),
+    parser.add_argument("--normalization", choices=("auto", *NORMALIZATIONS),
                         help="auto: filter for random/custom, none for pca/hessian")
-    parser.add_argument("--ignore", nargs="*", default=["bias", "batchnorm", "norm"], choices=KINDS,
+    parser.add_argument("--ignore", nargs="*", choices=KINDS,
                         help="parameter kinds set to zero by normalization (paper: all batch-norm parameters)")
-    return parser
+    return step_settings.use_defaults(parser, DirectionsSettings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), DirectionsSettings, argv))
+    return 0
+
+
+def run(settings: DirectionsSettings) -> Directions:
+    """The directions of ``settings.method`` for ``settings.trajectory``, written to ``settings.out``; returns them."""
+    args = settings
+    if args.method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {args.method!r}")
+    if args.normalization not in ("auto", *NORMALIZATIONS):
+        raise ValueError(f"normalization must be one of auto, {', '.join(NORMALIZATIONS)}, got {args.normalization!r}")
+    step_settings.check_positive(args, "count", "pca_memory_mb")
+    cli.check_outputs(files=(args.out,))
     from .checkpoints import checkpoint_problem, skip_checkpoint, usable_or_error
     from .core.directions import load_directions, random_directions
     from .core.pca import trajectory_pca
@@ -121,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("method hessian needs --eigendirections FILE (from gradvis_steps.eigendirections)")
             eig = load_directions_file(args.eigendirections)
             runs.check_trajectory(this_run, runs.Source("eigendirections file", args.eigendirections, eig.runs))
-            eig = eig.select(args.pick if args.pick is not None else list(range(args.count)))
+            eig = eig.select(list(args.pick) if args.pick is not None else list(range(args.count)))
             if eig.vectors.shape[1] != traj.dim:
                 raise ValueError(f"{args.eigendirections} has vectors of length {eig.vectors.shape[1]}, "
                                  f"the trajectory's parameters have {traj.dim}")
@@ -165,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             vectors = normalize_directions(np.asarray(vectors), center, traj.layout, method=normalization,
                                            ignore=args.ignore)
             labels = [f"{label}, {normalization}-normalized" for label in labels]
-        config = {key: value for key, value in vars(args).items() if key != "out"}
+        config = step_settings.config_of(args, "out")
         result = Directions(np.asarray(vectors, dtype=np.float32), "eigenvector" if args.method == "hessian"
                             else args.method, tuple(labels), normalization, center_iteration,
                             config=config, provenance=provenance({**config, "run": traj.config}), runs=belongs_to,
@@ -174,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     save_directions(result, args.out)
     print(f"wrote {len(result)} {args.method} directions ({normalization} normalization) to {args.out}",
           file=sys.stderr)
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -16,10 +16,33 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import cli
+from . import cli, step_settings
+from .defaults import schema_default
+
+if TYPE_CHECKING:
+    from .storage.directions import Directions
+
+#: which Ritz pairs: the largest eigenvalues, the most negative ones, or those nearest a target
+WHICH = ("largest", "smallest", "nearest")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EigendirectionsSettings(step_settings.HessianSettings):
+    """Settings of the eigendirections step: the checkpoint, which Ritz pairs, Lanczos, where to write."""
+
+    trajectory: str
+    out: str
+    iteration: int | None = None
+    which: str = schema_default("directions.hessian.which")
+    target: float = schema_default("directions.hessian.target")
+    count: int = schema_default("directions.hessian.count")
+    steps: int = schema_default("directions.hessian.steps")
+    seed: int = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,19 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
     parser.add_argument("--out", required=True, type=cli.output_file, help="directions file to write (.h5)")
-    parser.add_argument("--iteration", type=int, default=None, help="checkpoint to analyse (default: the last)")
-    parser.add_argument("--which", choices=("largest", "smallest", "nearest"), default="largest",
+    parser.add_argument("--iteration", type=int, help="checkpoint to analyse (default: the last)")
+    parser.add_argument("--which", choices=WHICH,
                         help="largest eigenvalues, most negative ones, or nearest --target")
-    parser.add_argument("--target", type=float, default=0.0, help="value for --which nearest")
-    parser.add_argument("--count", type=cli.positive_int, default=2, help="number of eigenvectors")
-    parser.add_argument("--steps", type=cli.positive_int, default=40, help="Lanczos steps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starting vector")
+    parser.add_argument("--target", type=float, help="value for --which nearest")
+    parser.add_argument("--count", type=cli.positive_int, help="number of eigenvectors")
+    parser.add_argument("--steps", type=cli.positive_int, help="Lanczos steps")
+    parser.add_argument("--seed", type=int, help="seed of the Lanczos starting vector")
     cli.add_evaluation_arguments(parser, hessian=True)
-    return parser
+    return step_settings.use_defaults(parser, EigendirectionsSettings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), EigendirectionsSettings, argv))
+    return 0
+
+
+def run(settings: EigendirectionsSettings) -> Directions | None:
+    """Ritz pairs of the Hessian at a checkpoint of ``settings.trajectory``, written to ``settings.out`` as
+    directions; returns them on rank 0, None on the other ranks."""
+    args = settings
+    if args.which not in WHICH:
+        raise ValueError(f"which must be one of {', '.join(WHICH)}, got {args.which!r}")
+    step_settings.check_positive(args, "count", "steps", "batch_size")
+    step_settings.check_fraction("eval_fraction", args.eval_fraction)
+    cli.check_outputs(files=(args.out,))
     cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     if args.count > args.steps:
         raise ValueError(f"--count {args.count} exceeds --steps {args.steps}: Lanczos gives at most one Ritz pair "
@@ -75,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = ritz_pairs(objective.hvp_operator(theta), v0, min(args.steps, traj.dim), args.count,
                            which=args.which, target=args.target)
         iteration = int(traj.iterations[row])
-        config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress")}
+        config = step_settings.config_of(args, "out", "no_progress")
         labels = [f"eigenvector {i + 1} (λ={value:.3g})" for i, value in enumerate(pairs.values)]
         result = Directions(
             vectors=objective.to_numpy(pairs.vectors).astype(np.float32), method="eigenvector", labels=tuple(labels),
@@ -85,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     comm.barrier()
     if comm.rank != 0:
-        return 0
+        return None
     save_directions(result, args.out)
     for value, residual in zip(pairs.values, pairs.residuals, strict=True):
         flag = "" if residual <= 1e-2 * max(abs(value), 1e-12) else "  (not converged: raise --steps)"
         print(f"λ = {value:.6g}, ||Hv - λv|| = {residual:.2e}{flag}", file=sys.stderr)
     print(f"wrote {args.count} {args.which} eigenvectors at iteration {iteration} to {args.out}", file=sys.stderr)
-    return 0
+    return result
 
 
 if __name__ == "__main__":

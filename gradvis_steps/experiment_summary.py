@@ -30,13 +30,14 @@ import html
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import yaml
 
-from . import cli
+from . import cli, step_settings
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -51,6 +52,16 @@ th { background: #f0f0f0; }
 SHARED = "(experiment-wide)"
 
 
+@dataclass(frozen=True, kw_only=True)
+class SummarySettings:
+    """Settings of the experiment_summary step: the experiment's name, the workflow's settings file, the page."""
+
+    name: str
+    settings: str
+    out: str
+    embed_mb: float = 50.0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.experiment_summary",
                                      description=__doc__.split("\n\n")[0],
@@ -58,10 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", required=True, help="experiment name (the page title)")
     parser.add_argument("--settings", required=True, help="settings file (.yaml) written by the workflow")
     parser.add_argument("--out", required=True, type=cli.output_file, help="HTML page to write")
-    parser.add_argument("--embed-mb", type=float, default=50.0,
+    parser.add_argument("--embed-mb", type=float,
                         help="embed the PNG figures and mp4 videos among the outputs into the page (so it reads alone, "
                              "e.g. inside snakemake --report) up to this many MB in all; 0: links only")
-    return parser
+    return step_settings.use_defaults(parser, SummarySettings)
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -244,7 +255,14 @@ def render_page(settings: Mapping[str, Any], page_folder: Path, embed_bytes: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), SummarySettings, argv))
+    return 0
+
+
+def run(settings_: SummarySettings) -> Path:
+    """The HTML summary page of one experiment, written to ``settings_.out``; returns its path."""
+    args = settings_
+    cli.check_outputs(files=(args.out,))
     from .storage.atomic import atomic_path
 
     settings = load_settings(args.settings, args.name)
@@ -259,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(page, encoding="utf-8")
     print(f"wrote the summary of experiment {args.name!r} ({len(settings['runs'])} run(s), "
           f"{len(settings['variants'])} variant(s), {len(settings['outputs'])} output(s)) to {out}", file=sys.stderr)
-    return 0
+    return out
 
 
 if __name__ == "__main__":

@@ -17,9 +17,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import cli
+from . import cli, step_settings
+from .defaults import schema_default
+
+
+@dataclass(frozen=True, kw_only=True)
+class FramesSettings:
+    """Settings of the frames step: which video (training or interpolation), its inputs, the look, the folder."""
+
+    kind: str
+    spectra: str
+    out_dir: str
+    landscape: tuple[str, ...] | None = None
+    line: str | None = None
+    plane: str | None = None
+    sigma: float | None = schema_default("spectra.sigma")
+    log_scale: bool = schema_default("frames.log_scale")
+    log_levels: bool = False
+    dpi: int = schema_default("frames.dpi")
 
 
 def landscape_files(paths: list[str]) -> list[str]:
@@ -48,15 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spectra", required=True, help="spectra file (.h5) of the same checkpoints / points")
     parser.add_argument("--out-dir", required=True, type=cli.output_folder, help="folder for frame_000000.png, ...")
     cli.add_sigma_argument(parser)
-    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
-                        help="log-scale density axis")
+    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, help="log-scale density axis")
     parser.add_argument("--log-levels", action="store_true", help="log-spaced contour levels")
-    parser.add_argument("--dpi", type=cli.positive_int, default=80)
-    return parser
+    parser.add_argument("--dpi", type=cli.positive_int)
+    return step_settings.use_defaults(parser, FramesSettings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), FramesSettings, argv))
+    return 0
+
+
+def run(settings: FramesSettings) -> list[Path]:
+    """The frames of one video in ``settings.out_dir``; returns their paths (in the folder once it is in place)."""
+    args = settings
+    if args.kind not in ("training", "interpolation"):
+        raise ValueError(f"kind must be training or interpolation, got {args.kind!r}")
+    step_settings.check_positive(args, "dpi")
+    cli.check_outputs(folders=(args.out_dir,))
     cli.check_sigma(args.sigma)
     from .render.frames import InterpolationFrames, TrainingFrames, write_frames
     from .storage import runs
@@ -102,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         written = write_frames(frames, staging, extra=extra)
     print(f"wrote {len(written.paths)} frames to {out} (density sigma {frames.density.sigma:.3g}, "
           f"{frames.density.rule})", file=sys.stderr)
-    return 0
+    return [out / Path(path).name for path in written.paths]
 
 
 if __name__ == "__main__":

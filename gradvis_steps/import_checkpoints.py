@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import cli
+from . import cli, step_settings
 from .backends import backend, known_backends
 from .losses import DEFAULT_LOSS, normalize
 from .provenance import file_sha256, provenance
@@ -368,25 +368,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="lenet | mlp | resnet20 | resnet | custom")
     parser.add_argument("--model-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
                         help="model option, e.g. widths=[6,16,120,84] or entry_point=mymod:net (repeatable)")
-    parser.add_argument("--loss", default=DEFAULT_LOSS,
+    parser.add_argument("--loss",
                         help="the loss the run trained with: cross_entropy | mse | bce_with_logits | custom")
     parser.add_argument("--loss-option", type=cli.key_value, action="append", metavar="KEY=VALUE",
                         help="loss option, e.g. entry_point=mymod:loss (repeatable)")
-    parser.add_argument("--iterations", type=int, nargs="+", metavar="N", default=None,
+    parser.add_argument("--iterations", type=int, nargs="+", metavar="N",
                         help="the files' iterations, strictly increasing, for the files in natural order of their "
                              "names (default: the last number in each file name); give the PATHs before it, or end "
                              "the list with --")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
+    return step_settings.use_defaults(parser, ImportSettings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportSettings:
+    """Settings of the import_checkpoints step: the files, the run they belong to (framework, dataset, model and loss
+    by name and options), their iterations, the trajectory to write."""
+
+    paths: tuple[str, ...]
+    out: str
+    framework: str
+    dataset: str
+    model: str
+    dataset_option: tuple[tuple[str, Any], ...] | None = None
+    model_option: tuple[tuple[str, Any], ...] | None = None
+    loss: str = DEFAULT_LOSS
+    loss_option: tuple[tuple[str, Any], ...] | None = None
+    iterations: tuple[int, ...] | None = None
+    no_progress: bool = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import_checkpoints(args.paths, args.out, framework=args.framework,
-                       dataset=cli.spec(args.dataset, args.dataset_option),
-                       model=cli.spec(args.model, args.model_option), loss=cli.spec(args.loss, args.loss_option),
-                       iterations=args.iterations, progress=not args.no_progress)
+    run(step_settings.parse(build_parser(), ImportSettings, argv))
     return 0
+
+
+def run(settings: ImportSettings) -> dict[str, Any]:
+    """Import the checkpoint files of ``settings`` as the trajectory ``settings.out``; returns the stored summary."""
+    args = settings
+    cli.check_outputs(files=(args.out,))
+    return import_checkpoints(list(args.paths), args.out, framework=args.framework,
+                              dataset=cli.spec(args.dataset, args.dataset_option),
+                              model=cli.spec(args.model, args.model_option),
+                              loss=cli.spec(args.loss, args.loss_option),
+                              iterations=None if args.iterations is None else list(args.iterations),
+                              progress=not args.no_progress)
 
 
 if __name__ == "__main__":

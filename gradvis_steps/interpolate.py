@@ -21,10 +21,37 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import cli
+from . import cli, step_settings
+from .defaults import schema_default
+
+if TYPE_CHECKING:
+    from .core.grid import LandscapeResult
+    from .storage.spectra import Spectra
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterpolateSettings(step_settings.SLQSettings):
+    """Settings of the interpolate step: the two runs, the points of the line, SLQ at each, the files to write."""
+
+    trajectory_a: str
+    trajectory_b: str
+    out_line: str
+    out_spectra: str | None = None
+    points: int = schema_default("interpolation.points")
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class Interpolation:
+    """What the interpolate step wrote: the line (a 1D landscape over t) and the spectra at its points (or None)."""
+
+    line: LandscapeResult
+    spectra: Spectra | None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,16 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-line", required=True, type=cli.output_file, help="line landscape to write (.h5)")
     parser.add_argument("--out-spectra", type=cli.output_file,
                         help="spectra at the line's points to write (.h5); skipped if absent")
-    parser.add_argument("--points", type=cli.positive_int, default=20, help="points on the line (paper: 20)")
-    parser.add_argument("--margin", type=float, default=0.0, help="extend the line by this fraction beyond each end")
+    parser.add_argument("--points", type=cli.positive_int, help="points on the line (paper: 20)")
+    parser.add_argument("--margin", type=float, help="extend the line by this fraction beyond each end")
     cli.add_slq_arguments(parser)
     cli.add_parallel_arguments(parser)
     cli.add_evaluation_arguments(parser, hessian=True)
-    return parser
+    return step_settings.use_defaults(parser, InterpolateSettings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), InterpolateSettings, argv))
+    return 0
+
+
+def run(settings: InterpolateSettings) -> Interpolation | None:
+    """The line between the final points of ``settings.trajectory_a`` and ``settings.trajectory_b`` and its spectra,
+    written to ``settings.out_line`` (and ``settings.out_spectra``); returns them on rank 0, None elsewhere."""
+    args = settings
+    step_settings.check_positive(args, "points", "k", "m", "batch_size")
+    step_settings.check_fraction("eval_fraction", args.eval_fraction)
+    cli.check_outputs(files=(args.out_line, args.out_spectra))
     cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     if not 0 <= args.margin <= 5:
         raise ValueError(f"--margin must be in [0, 5], got {args.margin}")
@@ -81,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         buffers_a, buffers_b = traj_a.buffers(-1), traj_b.buffers(-1)
         pair = [traj_a.run, traj_b.run]
         ts = np.linspace(-args.margin, 1 + args.margin, args.points)
-        config = {key: value for key, value in vars(args).items() if key not in ("out_line", "out_spectra",
-                                                                                 "no_progress")}
+        config = step_settings.config_of(args, "out_line", "out_spectra", "no_progress")
         for traj, run in ((traj_a, "A"), (traj_b, "B")):
             usable_or_error(traj, -1, f"final point of run {run}", f"retrain run {run} with a lower train.lr or "
                             "train.on_divergence: keep")
@@ -136,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"interpolated {len(ts)} points between {args.trajectory_a} and {args.trajectory_b} "
                   f"(distance {distance:.3g}): {span}", file=sys.stderr)
     comm.barrier()
-    return 0
+    return Interpolation(line, spectra if args.out_spectra else None) if comm.rank == 0 else None
 
 
 if __name__ == "__main__":

@@ -24,17 +24,39 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import cli
+from . import cli, step_settings
+from .defaults import schema_default
 from .provenance import file_sha256
+
+if TYPE_CHECKING:
+    from .core.grid import LandscapeResult
 
 FLUSH_SECONDS = 10.0
 POINTS_PER_CALL = 16  # grid points per batched objective call (one host sync each), between flushes
 #: on an accelerator: more points per call, so a vectorized forward pass (--grid-batching vmap) has work to batch
 ACCELERATOR_POINTS_PER_CALL = 256
+
+
+@dataclass(frozen=True, kw_only=True)
+class LandscapeSettings(step_settings.EvaluationSettings):
+    """Settings of the landscape step: the trajectory and directions, the grid, where to write (see the module)."""
+
+    trajectory: str
+    directions: str
+    out: str
+    dims: int = 2
+    resolution: int = schema_default("landscape.resolution")
+    border: float = schema_default("landscape.border")
+    range: tuple[float, ...] | None = None
+    min_extent: float = 1.0
+    grid_batching: str = schema_default("landscape.grid_batching")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,25 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
     parser.add_argument("--directions", required=True, help="directions file (.h5) from the directions step")
     parser.add_argument("--out", required=True, type=cli.output_file, help="landscape file to write (.h5)")
-    parser.add_argument("--dims", type=int, choices=(1, 2), default=2, help="1: a line, 2: a plane")
-    parser.add_argument("--resolution", type=cli.positive_int, default=50, help="grid points per axis (paper: 50)")
-    parser.add_argument("--border", type=float, default=0.4,
+    parser.add_argument("--dims", type=int, choices=(1, 2), help="1: a line, 2: a plane")
+    parser.add_argument("--resolution", type=cli.positive_int, help="grid points per axis (paper: 50)")
+    parser.add_argument("--border", type=float,
                         help="extend the trajectory's bounding box by this fraction of its extent per side")
     parser.add_argument("--range", type=float, nargs="+", metavar="LIMIT",
                         help="explicit ranges instead: XMIN XMAX [YMIN YMAX]")
-    parser.add_argument("--min-extent", type=float, default=1.0,
+    parser.add_argument("--min-extent", type=float,
                         help="smallest extent of an axis when the trajectory barely moves along it")
     cli.add_evaluation_arguments(parser)
-    parser.add_argument("--grid-batching", default="auto", choices=("auto", "vmap", "per_point"),
+    parser.add_argument("--grid-batching", choices=("auto", "vmap", "per_point"),
                         help="evaluate the grid points of one call in one vectorized forward pass (vmap), one by one "
                              "(per_point), or whichever a short timing at the first call finds faster (auto); the "
                              "choice is recorded in the output's provenance")
-    return parser
+    return step_settings.use_defaults(parser, LandscapeSettings)
 
 
-def explicit_ranges(values: list[float] | None, dims: int) -> list[tuple[float, float]] | None:
+def explicit_ranges(values: Sequence[float] | None, dims: int) -> list[tuple[float, float]] | None:
     if values is None:
         return None
+    values = list(values)
     if len(values) != 2 * dims:
         raise ValueError(f"--range needs {2 * dims} numbers for {dims} dimension(s), got {len(values)}: {values}")
     ranges = [(values[2 * k], values[2 * k + 1]) for k in range(dims)]
@@ -114,7 +137,19 @@ class PartialStore:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), LandscapeSettings, argv))
+    return 0
+
+
+def run(settings: LandscapeSettings) -> LandscapeResult | None:
+    """The landscape of ``settings.trajectory`` along ``settings.directions``, written to ``settings.out``; returns
+    what was written on rank 0, None on the other ranks."""
+    args = settings
+    if args.dims not in (1, 2):
+        raise ValueError(f"dims must be 1 or 2, got {args.dims!r}")
+    step_settings.check_positive(args, "resolution", "batch_size")
+    step_settings.check_fraction("eval_fraction", args.eval_fraction)
+    cli.check_outputs(files=(args.out,))
     cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     ranges = explicit_ranges(args.range, args.dims)
     if not 0 <= args.border <= 10:
@@ -191,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 Grid.from_trajectory(projection.coefficients, args.resolution, border=args.border,
                                      min_extent=args.min_extent))
         per_call = POINTS_PER_CALL if objective.device_type == "cpu" else ACCELERATOR_POINTS_PER_CALL
-        config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress")}
+        config = step_settings.config_of(args, "out", "no_progress")
         # the same values whichever path evaluates them (to float rounding): a resume may change --grid-batching
         same_points = {key: value for key, value in config.items() if key != "grid_batching"}
         signature = json.dumps({**same_points, "axes": [a.tolist() for a in grid.axes], "run": traj.run["digest"],
@@ -247,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {grid.shape} landscape ({comm.size} rank(s), {grid_seconds:.1f} s) to {out}",
                   file=sys.stderr)
     comm.barrier()
-    return 0
+    return result if comm.rank == 0 else None
 
 
 if __name__ == "__main__":

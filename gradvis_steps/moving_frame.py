@@ -8,7 +8,7 @@ along two of that checkpoint's own top Hessian eigenvectors.
 The centres are the checkpoints the spectrum step takes with the same ``--every``: rows 0, k, 2k, ... of
 the trajectory and the last one. For each centre this runs, in this process, the eigendirections step
 (``--iteration`` the centre), the directions step (``--method hessian --pick i j --center-iteration``
-the centre) and the landscape step, and writes::
+the centre) and the landscape step (their ``run`` with settings), and writes::
 
     OUT/centre_<iteration:06d>.h5              the landscape centred at that checkpoint (the video's frames)
     OUT/directions/centre_<iteration:06d>.h5   the two eigenvectors spanning it, with their eigenvalues
@@ -35,47 +35,84 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cli
+from . import cli, step_settings
+from .defaults import schema_default
+from .eigendirections import WHICH
 
 FORMAT = "gradvis-moving-frame"
 MANIFEST = ".moving_frame.json"
 WORK = ".work"  # the eigendirections files, inside the staging folder only
 
 
+@dataclass(frozen=True, kw_only=True)
+class MovingFrameSettings(step_settings.HessianSettings):
+    """Settings of the moving_frame step: the centres, the eigenvectors at each, the landscape grid, the folder."""
+
+    trajectory: str
+    out_dir: str
+    every: int = 1
+    which: str = schema_default("directions.hessian.which")
+    target: float = schema_default("directions.hessian.target")
+    count: int = schema_default("directions.hessian.count")
+    steps: int = schema_default("directions.hessian.steps")
+    seed: int = 0
+    pick: tuple[int, int] = tuple(schema_default("directions.hessian.pick"))
+    resolution: int = schema_default("landscape.resolution")
+    border: float = schema_default("landscape.border")
+    range: tuple[float, float, float, float] | None = None
+    min_extent: float = 1.0
+    grid_batching: str = schema_default("landscape.grid_batching")
+
+
+@dataclass(frozen=True)
+class MovingFrame:
+    """What a moving_frame run made: the folder, the centres' iterations, and those skipped as not finite."""
+
+    out_dir: Path
+    centres: list[int]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.moving_frame", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
-    parser.add_argument("--every", type=cli.positive_int, default=1,
+    parser.add_argument("--every", type=cli.positive_int,
                         help="every k-th checkpoint (the last one always), as the spectrum step's --every")
     parser.add_argument("--out-dir", required=True, type=cli.output_folder,
                         help="folder for centre_<iteration>.h5, ...")
-    parser.add_argument("--which", choices=("largest", "smallest", "nearest"), default="largest",
+    parser.add_argument("--which", choices=WHICH,
                         help="largest eigenvalues, most negative ones, or nearest --target")
-    parser.add_argument("--target", type=float, default=0.0, help="value for --which nearest")
-    parser.add_argument("--count", type=cli.positive_int, default=2, help="eigenvectors computed per centre")
-    parser.add_argument("--steps", type=cli.positive_int, default=40, help="Lanczos steps per centre")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos starting vector")
-    parser.add_argument("--pick", type=int, nargs=2, default=[0, 1], metavar=("I", "J"),
+    parser.add_argument("--target", type=float, help="value for --which nearest")
+    parser.add_argument("--count", type=cli.positive_int, help="eigenvectors computed per centre")
+    parser.add_argument("--steps", type=cli.positive_int, help="Lanczos steps per centre")
+    parser.add_argument("--seed", type=int, help="seed of the Lanczos starting vector")
+    parser.add_argument("--pick", type=int, nargs=2, metavar=("I", "J"),
                         help="the two eigenvectors (0-based, of --count) that span each plane")
-    parser.add_argument("--resolution", type=cli.positive_int, default=25, help="grid points per axis")
-    parser.add_argument("--border", type=float, default=0.4,
+    parser.add_argument("--resolution", type=cli.positive_int, help="grid points per axis")
+    parser.add_argument("--border", type=float,
                         help="extend the projected trajectory's bounding box by this fraction of its extent per side")
     parser.add_argument("--range", type=float, nargs=4, metavar=("XMIN", "XMAX", "YMIN", "YMAX"),
                         help="one explicit plane extent for every centre instead (frames of one scale)")
-    parser.add_argument("--min-extent", type=float, default=1.0,
+    parser.add_argument("--min-extent", type=float,
                         help="smallest extent of an axis when the trajectory barely moves along it")
-    parser.add_argument("--grid-batching", default="auto", choices=("auto", "vmap", "per_point"),
+    parser.add_argument("--grid-batching", choices=("auto", "vmap", "per_point"),
                         help="as the landscape step's --grid-batching")
     cli.add_evaluation_arguments(parser, hessian=True)
-    return parser
+    return step_settings.use_defaults(parser, MovingFrameSettings)
 
 
-def check_arguments(args: argparse.Namespace) -> None:
+def check_arguments(args: MovingFrameSettings) -> None:
     """Reject bad settings before any work, naming the value and what is accepted."""
+    step_settings.check_positive(args, "every", "count", "steps", "resolution", "batch_size")
+    if len(args.pick) != 2:
+        raise ValueError(f"--pick needs two eigenvectors, got {list(args.pick)}")
+    if args.range is not None and len(args.range) != 4:
+        raise ValueError(f"--range needs 4 numbers (XMIN XMAX YMIN YMAX), got {list(args.range)}")
     if args.count > args.steps:
         raise ValueError(f"--count {args.count} exceeds --steps {args.steps}: Lanczos gives at most one Ritz pair "
                          "per step")
@@ -97,14 +134,13 @@ def centres(iterations: Any, every: int) -> list[int]:
     return [int(iterations[row]) for row in select_rows(iterations, every=every)]
 
 
-def manifest(args: argparse.Namespace, trajectory: Any, iterations: list[int]) -> dict[str, Any]:
+def manifest(args: MovingFrameSettings, trajectory: Any, iterations: list[int]) -> dict[str, Any]:
     """What the folder's files depend on (the settings and the run), as JSON would read it back. The run is named by
     its config, identity (``storage.runs``) and checkpoints, not by its path, so a moved results folder still
     resumes and two copies of one run write the same bytes."""
     from .storage import runs
 
-    settings = {key: value for key, value in vars(args).items()
-                if key not in ("out_dir", "no_progress", "trajectory")}
+    settings = step_settings.config_of(args, "out_dir", "no_progress", "trajectory")
     record = {"format": FORMAT, "settings": settings, "run": trajectory.config, runs.ATTRIBUTE: [trajectory.run],
               "trajectory_iterations": [int(i) for i in trajectory.iterations], "centres": iterations}
     return json.loads(json.dumps(record, sort_keys=True, default=str))
@@ -167,8 +203,15 @@ def centre_name(iteration: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), MovingFrameSettings, argv))
+    return 0
+
+
+def run(settings: MovingFrameSettings) -> MovingFrame:
+    """The landscapes of the moving frame of ``settings.trajectory`` in ``settings.out_dir`` (see the module)."""
+    args = settings
     check_arguments(args)
+    cli.check_outputs(folders=(args.out_dir,))
     from .checkpoints import UnusableCheckpoint, skip_checkpoint
     from .core.parallel import world
     from .storage.atomic import write_json
@@ -186,10 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     prepare_staging(out, staging, wanted)
     work = staging / WORK
 
-    evaluation = ["--eval-fraction", repr(args.eval_fraction), "--eval-seed", str(args.eval_seed),
-                  "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype,
-                  *(["--no-progress"] if args.no_progress else [])]
-    trajectory = ["--trajectory", os.fspath(args.trajectory)]
     computed = 0
     skipped: list[dict[str, Any]] = []
     previous: Path | None = None  # the previous centre's directions file
@@ -202,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"centre {number}/{len(iterations)} (iteration {iteration})", file=sys.stderr)
         try:
-            _centre(args, staging, work, trajectory, evaluation, iteration, previous)
+            _centre(args, staging, work, iteration, previous)
         except UnusableCheckpoint as error:  # not finite there: the iterations it would draw take the previous plane
             skip_checkpoint(skipped, args.trajectory, iteration, error.reason, what="centre at iteration")
             continue
@@ -218,14 +257,19 @@ def main(argv: list[str] | None = None) -> int:
     staging.rename(out)
     print(f"wrote {len(iterations) - len(skipped)} moving-frame landscapes ({computed} computed now"
           + (f", {len(skipped)} centres skipped as not finite" if skipped else "") + f") to {out}", file=sys.stderr)
-    return 0
+    return MovingFrame(out, iterations, skipped)
 
 
-def _centre(args: argparse.Namespace, staging: Path, work: Path, trajectory: list[str], evaluation: list[str],
-            iteration: int, previous: Path | None) -> None:
-    """The eigendirections, the sign-aligned plane and the landscape of the centre at ``iteration``."""
+def _centre(args: MovingFrameSettings, staging: Path, work: Path, iteration: int, previous: Path | None) -> None:
+    """The eigendirections, the sign-aligned plane and the landscape of the centre at ``iteration``, each by its
+    step's ``run`` with this step's evaluation settings."""
+    import dataclasses
+
     from . import directions, eigendirections, landscape
 
+    evaluation = {field.name: getattr(args, field.name)
+                  for field in dataclasses.fields(step_settings.EvaluationSettings)}
+    trajectory = os.fspath(args.trajectory)
     target = staging / centre_name(iteration)
     plane = staging / "directions" / centre_name(iteration)
     if not plane.is_file():
@@ -233,31 +277,22 @@ def _centre(args: argparse.Namespace, staging: Path, work: Path, trajectory: lis
         eig = work / f"eigendirections_{iteration:06d}.h5"
         if not eig.is_file():
             work.mkdir(exist_ok=True)
-            _step(eigendirections, [
-                *trajectory, "--out", os.fspath(eig), "--iteration", str(iteration), "--which", args.which,
-                "--target", repr(args.target), "--count", str(args.count), "--steps", str(args.steps),
-                "--seed", str(args.seed), "--hvp-memory-mb", str(args.hvp_memory_mb),
-                "--hvp-mode", args.hvp_mode, *evaluation])
+            eigendirections.run(eigendirections.EigendirectionsSettings(
+                trajectory=trajectory, out=os.fspath(eig), iteration=iteration, which=args.which, target=args.target,
+                count=args.count, steps=args.steps, seed=args.seed, hvp_memory_mb=args.hvp_memory_mb,
+                hvp_mode=args.hvp_mode, **evaluation))
         unaligned = work / f"directions_{iteration:06d}.h5"
-        _step(directions, [
-            *trajectory, "--method", "hessian", "--eigendirections", os.fspath(eig),
-            "--pick", *map(str, args.pick), "--center-iteration", str(iteration), "--out", os.fspath(unaligned)])
+        directions.run(directions.DirectionsSettings(
+            trajectory=trajectory, method="hessian", eigendirections=os.fspath(eig), pick=tuple(args.pick),
+            center_iteration=iteration, out=os.fspath(unaligned)))
         if previous is not None and previous.is_file():
             align_signs(unaligned, previous)
         plane.parent.mkdir(exist_ok=True)
         os.replace(unaligned, plane)  # in place only once aligned: a resume never takes an unaligned plane
-    extent = ["--range", *map(repr, args.range)] if args.range else []
-    _step(landscape, [
-        *trajectory, "--directions", os.fspath(plane), "--out", os.fspath(target), "--dims", "2",
-        "--resolution", str(args.resolution), "--border", repr(args.border), "--min-extent", repr(args.min_extent),
-        *extent, "--grid-batching", args.grid_batching, *evaluation])
-
-
-def _step(module: Any, argv: list[str]) -> None:
-    """Run another step's ``main`` in this process; a non-zero status is an error naming the step."""
-    status = module.main(argv)
-    if status:
-        raise RuntimeError(f"{module.__name__} {' '.join(argv)} ended with status {status}")
+    landscape.run(landscape.LandscapeSettings(
+        trajectory=trajectory, directions=os.fspath(plane), out=os.fspath(target), dims=2,
+        resolution=args.resolution, border=args.border, min_extent=args.min_extent,
+        range=tuple(args.range) if args.range else None, grid_batching=args.grid_batching, **evaluation))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
-from . import cli
+from . import cli, step_settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlotLandscapeSettings:
+    """Settings of the plot_landscape step: the landscape, the figures to write (any of them), their look."""
+
+    landscape: str
+    contour: str | None = None
+    surface: str | None = None
+    line: str | None = None
+    vtk: str | None = None
+    log_levels: bool = False
+    mark: tuple[tuple[str, str, str], ...] = ()
+    title: str | None = None
+    dpi: int = 120
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,15 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--line", type=cli.output_file, help="1D curve to write (1D landscapes)")
     parser.add_argument("--vtk", help="ParaView-readable VTK structured grid of the surface")
     parser.add_argument("--log-levels", action="store_true", help="log-spaced contour levels / log loss axis")
-    parser.add_argument("--mark", nargs=3, action="append", default=[], metavar=("X", "Y", "LABEL"),
+    parser.add_argument("--mark", nargs=3, action="append", metavar=("X", "Y", "LABEL"),
                         help="mark a point of the plane on the contour (repeatable), e.g. --mark 1 0 'minimum B'")
-    parser.add_argument("--title", default=None, help="figure title")
-    parser.add_argument("--dpi", type=cli.positive_int, default=120)
-    return parser
+    parser.add_argument("--title", help="figure title")
+    parser.add_argument("--dpi", type=cli.positive_int)
+    return step_settings.use_defaults(parser, PlotLandscapeSettings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), PlotLandscapeSettings, argv))
+    return 0
+
+
+def run(settings: PlotLandscapeSettings) -> None:
+    """Draw the landscape ``settings.landscape`` into the figures (and VTK file) that ``settings`` name."""
+    args = settings
+    step_settings.check_positive(args, "dpi")
+    cli.check_outputs(files=(args.contour, args.surface, args.line))
     if not any((args.contour, args.surface, args.line, args.vtk)):
         raise ValueError("nothing to do: give at least one of --contour, --surface, --line, --vtk")
     from .core.plots import plot_contour, plot_line, plot_surface, save_figure
@@ -46,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         marks = [(float(x), float(y), label) for x, y, label in args.mark]
     except ValueError as error:
-        raise ValueError(f"--mark needs X Y LABEL with numbers X and Y, got {args.mark}") from error
+        raise ValueError(f"--mark needs X Y LABEL with numbers X and Y, got {[list(m) for m in args.mark]}") \
+            from error
     if args.contour:
         save_figure(plot_contour(result, log_levels=args.log_levels, title=args.title, marks=marks), args.contour,
                     dpi=args.dpi)
@@ -56,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         save_figure(plot_line(result, log_scale=args.log_levels, title=args.title), args.line, dpi=args.dpi)
     if args.vtk:
         export_vtk(result, args.vtk)
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,9 +14,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import cli
+from . import cli, step_settings
+from .defaults import schema_default
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlotSpectraSettings:
+    """Settings of the plot_spectra step: the spectra file, the density width and axes, the folder of figures."""
+
+    spectra: str
+    out_dir: str
+    sigma: float | None = schema_default("spectra.sigma")
+    log_scale: bool = schema_default("frames.log_scale")
+    dpi: int = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,14 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", required=True, type=cli.output_folder,
                         help="folder for density_<iteration:06d>.png")
     cli.add_sigma_argument(parser)
-    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
-                        help="log-scale density axis")
-    parser.add_argument("--dpi", type=cli.positive_int, default=100)
-    return parser
+    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, help="log-scale density axis")
+    parser.add_argument("--dpi", type=cli.positive_int)
+    return step_settings.use_defaults(parser, PlotSpectraSettings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), PlotSpectraSettings, argv))
+    return 0
+
+
+def run(settings: PlotSpectraSettings) -> Path:
+    """One density figure per spectrum of ``settings.spectra`` in ``settings.out_dir`` (one width and axes for all);
+    returns the folder."""
+    args = settings
+    step_settings.check_positive(args, "dpi")
+    cli.check_outputs(folders=(args.out_dir,))
     cli.check_sigma(args.sigma)
     from .core.plots import save_figure
     from .render.spectrum_plots import (
@@ -58,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if not spectra.entries:
             print(f"warning: {args.spectra} holds only skipped (non-finite) checkpoints: wrote {len(spectra.skipped)} "
                   f"blank plots to {out}", file=sys.stderr)
-            return 0
+            return out
         density = common_density(spectra, args.sigma)
         xlim = (float(density.grid[0]), float(density.grid[-1]))
         ylim = density_ylim(density.top, args.log_scale)
@@ -70,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = f" and {len(spectra.skipped)} blank ones of skipped (non-finite) points" if spectra.skipped else ""
     print(f"wrote {len(density.densities)} density plots{skipped} to {out} (sigma {density.sigma:.3g}, "
           f"{density.rule})", file=sys.stderr)
-    return 0
+    return out
 
 
 if __name__ == "__main__":

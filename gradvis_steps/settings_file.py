@@ -11,10 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
-from . import cli
+from . import cli, step_settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettingsFileSettings:
+    """Settings of the settings_file step: the settings as a JSON object, the YAML file to write."""
+
+    json: str
+    out: str
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), SettingsFileSettings, argv))
+    return 0
+
+
+def run(settings_: SettingsFileSettings) -> Path:
+    """Write the JSON object ``settings_.json`` as YAML (sorted keys) to ``settings_.out``; returns its path."""
+    args = settings_
+    cli.check_outputs(files=(args.out,))
     from .storage.atomic import atomic_path
 
     try:
@@ -38,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_path(args.out, ".yaml") as tmp:
         with open(tmp, "w") as handle:
             yaml.safe_dump(settings, handle, sort_keys=True, default_flow_style=False)
-    return 0
+    return Path(args.out)
 
 
 if __name__ == "__main__":

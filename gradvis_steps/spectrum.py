@@ -21,17 +21,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import cli
+from . import cli, step_settings
+from .defaults import schema_default
 
 if TYPE_CHECKING:
     from .core.objective import Array, Objective
     from .core.parallel import MPIComm, ParallelLayout, SerialComm
-    from .storage.spectra import CheckpointSpectrum
+    from .storage.spectra import CheckpointSpectrum, Spectra
 
 #: Eigenvalues below ``-NEGATIVE_TOL * max|lambda|`` count as negative mass. A few Lanczos steps in float32
 #: resolve the dense bulk near zero no finer than that: with a smaller threshold about half of that bulk
@@ -39,28 +41,49 @@ if TYPE_CHECKING:
 NEGATIVE_TOL = 1e-3
 
 
+@dataclass(frozen=True, kw_only=True)
+class SpectrumSettings(step_settings.SLQSettings):
+    """Settings of the spectrum step: which checkpoints of which trajectory, SLQ, where to write (see the module)."""
+
+    trajectory: str
+    out: str
+    every: int = schema_default("spectra.every")
+    iterations: tuple[int, ...] | None = None
+    chunk: str | None = None
+    plot_dir: str | None = None
+    log_scale: bool = schema_default("frames.log_scale")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.spectrum", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
     parser.add_argument("--out", required=True, type=cli.output_file, help="spectra file to write (.h5)")
-    parser.add_argument("--every", type=cli.positive_int, default=1,
-                        help="every k-th checkpoint (the last one always)")
+    parser.add_argument("--every", type=cli.positive_int, help="every k-th checkpoint (the last one always)")
     parser.add_argument("--iterations", type=int, nargs="+", help="exactly these iterations instead")
     parser.add_argument("--chunk", help="only part i of n of the selected checkpoints, as i/n (scatter jobs)")
     cli.add_slq_arguments(parser)
     cli.add_parallel_arguments(parser)
     parser.add_argument("--plot-dir", type=cli.output_folder, help="also write one density plot per checkpoint here")
-    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, default=True,
-                        help="log-scale density axis in plots")
+    parser.add_argument("--log-scale", action=argparse.BooleanOptionalAction, help="log-scale density axis in plots")
     cli.add_evaluation_arguments(parser, hessian=True)
-    return parser
+    return step_settings.use_defaults(parser, SpectrumSettings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    run(step_settings.parse(build_parser(), SpectrumSettings, argv))
+    return 0
+
+
+def run(settings: SpectrumSettings) -> Spectra | None:
+    """SLQ spectra of the selected checkpoints of ``settings.trajectory``, written to ``settings.out`` (and density
+    plots to ``settings.plot_dir``); returns what was written on rank 0, None on the other ranks."""
+    args = settings
+    step_settings.check_positive(args, "every", "k", "m", "batch_size")
+    step_settings.check_fraction("eval_fraction", args.eval_fraction)
     cli.keep_freed_memory()  # evaluates the model over and over: keep activations' memory in the heap
     cli.check_sigma(args.sigma)
+    cli.check_outputs(files=(args.out,), folders=(args.plot_dir,))
 
     from .backends import backend_for_trajectory
     from .checkpoints import UnusableCheckpoint, checkpoint_problem, loss_problem, select_rows, skip_checkpoint
@@ -77,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     warn_uneven_groups(layout)
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
-    config = {key: value for key, value in vars(args).items() if key not in ("out", "no_progress", "plot_dir")}
+    config = step_settings.config_of(args, "out", "no_progress", "plot_dir")
     with Trajectory(args.trajectory) as traj:
         rows = select_rows(traj.iterations, every=args.every, wanted=args.iterations, chunk=args.chunk)
         objective = backend_for_trajectory(traj).objective_for_trajectory(
@@ -144,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote spectra of {len(done.entries)} checkpoint(s){skipped} (k={args.k}, m={m}) to {out}",
                   file=sys.stderr)
     comm.barrier()
-    return 0
+    return done if comm.rank == 0 else None
 
 
 def warn_uneven_groups(layout: ParallelLayout) -> None:

@@ -61,7 +61,7 @@ def argv(trajectory: Path, out: Path, *extra: str) -> list[str]:
 
 
 class Calls:
-    """Counts the steps moving_frame runs, by the centre each works on."""
+    """Counts the steps moving_frame runs (their ``run``: never their command line), by the centre each works on."""
 
     def __init__(self, monkeypatch, fail_at_landscape: int | None = None):
         self.log: dict[str, list[str]] = {"eigendirections": [], "directions": [], "landscape": []}
@@ -70,16 +70,15 @@ class Calls:
 
     def _wrap(self, monkeypatch, module, fail_at_landscape):
         name = module.__name__.rsplit(".", 1)[1]
-        original = module.main
+        original = module.run
 
-        def counted(args):
-            out = Path(args[args.index("--out") + 1]).name
-            self.log[name].append(out)
+        def counted(settings):
+            self.log[name].append(Path(settings.out).name)
             if name == "landscape" and fail_at_landscape == len(self.log[name]):
                 raise KeyboardInterrupt  # the run is killed while this centre's grid is evaluated
-            return original(args)
+            return original(settings)
 
-        monkeypatch.setattr(module, "main", counted)
+        monkeypatch.setattr(module, "run", counted)
 
 
 def sha256(path: Path) -> str:
