@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from paths import FOLDERS, JOB_KINDS, fill, path, settings_template
+
 #: sections every experiment has; the first is the training grid, the rest hold analysis settings
 TRAIN = "train"
 ANALYSIS_SECTIONS = ("evaluation", "directions", "landscape", "spectra", "interpolation", "frames")
@@ -263,9 +265,7 @@ class Plan:
         self.runs: dict[str, dict[str, Any]] = {}  # trained run id -> {settings, checkpoint_every, execution}
         # external run name -> {spec (external_run's), execution}: runs some experiment analyses, not trained here
         self.external: dict[str, dict[str, Any]] = {}
-        self.jobs: dict[str, dict[str, Job]] = {kind: {} for kind in (
-            "eigendirections", "directions", "landscape", "spectra", "video", "moving", "interpolation",
-            "interpolation_video")}
+        self.jobs: dict[str, dict[str, Job]] = {kind.name: {} for kind in JOB_KINDS}
         self.pairs: dict[tuple[str, str], None] = {}  # (run, other) interpolation pairs
         self.experiments: dict[str, Experiment] = {}
 
@@ -567,8 +567,9 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
     def comparable(run: str, key: str, path: str) -> None:
         experiment.comparable.setdefault((run, key), {}).setdefault(path, label)
 
-    def files(folder: str, *names: str) -> None:
-        experiment.files.extend(f"{folder}/{name}" for name in (*names, "settings.yaml"))
+    def files(kind: str, where: dict[str, str], *made: str) -> None:
+        """Files a job of ``kind`` leaves in its folder (``where``: the folder's wildcards), and its settings.yaml."""
+        experiment.files.extend([*made, fill(settings_template(kind), **where)])
 
     spectra_id = None
     if spectra["enabled"]:
@@ -623,30 +624,35 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
     log = "_log" if landscape["log_levels"] else ""
     for run in variant.runs:
         experiment.runs.append(run)
-        output(f"{run}/trajectory.h5", "trajectory", run)
+        output(path("trajectory", run=run), "trajectory", run)
         if spectra_id:
-            files(f"{run}/spectra/{spectra_id}")
-            output(f"{run}/spectra/{spectra_id}/spectra.h5", "spectra", run)
-            comparable(run, "spectra", f"{run}/spectra/{spectra_id}/spectra.h5")
-            output(f"{run}/spectra/{spectra_id}/densities", "densities", run)
+            where = {"run": run, "sid": spectra_id}
+            files("spectra", where)
+            output(path("spectra", **where), "spectra", run)
+            comparable(run, "spectra", path("spectra", **where))
+            output(path("densities", **where), "densities", run)
         if "hessian" in landscape_ids:
-            files(f"{run}/eigendirections/{eig_id}", "eigendirections.h5")
+            where = {"run": run, "eid": eig_id}
+            files("eigendirections", where, path("eigendirections", **where))
         for did in direction_ids.values():
-            files(f"{run}/directions/{did}", "directions.h5")
+            where = {"run": run, "did": did}
+            files("directions", where, path("directions", **where))
         for method, lid in landscape_ids.items():
-            folder = f"{run}/landscape/{lid}"
-            files(folder, "landscape_2d.h5", *(["landscape_1d.h5"] if landscape["line"] else []))
-            output(f"{folder}/contour{log}.png", f"{method} contour", run)
-            comparable(run, f"landscape_{method}", f"{folder}/landscape_2d.h5")
-            output(f"{folder}/surface{log}.png", f"{method} surface", run)
-            output(f"{folder}/surface.vtk", f"{method} surface (VTK)", run)
+            where = {"run": run, "lid": lid}
+            files("landscape", where, *(path("landscape", dims=dims, **where)
+                                        for dims in ((2, 1) if landscape["line"] else (2,))))
+            output(path("contour", log=log, **where), f"{method} contour", run)
+            comparable(run, f"landscape_{method}", path("landscape", dims=2, **where))
+            output(path("surface", log=log, **where), f"{method} surface", run)
+            output(path("vtk", **where), f"{method} surface (VTK)", run)
             if landscape["line"]:
-                output(f"{folder}/line{log}.png", f"{method} line", run)
+                output(path("line", log=log, **where), f"{method} line", run)
         if video_id:
-            files(f"{run}/videos/{video_id}", "frames")
+            where = {"run": run, "vid": video_id}
+            files("video", where, path("training_frames", **where))
             if moving_id:
-                files(f"{run}/moving/{moving_id}", "landscapes")
-            output(f"{run}/videos/{video_id}/training.mp4", "training video", run)
+                files("moving", {"run": run, "mid": moving_id}, path("moving_planes", run=run, mid=moving_id))
+            output(path("training_video", **where), "training video", run)
     if not interpolation_id:
         return
     if interpolation["between"] is not None:  # two named runs
@@ -657,13 +663,14 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
                  for run, settings in runs.items() if settings["seed"] == first]
     for run, twin in pairs:
         plan.pairs[(run, twin)] = None
-        folder = f"{run}/interpolation/{twin}/{interpolation_id}"
-        files(folder, "line.h5", "spectra.h5", "plane_directions.h5", "plane.h5", "plane_surface.png")
-        output(f"{folder}/line.png", "interpolation line", run)
-        output(f"{folder}/plane_contour.png", "interpolation plane", run)
+        where = {"run": run, "other": twin, "iid": interpolation_id}
+        files("interpolation", where, *(path(name, **where) for name in (
+            "interpolation_line", "interpolation_spectra", "plane_directions", "plane", "plane_surface")))
+        output(path("interpolation_line_plot", **where), "interpolation line", run)
+        output(path("plane_contour", **where), "interpolation plane", run)
         if interpolation_video_id:
-            experiment.files.append(f"{folder}/videos/{interpolation_video_id}/frames")
-            output(f"{folder}/videos/{interpolation_video_id}/interpolation.mp4", "interpolation video", run)
+            experiment.files.append(path("interpolation_frames", ivid=interpolation_video_id, **where))
+            output(path("interpolation_video", ivid=interpolation_video_id, **where), "interpolation video", run)
 
 
 def _plan_comparisons(plan: Plan, experiment: Experiment) -> None:
@@ -672,18 +679,19 @@ def _plan_comparisons(plan: Plan, experiment: Experiment) -> None:
         return
     for (run, key), inputs in experiment.comparable.items():
         if len(inputs) > 1:
-            experiment.compare[f"experiments/{experiment.name}/compare/{run}/{key}.png"] = {
+            experiment.compare[path("comparison", experiment=experiment.name, run=run, what=key)] = {
                 "kind": "spectra" if key == "spectra" else "landscapes", "inputs": list(inputs),
                 "labels": list(inputs.values()), "run": run}
 
 
 def summary_settings(plan: Plan, experiment: Experiment) -> dict[str, Any]:
-    """What the experiment's report page shows. Paths are relative to the page's folder
-    (``<results>/experiments/<name>/``), so the file is the same wherever the results folder is."""
+    """What the experiment's report page shows. Paths are relative to the page's folder (the experiment's, under
+    the results folder), so the file is the same wherever the results folder is."""
     outputs = experiment.outputs + [{"path": path, "kind": f"comparison of {item['kind']}", "run": item["run"],
                                      "label": ", ".join(item["labels"])}
                                     for path, item in experiment.compare.items()]
-    outputs = [{**item, "path": f"../../{item['path']}"} for item in outputs]
+    up = "../" * len(FOLDERS["experiment"].split("/"))  # from the page's folder to the results folder
+    outputs = [{**item, "path": f"{up}{item['path']}"} for item in outputs]
     return {
         "name": experiment.name,
         "description": experiment.description,
