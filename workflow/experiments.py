@@ -25,8 +25,10 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from paths import FOLDERS, JOB_KINDS, fill, path, settings_template
 
 #: sections every experiment has; the first is the training grid, the rest hold analysis settings
@@ -71,8 +73,25 @@ INTERPOLATION_WHAT = ("points", "resolution", "plane_border")
 FRAMES_WHAT = ("log_scale", "fps", "dpi")
 
 
+#: the config schema: each key's type, range and default; every variant of a plan is validated against it
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
+
 class ConfigError(ValueError):
     """A config the workflow cannot run, with the key and the value named."""
+
+
+def load_schema() -> dict[str, Any]:
+    """The config schema (SCHEMA_PATH) as a mapping."""
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate_variant(config: dict[str, Any]) -> None:
+    """The schema's check of one variant, its defaults filled in (as ``snakemake.utils.validate(set_default=True)``
+    does in the workflow): the ``validate`` that the workflow, check_config.py and the tests give build_plan."""
+    from snakemake.utils import validate
+
+    validate(config, str(SCHEMA_PATH), set_default=True)
 
 
 def digest(settings: Any, length: int = 8) -> str:

@@ -8,24 +8,18 @@ import json
 import re
 import shlex
 import sys
-from pathlib import Path
 
-import yaml
-from snakemake.utils import validate
-
-from experiments import ConfigError, build_plan, summary_settings, trainer_args  # noqa: E402
+from experiments import ConfigError, build_plan, load_schema, summary_settings, trainer_args, validate_variant  # noqa: E402
 from external_files import checkpoint_files, fingerprint, run_files  # noqa: E402
 # as a module: the rules run in snakemake.workflow's namespace, whose own names (partial, ...) must stay its own
 import paths as plan_paths  # noqa: E402
 from preflight import preflight, writable_problem  # noqa: E402
 import results_lock  # noqa: E402
 
-SCHEMA_PATH = Path(str(workflow.current_basedir)).parent / "schemas" / "config.schema.yaml"  # also as a module
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 MAIN = getattr(workflow, "is_main_process", True)  # where the user starts it, not again in each SLURM job
 try:
-    PLAN = build_plan(config, SCHEMA, lambda variant: validate(variant, str(SCHEMA_PATH), set_default=True))
+    PLAN = build_plan(config, load_schema(), validate_variant)
 except ConfigError as error:
     raise SystemExit(f"config error: {error}") from None
 
