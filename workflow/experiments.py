@@ -12,6 +12,7 @@ Runs come from the ``train`` grid (their folder is a readable id of their settin
 (runs trained elsewhere, by a trajectory file or checkpoint files; their folder is their declared name): an
 experiment's ``runs`` picks them, ``trained`` standing for the grid.
 
+The paths of the planned files are workflow/paths.py's templates filled in (the rules use the same templates).
 Pure Python (no Snakemake objects), so the tests can check a plan without running Snakemake.
 """
 

@@ -1,7 +1,9 @@
 # The plan (workflow/experiments.py): experiments, sweeps, content-addressed output folders; helpers the rules
-# share to turn a job's settings into step arguments and resources. Rules call one step module each, through
-# `python -m gradvis_steps.logged {log:q} COMMAND`: the command's output goes to its log, and its error lines also
-# to the console (or the SLURM job's log), all of it there when the log cannot be written.
+# share to turn a job's settings into step arguments and resources, and the rules' path patterns, each from its one
+# template in workflow/paths.py (pattern, folder_pattern, settings_pattern; planned* fill them in input functions).
+# Rules call one step module each, through `python -m gradvis_steps.logged {log:q} COMMAND`: the command's output
+# goes to its log, and its error lines also to the console (or the SLURM job's log), all of it there when the log
+# cannot be written.
 
 import atexit
 import json
