@@ -43,8 +43,9 @@ EXTERNAL = "external_runs"
 GLOBAL_KEYS = ("results", "device", "mpi_launcher", "datasets", "models", "losses", EXTERNAL)
 EXPERIMENT_KEYS = ("description", RUNS, *SECTIONS)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-#: names an external run cannot have: the word for the trained runs, and the results folder's own subfolder
-RESERVED_NAMES = (TRAINED, "experiments")
+#: names an external run cannot have: the word for the trained runs, and the results folder's own subfolder (of the
+#: experiments' pages)
+RESERVED_NAMES = (TRAINED, FOLDERS["experiment"].split("/")[0])
 #: keys of an external run declared by its checkpoint files; a trajectory file's run config already holds them
 CHECKPOINT_KEYS = ("checkpoints", "iterations", "framework", "model", "dataset", "loss")
 TRAIN_AXES = ("framework", "dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed", "optimizer",
