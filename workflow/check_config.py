@@ -18,12 +18,15 @@ from experiments import ConfigError, build_plan, deep_merge, load_schema, valida
 from preflight import load_config_file, preflight  # noqa: E402
 
 ROOT = HERE.parent
+#: the schema and the variant check, as build_plan takes them (gradvis_steps.command plans through this module)
+SCHEMA = load_schema()
+validate = validate_variant
 
 
 def check(path: Path, base: dict, run_preflight: bool = True) -> str:
     """A line saying what the file plans; ConfigError for the first problem."""
     config = deep_merge(base, load_config_file(path))  # nested mappings merged, as Snakemake does
-    plan = build_plan(config, load_schema(), validate_variant)
+    plan = build_plan(config, SCHEMA, validate)
     if run_preflight:
         preflight(plan)
     jobs = sum(len(kind) for kind in plan.jobs.values())
