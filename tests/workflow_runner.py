@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import yaml
+from experiments import SCHEMA_PATH  # noqa: F401 - the tests' name for it
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
@@ -34,12 +34,9 @@ def shell_commands(*args: str) -> list[list[str]]:
 
 def plan_of(config: dict):
     """The plan as the workflow builds it: the config merged over the embedded default (Snakemake's --configfile)."""
-    from experiments import build_plan, deep_merge
-    from snakemake.utils import validate
+    from experiments import build_plan, deep_merge, load_schema, validate_variant
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    return build_plan(deep_merge(DEFAULT_CONFIG, config), schema,
-                      lambda variant: validate(variant, str(SCHEMA_PATH), set_default=True))
+    return build_plan(deep_merge(DEFAULT_CONFIG, config), load_schema(), validate_variant)
 
 
 def config_copy(name: str, folder: Path) -> Path:

@@ -11,23 +11,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from experiments import ConfigError, build_plan, deep_merge  # noqa: E402
+from experiments import ConfigError, build_plan, deep_merge, load_schema, validate_variant  # noqa: E402
 from preflight import load_config_file, preflight  # noqa: E402
 
 ROOT = HERE.parent
-SCHEMA = yaml.safe_load((HERE / "schemas" / "config.schema.yaml").read_text())
-
-
-def validate(config: dict) -> None:
-    """The schema with its defaults filled in, as ``snakemake.utils.validate(set_default=True)`` does."""
-    from snakemake.utils import validate as snakemake_validate
-
-    snakemake_validate(config, str(HERE / "schemas" / "config.schema.yaml"), set_default=True)
+#: the schema and the variant check, as build_plan takes them (gradvis_steps.command plans through this module)
+SCHEMA = load_schema()
+validate = validate_variant
 
 
 def check(path: Path, base: dict, run_preflight: bool = True) -> str:

@@ -12,6 +12,7 @@ Runs come from the ``train`` grid (their folder is a readable id of their settin
 (runs trained elsewhere, by a trajectory file or checkpoint files; their folder is their declared name): an
 experiment's ``runs`` picks them, ``trained`` standing for the grid.
 
+The paths of the planned files are workflow/paths.py's templates filled in (the rules use the same templates).
 Pure Python (no Snakemake objects), so the tests can check a plan without running Snakemake.
 """
 
@@ -25,7 +26,11 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
+from paths import FOLDERS, JOB_KINDS, fill, path, settings_template
 
 #: sections every experiment has; the first is the training grid, the rest hold analysis settings
 TRAIN = "train"
@@ -38,8 +43,9 @@ EXTERNAL = "external_runs"
 GLOBAL_KEYS = ("results", "device", "mpi_launcher", "datasets", "models", "losses", EXTERNAL)
 EXPERIMENT_KEYS = ("description", RUNS, *SECTIONS)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-#: names an external run cannot have: the word for the trained runs, and the results folder's own subfolder
-RESERVED_NAMES = (TRAINED, "experiments")
+#: names an external run cannot have: the word for the trained runs, and the results folder's own subfolder (of the
+#: experiments' pages)
+RESERVED_NAMES = (TRAINED, FOLDERS["experiment"].split("/")[0])
 #: keys of an external run declared by its checkpoint files; a trajectory file's run config already holds them
 CHECKPOINT_KEYS = ("checkpoints", "iterations", "framework", "model", "dataset", "loss")
 TRAIN_AXES = ("framework", "dataset", "model", "lr", "batch_size", "epochs", "momentum", "seed", "optimizer",
@@ -69,8 +75,25 @@ INTERPOLATION_WHAT = ("points", "resolution", "plane_border")
 FRAMES_WHAT = ("log_scale", "fps", "dpi")
 
 
+#: the config schema: each key's type, range and default; every variant of a plan is validated against it
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
+
 class ConfigError(ValueError):
     """A config the workflow cannot run, with the key and the value named."""
+
+
+def load_schema() -> dict[str, Any]:
+    """The config schema (SCHEMA_PATH) as a mapping."""
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate_variant(config: dict[str, Any]) -> None:
+    """The schema's check of one variant, its defaults filled in (as ``snakemake.utils.validate(set_default=True)``
+    does in the workflow): the ``validate`` that the workflow, check_config.py and the tests give build_plan."""
+    from snakemake.utils import validate
+
+    validate(config, str(SCHEMA_PATH), set_default=True)
 
 
 def digest(settings: Any, length: int = 8) -> str:
@@ -263,9 +286,7 @@ class Plan:
         self.runs: dict[str, dict[str, Any]] = {}  # trained run id -> {settings, checkpoint_every, execution}
         # external run name -> {spec (external_run's), execution}: runs some experiment analyses, not trained here
         self.external: dict[str, dict[str, Any]] = {}
-        self.jobs: dict[str, dict[str, Job]] = {kind: {} for kind in (
-            "eigendirections", "directions", "landscape", "spectra", "video", "moving", "interpolation",
-            "interpolation_video")}
+        self.jobs: dict[str, dict[str, Job]] = {kind.name: {} for kind in JOB_KINDS}
         self.pairs: dict[tuple[str, str], None] = {}  # (run, other) interpolation pairs
         self.experiments: dict[str, Experiment] = {}
 
@@ -567,8 +588,9 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
     def comparable(run: str, key: str, path: str) -> None:
         experiment.comparable.setdefault((run, key), {}).setdefault(path, label)
 
-    def files(folder: str, *names: str) -> None:
-        experiment.files.extend(f"{folder}/{name}" for name in (*names, "settings.yaml"))
+    def files(kind: str, where: dict[str, str], *made: str) -> None:
+        """Files a job of ``kind`` leaves in its folder (``where``: the folder's wildcards), and its settings.yaml."""
+        experiment.files.extend([*made, fill(settings_template(kind), **where)])
 
     spectra_id = None
     if spectra["enabled"]:
@@ -623,30 +645,35 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
     log = "_log" if landscape["log_levels"] else ""
     for run in variant.runs:
         experiment.runs.append(run)
-        output(f"{run}/trajectory.h5", "trajectory", run)
+        output(path("trajectory", run=run), "trajectory", run)
         if spectra_id:
-            files(f"{run}/spectra/{spectra_id}")
-            output(f"{run}/spectra/{spectra_id}/spectra.h5", "spectra", run)
-            comparable(run, "spectra", f"{run}/spectra/{spectra_id}/spectra.h5")
-            output(f"{run}/spectra/{spectra_id}/densities", "densities", run)
+            where = {"run": run, "sid": spectra_id}
+            files("spectra", where)
+            output(path("spectra", **where), "spectra", run)
+            comparable(run, "spectra", path("spectra", **where))
+            output(path("densities", **where), "densities", run)
         if "hessian" in landscape_ids:
-            files(f"{run}/eigendirections/{eig_id}", "eigendirections.h5")
+            where = {"run": run, "eid": eig_id}
+            files("eigendirections", where, path("eigendirections", **where))
         for did in direction_ids.values():
-            files(f"{run}/directions/{did}", "directions.h5")
+            where = {"run": run, "did": did}
+            files("directions", where, path("directions", **where))
         for method, lid in landscape_ids.items():
-            folder = f"{run}/landscape/{lid}"
-            files(folder, "landscape_2d.h5", *(["landscape_1d.h5"] if landscape["line"] else []))
-            output(f"{folder}/contour{log}.png", f"{method} contour", run)
-            comparable(run, f"landscape_{method}", f"{folder}/landscape_2d.h5")
-            output(f"{folder}/surface{log}.png", f"{method} surface", run)
-            output(f"{folder}/surface.vtk", f"{method} surface (VTK)", run)
+            where = {"run": run, "lid": lid}
+            files("landscape", where, *(path("landscape", dims=dims, **where)
+                                        for dims in ((2, 1) if landscape["line"] else (2,))))
+            output(path("contour", log=log, **where), f"{method} contour", run)
+            comparable(run, f"landscape_{method}", path("landscape", dims=2, **where))
+            output(path("surface", log=log, **where), f"{method} surface", run)
+            output(path("vtk", **where), f"{method} surface (VTK)", run)
             if landscape["line"]:
-                output(f"{folder}/line{log}.png", f"{method} line", run)
+                output(path("line", log=log, **where), f"{method} line", run)
         if video_id:
-            files(f"{run}/videos/{video_id}", "frames")
+            where = {"run": run, "vid": video_id}
+            files("video", where, path("training_frames", **where))
             if moving_id:
-                files(f"{run}/moving/{moving_id}", "landscapes")
-            output(f"{run}/videos/{video_id}/training.mp4", "training video", run)
+                files("moving", {"run": run, "mid": moving_id}, path("moving_planes", run=run, mid=moving_id))
+            output(path("training_video", **where), "training video", run)
     if not interpolation_id:
         return
     if interpolation["between"] is not None:  # two named runs
@@ -657,13 +684,14 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
                  for run, settings in runs.items() if settings["seed"] == first]
     for run, twin in pairs:
         plan.pairs[(run, twin)] = None
-        folder = f"{run}/interpolation/{twin}/{interpolation_id}"
-        files(folder, "line.h5", "spectra.h5", "plane_directions.h5", "plane.h5", "plane_surface.png")
-        output(f"{folder}/line.png", "interpolation line", run)
-        output(f"{folder}/plane_contour.png", "interpolation plane", run)
+        where = {"run": run, "other": twin, "iid": interpolation_id}
+        files("interpolation", where, *(path(name, **where) for name in (
+            "interpolation_line", "interpolation_spectra", "plane_directions", "plane", "plane_surface")))
+        output(path("interpolation_line_plot", **where), "interpolation line", run)
+        output(path("plane_contour", **where), "interpolation plane", run)
         if interpolation_video_id:
-            experiment.files.append(f"{folder}/videos/{interpolation_video_id}/frames")
-            output(f"{folder}/videos/{interpolation_video_id}/interpolation.mp4", "interpolation video", run)
+            experiment.files.append(path("interpolation_frames", ivid=interpolation_video_id, **where))
+            output(path("interpolation_video", ivid=interpolation_video_id, **where), "interpolation video", run)
 
 
 def _plan_comparisons(plan: Plan, experiment: Experiment) -> None:
@@ -672,18 +700,19 @@ def _plan_comparisons(plan: Plan, experiment: Experiment) -> None:
         return
     for (run, key), inputs in experiment.comparable.items():
         if len(inputs) > 1:
-            experiment.compare[f"experiments/{experiment.name}/compare/{run}/{key}.png"] = {
+            experiment.compare[path("comparison", experiment=experiment.name, run=run, what=key)] = {
                 "kind": "spectra" if key == "spectra" else "landscapes", "inputs": list(inputs),
                 "labels": list(inputs.values()), "run": run}
 
 
 def summary_settings(plan: Plan, experiment: Experiment) -> dict[str, Any]:
-    """What the experiment's report page shows. Paths are relative to the page's folder
-    (``<results>/experiments/<name>/``), so the file is the same wherever the results folder is."""
+    """What the experiment's report page shows. Paths are relative to the page's folder (the experiment's, under
+    the results folder), so the file is the same wherever the results folder is."""
     outputs = experiment.outputs + [{"path": path, "kind": f"comparison of {item['kind']}", "run": item["run"],
                                      "label": ", ".join(item["labels"])}
                                     for path, item in experiment.compare.items()]
-    outputs = [{**item, "path": f"../../{item['path']}"} for item in outputs]
+    up = "../" * len(FOLDERS["experiment"].split("/"))  # from the page's folder to the results folder
+    outputs = [{**item, "path": f"{up}{item['path']}"} for item in outputs]
     return {
         "name": experiment.name,
         "description": experiment.description,

@@ -13,7 +13,6 @@ analyses ask of them.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -266,11 +265,14 @@ def _check_stored(where: str, name: str, spec: dict[str, Any], stored: list[int]
 
 
 def _check_checkpoints(where: str, rid: str, run: dict[str, Any], config: dict[str, Any], n_train: int) -> None:
-    """The checkpoints a run stores (iterations 0, k, 2k, ... and the last) against what its analyses need."""
+    """The checkpoints a run stores (the train step's schedule, ``core.training.checkpoint_iterations``: 0, k, 2k,
+    ... and the last) against what its analyses need."""
+    from gradvis_steps.core.training import TrainSettings, checkpoint_iterations, steps_per_epoch
+
     settings, every = run["settings"], run["checkpoint_every"]
-    per_epoch = math.ceil(n_train / settings["batch_size"])
-    total = per_epoch * settings["epochs"]
-    stored = math.ceil(total / every) + 1
+    schedule = TrainSettings(epochs=settings["epochs"], batch_size=settings["batch_size"], checkpoint_every=every)
+    iterations = checkpoint_iterations(schedule, n_train)
+    per_epoch, total, stored = steps_per_epoch(schedule, n_train), iterations[-1], len(iterations)
     run_text = (f"run {rid} ({settings['epochs']} epochs x {per_epoch} batches of {settings['batch_size']} from "
                 f"{n_train} samples = {total} iterations)")
     if every > total:
@@ -291,7 +293,7 @@ def _check_checkpoints(where: str, rid: str, run: dict[str, Any], config: dict[s
                           f"train.checkpoint_every {every} stores {stored} checkpoints of {run_text}; "
                           f"accepted: 1..{total - 1}")
     centre = config["landscape"]["centre"]
-    if methods and centre != "last" and not (centre == total or (centre < total and centre % every == 0)):
+    if methods and centre != "last" and centre not in set(iterations):
         raise ConfigError(f"{where}landscape.centre {centre} is not a checkpoint of {run_text}: it stores iterations "
                           f"0, {every}, {2 * every}, ... (train.checkpoint_every {every}) and the last, {total}; "
                           f"accepted: last or one of those")

@@ -80,10 +80,28 @@ class TrainSettings:
             raise ValueError(f"min_lr must be in [0, lr = {self.lr!r}], got {self.min_lr!r}")
 
 
+def steps_per_epoch(settings: TrainSettings, n_samples: int) -> int:
+    """The mini-batches of one epoch over ``n_samples``: ceil(n / batch size) (the last one may be smaller)."""
+    return math.ceil(n_samples / settings.batch_size)
+
+
 def total_iterations(settings: TrainSettings, n_samples: int) -> int:
     """The optimizer steps of a run: ``epochs`` x ceil(n / batch size), or ``max_iterations`` if fewer."""
-    total = math.ceil(n_samples / settings.batch_size) * settings.epochs
+    total = steps_per_epoch(settings, n_samples) * settings.epochs
     return total if settings.max_iterations is None else min(total, settings.max_iterations)
+
+
+def is_checkpoint(settings: TrainSettings, iteration: int, total: int) -> bool:
+    """Whether :func:`run_training` stores theta_t, t = ``iteration``, of a run of ``total`` steps: every
+    ``checkpoint_every``-th iteration from 0, and the final point."""
+    return iteration % settings.checkpoint_every == 0 or iteration == total
+
+
+def checkpoint_iterations(settings: TrainSettings, n_samples: int) -> list[int]:
+    """The iterations of the checkpoints a completed run stores, in order (0, k, 2k, ... and the last): the schedule
+    the workflow's pre-flight checks a config against before any job runs."""
+    total = total_iterations(settings, n_samples)
+    return [t for t in range(total + 1) if is_checkpoint(settings, t, total)]
 
 
 def check_schedule(settings: TrainSettings, total: int) -> None:
@@ -256,7 +274,7 @@ def run_training(settings: TrainSettings, n_samples: int, writer: Any, *,
     count; RNG state); ``restore(state)`` -> put parameters, buffers and that state back from the writer's resume
     state.
     """
-    steps_per_epoch = math.ceil(n_samples / settings.batch_size)
+    per_epoch = steps_per_epoch(settings, n_samples)
     total = total_iterations(settings, n_samples)
     check_schedule(settings, total)
 
@@ -286,7 +304,7 @@ def run_training(settings: TrainSettings, n_samples: int, writer: Any, *,
             lr = learning_rate(settings, iteration, total)
             last_loss = float(step(indices[start:start + settings.batch_size], lr))
             guard.check(params, buffers, last_loss, iteration=iteration, epoch=epoch, stored=len(writer))
-            if iteration % settings.checkpoint_every == 0:
+            if is_checkpoint(settings, iteration, total):
                 writer.append(params, buffers, iteration=iteration, epoch=epoch, batch_loss=last_loss)
             iteration += 1
             bar.update(1)
@@ -298,8 +316,8 @@ def run_training(settings: TrainSettings, n_samples: int, writer: Any, *,
         })
     bar.close()
     params, buffers = snapshot()
-    final_epoch = (iteration - 1) // steps_per_epoch if iteration else 0
+    final_epoch = (iteration - 1) // per_epoch if iteration else 0
     guard.check(params, buffers, None, iteration=iteration, epoch=final_epoch, stored=len(writer))
-    writer.append(params, buffers, iteration=iteration, epoch=final_epoch, batch_loss=None)
+    writer.append(params, buffers, iteration=iteration, epoch=final_epoch, batch_loss=None)  # t = total: always stored
     return {"iterations": iteration, "checkpoints": len(writer), "last_batch_loss": last_loss,
-            "steps_per_epoch": steps_per_epoch}
+            "steps_per_epoch": per_epoch}

@@ -1,29 +1,27 @@
 # The plan (workflow/experiments.py): experiments, sweeps, content-addressed output folders; helpers the rules
-# share to turn a job's settings into step arguments and resources. Rules call one step module each, through
-# `python -m gradvis_steps.logged {log:q} COMMAND`: the command's output goes to its log, and its error lines also
-# to the console (or the SLURM job's log), all of it there when the log cannot be written.
+# share to turn a job's settings into step arguments and resources, and the rules' path patterns, each from its one
+# template in workflow/paths.py (pattern, folder_pattern, settings_pattern; planned* fill them in input functions).
+# Rules call one step module each, through `python -m gradvis_steps.logged {log:q} COMMAND`: the command's output
+# goes to its log, and its error lines also to the console (or the SLURM job's log), all of it there when the log
+# cannot be written.
 
 import atexit
 import json
 import re
 import shlex
 import sys
-from pathlib import Path
 
-import yaml
-from snakemake.utils import validate
-
-from experiments import ConfigError, build_plan, summary_settings, trainer_args  # noqa: E402
+from experiments import ConfigError, build_plan, load_schema, summary_settings, trainer_args, validate_variant  # noqa: E402
 from external_files import checkpoint_files, fingerprint, run_files  # noqa: E402
+# as a module: the rules run in snakemake.workflow's namespace, whose own names (partial, ...) must stay its own
+import paths as plan_paths  # noqa: E402
 from preflight import preflight, writable_problem  # noqa: E402
 import results_lock  # noqa: E402
 
-SCHEMA_PATH = Path(str(workflow.current_basedir)).parent / "schemas" / "config.schema.yaml"  # also as a module
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 MAIN = getattr(workflow, "is_main_process", True)  # where the user starts it, not again in each SLURM job
 try:
-    PLAN = build_plan(config, SCHEMA, lambda variant: validate(variant, str(SCHEMA_PATH), set_default=True))
+    PLAN = build_plan(config, load_schema(), validate_variant)
 except ConfigError as error:
     raise SystemExit(f"config error: {error}") from None
 
@@ -68,9 +66,9 @@ ENV = "../../envs/gradvis.yaml"
 LAUNCHER = FIRST["mpi_launcher"]
 
 
-def ids(kind):
-    """Wildcard constraint: exactly the planned ids of one kind (never matches a path of another rule)."""
-    return "|".join(re.escape(i) for i in PLAN.ids(kind)) or "NO_JOBS"
+def ids(*kinds):
+    """Wildcard constraint: exactly the planned ids of these kinds (never matches a path of another rule)."""
+    return "|".join(re.escape(i) for kind in kinds for i in PLAN.ids(kind)) or "NO_JOBS"
 
 
 def one_of(names):
@@ -82,16 +80,36 @@ wildcard_constraints:
     run=one_of(PLAN.all_runs()),
     other=one_of(PLAN.all_runs()),
     experiment="|".join(re.escape(e) for e in PLAN.experiments),
-    sid=ids("spectra"),
-    eid=ids("eigendirections"),
-    did=ids("directions"),
-    lid=ids("landscape"),
-    vid=ids("video"),
-    mid=ids("moving"),
-    iid=ids("interpolation"),
-    ivid=ids("interpolation_video"),
+    **{kind.wildcard: ids(kind.name) for kind in plan_paths.JOB_KINDS},
     log="|_log",
     dims="1|2",
+
+
+def pattern(name, **values):
+    """The rules' pattern of a planned file or folder (a key of FILES in workflow/paths.py): the results folder and its
+    template, ``values`` filled in (the others stay wildcards)."""
+    return f"{R}/{plan_paths.partial(plan_paths.template(name), **values)}"
+
+
+def folder_pattern(name):
+    """The rules' pattern of a folder (a key of FOLDERS in workflow/paths.py: a run's, an experiment's, a job kind's),
+    for the logs its jobs write."""
+    return f"{R}/{plan_paths.FOLDERS[name]}"
+
+
+def settings_pattern(kind):
+    """The rules' pattern of an analysis folder's settings.yaml."""
+    return f"{R}/{plan_paths.settings_template(kind)}"
+
+
+def planned(name, **values):
+    """A planned file or folder with its wildcards filled (input functions), under the results folder."""
+    return f"{R}/{plan_paths.path(name, **values)}"
+
+
+def planned_settings(kind, **values):
+    """An analysis folder's settings.yaml with its wildcards filled, under the results folder."""
+    return f"{R}/{plan_paths.fill(plan_paths.settings_template(kind), **values)}"
 
 
 def job(kind, job_id):
@@ -127,8 +145,9 @@ def frame_args(cfg):
             + (f" --sigma {sigma}" if sigma is not None else ""))
 
 
-def from_job(kind, wildcard, pick):
-    """An input/param/resource function: ``pick(execution config)`` of the job named by ``wildcard``."""
+def from_job(kind, pick):
+    """An input/param/resource function: ``pick(execution config)`` of the job of ``kind`` its wildcards name."""
+    wildcard = plan_paths.KIND[kind].wildcard
     return lambda w, **_: pick(execution(kind, getattr(w, wildcard)))
 
 
@@ -140,20 +159,20 @@ def gpus(cfg, tasks):
     return -(-tasks // cfg["resources"]["ranks_per_gpu"])
 
 
-def resources_of(kind, wildcard, gpu=True, mpi=None):
+def resources_of(kind, gpu=True, mpi=None):
     """mem_mb, runtime and (model-evaluating rules) gpu of a job. ``mpi(cfg)`` names the config section whose
     `mpi_tasks` gives a job's MPI ranks: it adds `mpi` (the launcher; empty for one task, a plain process, which the
     SLURM plugin then does not treat as MPI) and `tasks`, and a multi-rank GPU job's tasks_per_gpu, which the
     plugin turns into --ntasks-per-gpu."""
-    out = {name: from_job(kind, wildcard, lambda cfg, name=name: cfg["resources"][name])
+    out = {name: from_job(kind, lambda cfg, name=name: cfg["resources"][name])
            for name in ("mem_mb", "runtime")}
     tasks = (lambda cfg: mpi(cfg)["mpi_tasks"]) if mpi else (lambda cfg: 1)
     if mpi:
-        ranks = from_job(kind, wildcard, tasks)
+        ranks = from_job(kind, tasks)
         out.update(mpi=lambda w: LAUNCHER if ranks(w) > 1 else "", tasks=ranks)
     if gpu:
-        out["gpu"] = from_job(kind, wildcard, lambda cfg: gpus(cfg, tasks(cfg)))
-        out["tasks_per_gpu"] = from_job(kind, wildcard, lambda cfg: min(cfg["resources"]["ranks_per_gpu"], tasks(cfg)))
+        out["gpu"] = from_job(kind, lambda cfg: gpus(cfg, tasks(cfg)))
+        out["tasks_per_gpu"] = from_job(kind, lambda cfg: min(cfg["resources"]["ranks_per_gpu"], tasks(cfg)))
     return out
 
 
@@ -164,8 +183,8 @@ def parallel_args(cfg):
     return f"--parallel {s['parallel']}{per_group}"
 
 
-def threads_of(kind, wildcard):
-    return from_job(kind, wildcard, lambda cfg: cfg["resources"]["threads"])
+def threads_of(kind):
+    return from_job(kind, lambda cfg: cfg["resources"]["threads"])
 
 
 def mpi_launcher(wildcards, resources):
@@ -180,14 +199,20 @@ def settings_json(kind, job_id, **where):
     return json.dumps({**where, "kind": kind, "id": job_id, "settings": job(kind, job_id).settings}, sort_keys=True)
 
 
+def experiment_outputs(name):
+    """An experiment's figures, videos and data its page links (outputs and comparisons), under the results folder."""
+    experiment = PLAN.experiments[name]
+    return [f"{R}/{item['path']}" for item in experiment.outputs] + [f"{R}/{p}" for p in experiment.compare]
+
+
 def all_targets():
     targets = []
     for experiment in PLAN.experiments.values():
         targets += [f"{R}/{item['path']}" for item in experiment.outputs]
-        targets += [f"{R}/{path}" for path in experiment.files]  # so that a deleted one is rebuilt
-        targets += [f"{R}/{path}" for path in experiment.compare]
-        targets.append(f"{R}/experiments/{experiment.name}/settings.yaml")
-        targets.append(f"{R}/experiments/{experiment.name}/summary.html")
+        targets += [f"{R}/{p}" for p in experiment.files]  # so that a deleted one is rebuilt
+        targets += [f"{R}/{p}" for p in experiment.compare]
+        targets.append(planned("experiment_settings", experiment=experiment.name))
+        targets.append(planned("summary", experiment=experiment.name))
     return list(dict.fromkeys(targets))
 
 
@@ -247,13 +272,14 @@ def centre_arg(option, centre):
 
 
 def directions_inputs(wildcards):
-    planned = job("directions", wildcards.did)
-    inputs = {"trajectory": f"{R}/{wildcards.run}/trajectory.h5",
-              "settings": ancient(f"{R}/{wildcards.run}/directions/{wildcards.did}/settings.yaml")}
-    if "eigendirections" in planned.upstream:
-        inputs["eig"] = f"{R}/{wildcards.run}/eigendirections/{planned.upstream['eigendirections']}/eigendirections.h5"
-    if planned.settings["method"] == "custom":
-        inputs["custom"] = planned.settings["custom_file"]
+    planned_job = job("directions", wildcards.did)
+    run = wildcards.run
+    inputs = {"trajectory": planned("trajectory", run=run),
+              "settings": ancient(planned_settings("directions", run=run, did=wildcards.did))}
+    if "eigendirections" in planned_job.upstream:
+        inputs["eig"] = planned("eigendirections", run=run, eid=planned_job.upstream["eigendirections"])
+    if planned_job.settings["method"] == "custom":
+        inputs["custom"] = planned_job.settings["custom_file"]
     return inputs
 
 
@@ -284,9 +310,10 @@ def plane_args(cfg):
 def video_planes(wildcards):
     upstream = job("video", wildcards.vid).upstream
     if "moving" in upstream:
-        return f"{R}/{wildcards.run}/moving/{upstream['moving']}/landscapes"
-    return f"{R}/{wildcards.run}/landscape/{upstream['landscape']}/landscape_2d.h5"
+        return planned("moving_planes", run=wildcards.run, mid=upstream["moving"])
+    return planned("landscape", run=wildcards.run, lid=upstream["landscape"], dims=2)
 
 
 def comparison(w):
-    return PLAN.experiments[w.experiment].compare[f"experiments/{w.experiment}/compare/{w.run}/{w.what}.png"]
+    return PLAN.experiments[w.experiment].compare[plan_paths.path("comparison", experiment=w.experiment, run=w.run,
+                                                                  what=w.what)]

@@ -4,21 +4,21 @@
 
 rule eigendirections:
     input:
-        trajectory=f"{R}/{{run}}/trajectory.h5",
-        settings=ancient(f"{R}/{{run}}/eigendirections/{{eid}}/settings.yaml"),
+        trajectory=pattern("trajectory"),
+        settings=ancient(settings_pattern("eigendirections")),
     output:
-        f"{R}/{{run}}/eigendirections/{{eid}}/eigendirections.h5",
+        pattern("eigendirections"),
     log:
-        f"{R}/{{run}}/eigendirections/{{eid}}/eigendirections.log",
+        f"{folder_pattern('eigendirections')}/eigendirections.log",
     params:
         launch=mpi_launcher,
-        args=from_job("eigendirections", "eid", lambda cfg: (
+        args=from_job("eigendirections", lambda cfg: (
             f"--which {cfg['directions']['hessian']['which']} --target {cfg['directions']['hessian']['target']} "
             f"--count {cfg['directions']['hessian']['count']} --steps {cfg['directions']['hessian']['steps']} "
             f"{centre_arg('--iteration', cfg['landscape']['centre'])} {eval_args(cfg)} {hvp_args(cfg)}")),
-    threads: threads_of("eigendirections", "eid")
+    threads: threads_of("eigendirections")
     resources:
-        **resources_of("eigendirections", "eid", mpi=lambda cfg: cfg["directions"]["hessian"]),
+        **resources_of("eigendirections", mpi=lambda cfg: cfg["directions"]["hessian"]),
     conda:
         ENV
     shell:
@@ -31,14 +31,14 @@ rule directions:
     input:
         unpack(directions_inputs),
     output:
-        f"{R}/{{run}}/directions/{{did}}/directions.h5",
+        pattern("directions"),
     log:
-        f"{R}/{{run}}/directions/{{did}}/directions.log",
+        f"{folder_pattern('directions')}/directions.log",
     params:
         args=directions_args,
-    threads: threads_of("directions", "did")
+    threads: threads_of("directions")
     resources:
-        **resources_of("directions", "did", gpu=False),
+        **resources_of("directions", gpu=False),
     conda:
         ENV
     shell:

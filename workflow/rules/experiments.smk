@@ -4,12 +4,12 @@
 
 rule compare:
     input:
-        lambda w: [f"{R}/{path}" for path in comparison(w)["inputs"]],
+        lambda w: [f"{R}/{p}" for p in comparison(w)["inputs"]],
     output:
-        report(f"{R}/experiments/{{experiment}}/compare/{{run}}/{{what}}.png", category="{experiment}",
+        report(pattern("comparison"), category="{experiment}",
                subcategory="comparisons", labels={"run": "{run}", "figure": "{what}"}),
     log:
-        f"{R}/experiments/{{experiment}}/compare/{{run}}/{{what}}.log",
+        f"{folder_pattern('experiment')}/compare/{{run}}/{{what}}.log",
     wildcard_constraints:
         what="spectra|landscape_[a-z]+",
     params:
@@ -26,14 +26,13 @@ rule compare:
 
 rule experiment_summary:
     input:
-        settings=f"{R}/experiments/{{experiment}}/settings.yaml",
-        outputs=lambda w: [f"{R}/{item['path']}" for item in PLAN.experiments[w.experiment].outputs]
-        + [f"{R}/{path}" for path in PLAN.experiments[w.experiment].compare],
+        settings=pattern("experiment_settings"),
+        outputs=lambda w: experiment_outputs(w.experiment),
     output:
-        report(f"{R}/experiments/{{experiment}}/summary.html", category="{experiment}", subcategory="summary",
+        report(pattern("summary"), category="{experiment}", subcategory="summary",
                labels={"experiment": "{experiment}", "page": "settings and outputs"}),
     log:
-        f"{R}/experiments/{{experiment}}/summary.log",
+        f"{folder_pattern('experiment')}/summary.log",
     conda:
         ENV
     shell:

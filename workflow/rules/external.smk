@@ -7,9 +7,9 @@ rule external_trajectory:
     input:
         external_inputs,
     output:
-        f"{R}/{{run}}/trajectory.h5",
+        pattern("trajectory"),
     log:
-        f"{R}/{{run}}/logs/external.log",
+        f"{folder_pattern('run')}/logs/external.log",
     wildcard_constraints:
         run=one_of(PLAN.external_names("trajectory")),
     params:
@@ -28,9 +28,9 @@ rule import_checkpoints:
     input:
         external_inputs,
     output:
-        f"{R}/{{run}}/trajectory.h5",
+        pattern("trajectory"),
     log:
-        f"{R}/{{run}}/logs/import.log",
+        f"{folder_pattern('run')}/logs/import.log",
     wildcard_constraints:
         run=one_of(PLAN.external_names("checkpoints")),
     params:

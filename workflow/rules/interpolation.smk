@@ -2,27 +2,27 @@
 # the final points of two runs that differ only in their seed, and the plane through both minima and the first
 # run's initial point.
 
-PAIR_DIR = f"{R}/{{run}}/interpolation/{{other}}/{{iid}}"
+PAIR_DIR = folder_pattern("interpolation")  # for the logs
 
 
 rule interpolate:
     input:
-        a=f"{R}/{{run}}/trajectory.h5",
-        b=f"{R}/{{other}}/trajectory.h5",
-        settings=ancient(f"{PAIR_DIR}/settings.yaml"),
+        a=pattern("trajectory"),
+        b=pattern("trajectory", run="{other}"),
+        settings=ancient(settings_pattern("interpolation")),
     output:
-        line=f"{PAIR_DIR}/line.h5",
-        spectra=f"{PAIR_DIR}/spectra.h5",
+        line=pattern("interpolation_line"),
+        spectra=pattern("interpolation_spectra"),
     log:
         f"{PAIR_DIR}/interpolate.log",
     params:
         launch=mpi_launcher,
-        args=from_job("interpolation", "iid", lambda cfg: (
+        args=from_job("interpolation", lambda cfg: (
             f"--points {cfg['interpolation']['points']} {slq_args(cfg)} {parallel_args(cfg)} {eval_args(cfg)} "
             f"{hvp_args(cfg)}")),
-    threads: threads_of("interpolation", "iid")
+    threads: threads_of("interpolation")
     resources:
-        **resources_of("interpolation", "iid", mpi=lambda cfg: cfg["spectra"]),
+        **resources_of("interpolation", mpi=lambda cfg: cfg["spectra"]),
     conda:
         ENV
     shell:
@@ -34,9 +34,9 @@ rule interpolate:
 
 rule plot_interpolation_line:
     input:
-        f"{PAIR_DIR}/line.h5",
+        pattern("interpolation_line"),
     output:
-        report(f"{PAIR_DIR}/line.png", category="Interpolation",
+        report(pattern("interpolation_line_plot"), category="Interpolation",
                labels={"runs": "{run} → {other}", "interpolation": "{iid}", "figure": "line"}),
     log:
         f"{PAIR_DIR}/plot_line.log",
@@ -49,14 +49,14 @@ rule plot_interpolation_line:
 
 rule interpolation_plane_directions:
     input:
-        a=f"{R}/{{run}}/trajectory.h5",
-        b=f"{R}/{{other}}/trajectory.h5",
-        settings=ancient(f"{PAIR_DIR}/settings.yaml"),
+        a=pattern("trajectory"),
+        b=pattern("trajectory", run="{other}"),
+        settings=ancient(settings_pattern("interpolation")),
     output:
-        f"{PAIR_DIR}/plane_directions.h5",
+        pattern("plane_directions"),
     log:
         f"{PAIR_DIR}/plane_directions.log",
-    threads: threads_of("interpolation", "iid")
+    threads: threads_of("interpolation")
     conda:
         ENV
     shell:
@@ -67,19 +67,19 @@ rule interpolation_plane_directions:
 
 rule interpolation_plane:
     input:
-        trajectory=f"{R}/{{run}}/trajectory.h5",
-        directions=f"{PAIR_DIR}/plane_directions.h5",
-        settings=ancient(f"{PAIR_DIR}/settings.yaml"),
+        trajectory=pattern("trajectory"),
+        directions=pattern("plane_directions"),
+        settings=ancient(settings_pattern("interpolation")),
     output:
-        f"{PAIR_DIR}/plane.h5",
+        pattern("plane"),
     log:
         f"{PAIR_DIR}/plane.log",
     params:
         launch=mpi_launcher,
-        args=from_job("interpolation", "iid", plane_args),
-    threads: threads_of("interpolation", "iid")
+        args=from_job("interpolation", plane_args),
+    threads: threads_of("interpolation")
     resources:
-        **resources_of("interpolation", "iid", mpi=lambda cfg: cfg["landscape"]),
+        **resources_of("interpolation", mpi=lambda cfg: cfg["landscape"]),
     conda:
         ENV
     shell:
@@ -91,11 +91,11 @@ rule interpolation_plane:
 
 rule plot_interpolation_plane:
     input:
-        f"{PAIR_DIR}/plane.h5",
+        pattern("plane"),
     output:
-        contour=report(f"{PAIR_DIR}/plane_contour.png", category="Interpolation",
+        contour=report(pattern("plane_contour"), category="Interpolation",
                        labels={"runs": "{run} → {other}", "interpolation": "{iid}", "figure": "plane"}),
-        surface=f"{PAIR_DIR}/plane_surface.png",
+        surface=pattern("plane_surface"),
     log:
         f"{PAIR_DIR}/plot_plane.log",
     conda:

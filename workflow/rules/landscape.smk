@@ -1,26 +1,26 @@
 # Loss landscapes along each direction method (Algorithm 1; Algorithm 3 with landscape.mpi_tasks > 1), and their
 # figures (`log_levels` adds the suffix _log to the figures' names, so both kinds can sit side by side).
 
-LAND_DIR = f"{R}/{{run}}/landscape/{{lid}}"
+LAND_DIR = folder_pattern("landscape")  # for the logs
 
 
 rule landscape:
     input:
-        trajectory=f"{R}/{{run}}/trajectory.h5",
-        directions=lambda w: f"{R}/{w.run}/directions/{job('landscape', w.lid).upstream['directions']}/directions.h5",
-        settings=ancient(f"{LAND_DIR}/settings.yaml"),
+        trajectory=pattern("trajectory"),
+        directions=lambda w: planned("directions", run=w.run, did=job("landscape", w.lid).upstream["directions"]),
+        settings=ancient(settings_pattern("landscape")),
     output:
-        f"{LAND_DIR}/landscape_{{dims}}d.h5",
+        pattern("landscape"),
     log:
         f"{LAND_DIR}/landscape_{{dims}}d.log",
     params:
         launch=mpi_launcher,
-        args=from_job("landscape", "lid", lambda cfg: (
+        args=from_job("landscape", lambda cfg: (
             f"--resolution {cfg['landscape']['resolution']} --border {cfg['landscape']['border']} "
             f"--grid-batching {cfg['landscape']['grid_batching']} {eval_args(cfg)}")),
-    threads: threads_of("landscape", "lid")
+    threads: threads_of("landscape")
     resources:
-        **resources_of("landscape", "lid", mpi=lambda cfg: cfg["landscape"]),
+        **resources_of("landscape", mpi=lambda cfg: cfg["landscape"]),
     conda:
         ENV
     shell:
@@ -32,11 +32,11 @@ rule landscape:
 
 rule plot_landscape_2d:
     input:
-        f"{LAND_DIR}/landscape_2d.h5",
+        pattern("landscape", dims=2),
     output:
-        contour=report(f"{LAND_DIR}/contour{{log}}.png", category="Landscapes", subcategory="{run}",
+        contour=report(pattern("contour"), category="Landscapes", subcategory="{run}",
                        labels={"run": "{run}", "landscape": "{lid}", "figure": "contour{log}"}),
-        surface=report(f"{LAND_DIR}/surface{{log}}.png", category="Landscapes", subcategory="{run}",
+        surface=report(pattern("surface"), category="Landscapes", subcategory="{run}",
                        labels={"run": "{run}", "landscape": "{lid}", "figure": "surface{log}"}),
     log:
         f"{LAND_DIR}/plot_2d{{log}}.log",
@@ -52,9 +52,9 @@ rule plot_landscape_2d:
 
 rule landscape_vtk:
     input:
-        f"{LAND_DIR}/landscape_2d.h5",
+        pattern("landscape", dims=2),
     output:
-        f"{LAND_DIR}/surface.vtk",
+        pattern("vtk"),
     log:
         f"{LAND_DIR}/vtk.log",
     conda:
@@ -66,9 +66,9 @@ rule landscape_vtk:
 
 rule plot_landscape_1d:
     input:
-        f"{LAND_DIR}/landscape_1d.h5",
+        pattern("landscape", dims=1),
     output:
-        report(f"{LAND_DIR}/line{{log}}.png", category="Landscapes", subcategory="{run}",
+        report(pattern("line"), category="Landscapes", subcategory="{run}",
                labels={"run": "{run}", "landscape": "{lid}", "figure": "line{log}"}),
     log:
         f"{LAND_DIR}/plot_1d{{log}}.log",

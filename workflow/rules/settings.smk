@@ -2,18 +2,17 @@
 # steps record it in each HDF5 file's provenance (--folder-settings). The rules read it as ancient(): its content
 # follows from its folder's name, so a deleted one is written again without rerunning the folder's jobs.
 
-FOLDER_KINDS = {"spectra": "spectra", "eigendirections": "eigendirections", "directions": "directions",
-                "landscape": "landscape", "videos": "video", "moving": "moving"}
+FOLDER_KINDS = plan_paths.run_subfolders()  # {subfolder of a run's folder: analysis kind}, from workflow/paths.py
 
 
 rule analysis_settings:
     output:
-        f"{R}/{{run}}/{{folder}}/{{aid}}/settings.yaml",
+        f"{folder_pattern('run')}/{{folder}}/{{aid}}/{plan_paths.SETTINGS}",
     log:
-        f"{R}/{{run}}/{{folder}}/{{aid}}/logs/settings.log",
+        f"{folder_pattern('run')}/{{folder}}/{{aid}}/logs/settings.log",
     wildcard_constraints:
-        folder="|".join(FOLDER_KINDS),
-        aid="|".join(re.escape(i) for kind in FOLDER_KINDS.values() for i in PLAN.ids(kind)) or "NO_JOBS",
+        folder="|".join(map(re.escape, FOLDER_KINDS)),
+        aid=ids(*FOLDER_KINDS.values()),
     params:
         json=lambda w: settings_json(FOLDER_KINDS[w.folder], w.aid, run=w.run),
     localrule: True
@@ -26,9 +25,9 @@ rule analysis_settings:
 
 rule interpolation_settings:
     output:
-        f"{R}/{{run}}/interpolation/{{other}}/{{iid}}/settings.yaml",
+        settings_pattern("interpolation"),
     log:
-        f"{R}/{{run}}/interpolation/{{other}}/{{iid}}/logs/settings.log",
+        f"{folder_pattern('interpolation')}/logs/settings.log",
     params:
         json=lambda w: settings_json("interpolation", w.iid, run=w.run, other=w.other),
     localrule: True
@@ -41,9 +40,9 @@ rule interpolation_settings:
 
 rule experiment_settings:
     output:
-        f"{R}/experiments/{{experiment}}/settings.yaml",
+        pattern("experiment_settings"),
     log:
-        f"{R}/experiments/{{experiment}}/logs/settings.log",
+        f"{folder_pattern('experiment')}/logs/settings.log",
     params:
         json=lambda w: json.dumps(summary_settings(PLAN, PLAN.experiments[w.experiment]), sort_keys=True),
     localrule: True

@@ -2,24 +2,24 @@
 # and gathered; each job may itself use MPI ranks over the starting vectors (Algorithm 5). Then one density plot
 # per checkpoint.
 
-SPEC_DIR = f"{R}/{{run}}/spectra/{{sid}}"
+SPEC_DIR = folder_pattern("spectra")  # for the logs
 
 
 rule spectrum_chunk:
     input:
-        trajectory=f"{R}/{{run}}/trajectory.h5",
-        settings=ancient(f"{SPEC_DIR}/settings.yaml"),
+        trajectory=pattern("trajectory"),
+        settings=ancient(settings_pattern("spectra")),
     output:
-        temp(f"{SPEC_DIR}/chunk_{{i}}of{{n}}.h5"),
+        temp(pattern("spectrum_chunk")),
     log:
         f"{SPEC_DIR}/logs/chunk_{{i}}of{{n}}.log",
     params:
         launch=mpi_launcher,
-        args=from_job("spectra", "sid", lambda cfg: (
+        args=from_job("spectra", lambda cfg: (
             f"--every {cfg['spectra']['every']} {slq_args(cfg)} {parallel_args(cfg)} {eval_args(cfg)} {hvp_args(cfg)}")),
-    threads: threads_of("spectra", "sid")
+    threads: threads_of("spectra")
     resources:
-        **resources_of("spectra", "sid", mpi=lambda cfg: cfg["spectra"]),
+        **resources_of("spectra", mpi=lambda cfg: cfg["spectra"]),
     conda:
         ENV
     shell:
@@ -30,9 +30,10 @@ rule spectrum_chunk:
 
 rule spectra_gather:
     input:
-        lambda w: [f"{R}/{w.run}/spectra/{w.sid}/chunk_{i}of{chunks(w.sid)}.h5" for i in range(1, chunks(w.sid) + 1)],
+        lambda w: [planned("spectrum_chunk", run=w.run, sid=w.sid, i=i, n=chunks(w.sid))
+                   for i in range(1, chunks(w.sid) + 1)],
     output:
-        f"{SPEC_DIR}/spectra.h5",
+        pattern("spectra"),
     log:
         f"{SPEC_DIR}/logs/gather.log",
     conda:
@@ -44,14 +45,14 @@ rule spectra_gather:
 
 rule density_plots:
     input:
-        f"{SPEC_DIR}/spectra.h5",
+        pattern("spectra"),
     output:
-        report(directory(f"{SPEC_DIR}/densities"), patterns=["density_{iteration}.png"], category="Spectra",
+        report(directory(pattern("densities")), patterns=["density_{iteration}.png"], category="Spectra",
                subcategory="{run}", labels={"run": "{run}", "spectra": "{sid}", "iteration": "{iteration}"}),
     log:
         f"{SPEC_DIR}/logs/densities.log",
     params:
-        args=from_job("spectra", "sid", lambda cfg: frame_args(cfg)),
+        args=from_job("spectra", lambda cfg: frame_args(cfg)),
     conda:
         ENV
     shell:

@@ -5,9 +5,9 @@
 
 rule train:
     output:
-        f"{R}/{{run}}/trajectory.h5",
+        pattern("trajectory"),
     log:
-        f"{R}/{{run}}/logs/train.log",
+        f"{folder_pattern('run')}/logs/train.log",
     wildcard_constraints:
         run=one_of(PLAN.runs),
     params:

@@ -2,28 +2,28 @@
 # eigenvalue density, per checkpoint) and interpolation (Figure 8: the plane of the two minima with the current
 # point | the loss along the line | the density, per point of the line).
 
-VIDEO_DIR = f"{R}/{{run}}/videos/{{vid}}"
-IVIDEO_DIR = f"{PAIR_DIR}/videos/{{ivid}}"
+VIDEO_DIR = folder_pattern("video")  # for the logs
+IVIDEO_DIR = folder_pattern("interpolation_video")
 
 
 rule moving_frame:
     input:
-        trajectory=f"{R}/{{run}}/trajectory.h5",
-        settings=ancient(f"{R}/{{run}}/moving/{{mid}}/settings.yaml"),
+        trajectory=pattern("trajectory"),
+        settings=ancient(settings_pattern("moving")),
     output:
-        directory(f"{R}/{{run}}/moving/{{mid}}/landscapes"),
+        directory(pattern("moving_planes")),
     log:
-        f"{R}/{{run}}/moving/{{mid}}/moving_frame.log",
+        f"{folder_pattern('moving')}/moving_frame.log",
     params:
-        args=from_job("moving", "mid", lambda cfg: (
+        args=from_job("moving", lambda cfg: (
             f"--every {cfg['frames']['moving_every']} --which {cfg['directions']['hessian']['which']} "
             f"--count {cfg['directions']['hessian']['count']} --steps {cfg['directions']['hessian']['steps']} "
             f"--pick {' '.join(map(str, cfg['directions']['hessian']['pick']))} "
             f"--resolution {cfg['landscape']['resolution']} --border {cfg['landscape']['border']} "
             f"{eval_args(cfg)} {hvp_args(cfg)}")),
-    threads: threads_of("moving", "mid")
+    threads: threads_of("moving")
     resources:
-        **resources_of("moving", "mid"),
+        **resources_of("moving"),
     conda:
         ENV
     shell:
@@ -35,14 +35,14 @@ rule moving_frame:
 rule training_frames:
     input:
         planes=video_planes,
-        spectra=lambda w: f"{R}/{w.run}/spectra/{job('video', w.vid).upstream['spectra']}/spectra.h5",
-        settings=ancient(f"{VIDEO_DIR}/settings.yaml"),
+        spectra=lambda w: planned("spectra", run=w.run, sid=job("video", w.vid).upstream["spectra"]),
+        settings=ancient(settings_pattern("video")),
     output:
-        directory(f"{VIDEO_DIR}/frames"),
+        directory(pattern("training_frames")),
     log:
         f"{VIDEO_DIR}/frames.log",
     params:
-        args=from_job("video", "vid", frame_args),
+        args=from_job("video", frame_args),
     conda:
         ENV
     shell:
@@ -53,14 +53,14 @@ rule training_frames:
 
 rule training_video:
     input:
-        f"{VIDEO_DIR}/frames",
+        pattern("training_frames"),
     output:
-        report(f"{VIDEO_DIR}/training.mp4", category="Videos",
+        report(pattern("training_video"), category="Videos",
                labels={"run": "{run}", "video": "training", "id": "{vid}"}),
     log:
         f"{VIDEO_DIR}/video.log",
     params:
-        args=from_job("video", "vid", lambda cfg: f"--fps {cfg['frames']['fps']}"),
+        args=from_job("video", lambda cfg: f"--fps {cfg['frames']['fps']}"),
     conda:
         ENV
     shell:
@@ -70,15 +70,15 @@ rule training_video:
 
 rule interpolation_frames:
     input:
-        line=f"{PAIR_DIR}/line.h5",
-        spectra=f"{PAIR_DIR}/spectra.h5",
-        plane=f"{PAIR_DIR}/plane.h5",
+        line=pattern("interpolation_line"),
+        spectra=pattern("interpolation_spectra"),
+        plane=pattern("plane"),
     output:
-        directory(f"{IVIDEO_DIR}/frames"),
+        directory(pattern("interpolation_frames")),
     log:
         f"{IVIDEO_DIR}/frames.log",
     params:
-        args=from_job("interpolation_video", "ivid", frame_args),
+        args=from_job("interpolation_video", frame_args),
     conda:
         ENV
     shell:
@@ -89,14 +89,14 @@ rule interpolation_frames:
 
 rule interpolation_video:
     input:
-        f"{IVIDEO_DIR}/frames",
+        pattern("interpolation_frames"),
     output:
-        report(f"{IVIDEO_DIR}/interpolation.mp4", category="Videos",
+        report(pattern("interpolation_video"), category="Videos",
                labels={"run": "{run} → {other}", "video": "interpolation", "id": "{ivid}"}),
     log:
         f"{IVIDEO_DIR}/video.log",
     params:
-        args=from_job("interpolation_video", "ivid", lambda cfg: f"--fps {cfg['frames']['fps']}"),
+        args=from_job("interpolation_video", lambda cfg: f"--fps {cfg['frames']['fps']}"),
     conda:
         ENV
     shell:
