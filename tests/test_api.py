@@ -14,7 +14,6 @@ import torch
 from step_helpers import train_tiny
 from torch import nn
 
-from gradvis_steps import api
 from gradvis_steps import directions as directions_step
 from gradvis_steps import eigendirections as eigendirections_step
 from gradvis_steps import landscape as landscape_step
@@ -198,9 +197,9 @@ def test_batches_are_one_evaluation_set_weighted_by_size():
 
 def test_a_keras_model_against_the_closed_form_hessian_of_least_squares():
     pytest.importorskip("tensorflow")
-    from gradvis_steps.backends.tensorflow import dtype_policy
-
     import keras
+
+    from gradvis_steps.backends.tensorflow import dtype_policy
 
     with dtype_policy("float64"):
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
@@ -236,8 +235,8 @@ def test_a_model_of_no_known_framework_is_refused():
 
 
 def test_the_api_imports_no_framework_itself():
-    code = ("import sys; import gradvis_steps.api; "
-            "loaded = sorted(set(sys.modules) & {'torch', 'tensorflow', 'keras', 'matplotlib'}); assert not loaded, loaded")
+    code = ("import sys; import gradvis_steps.api; loaded = sorted(set(sys.modules) & "
+            "{'torch', 'tensorflow', 'keras', 'matplotlib'}); assert not loaded, loaded")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
 
