@@ -157,19 +157,10 @@ def _renamed(trajectory: Trajectory, model: keras.Model) -> list[dict]:
     return [{**entry, "name": mine["name"]} for entry, mine in zip(stored, own, strict=True)]
 
 
-def objective_for_model(
-    model: keras.Model,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    loss: dict | str | None = None,
-    batch_size: int = 1024,
-    device: str | None = None,
-    dtype: str | None = None,
-    hvp_memory_mb: float | str | None = None,
-    hvp_mode: str = "auto",
-    grid_batching: str = "auto",
-) -> TFObjective:
+def objective_for_model(model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss: dict | str | None = None,
+                        batch_size: int = 1024, device: str | None = None, dtype: str | None = None,
+                        hvp_memory_mb: float | str | None = None, hvp_mode: str = "auto",
+                        grid_batching: str = "auto") -> TFObjective:
     """A user's Keras model (never changed) on the user's arrays: the objective the Python API computes with. ``x`` is
     in the model's own layout (images channels-last, as Keras takes them); ``dtype`` None: the model's variables'
     (another dtype needs a model built under that dtype policy, :func:`model_for`). ``hvp_memory_mb`` and
