@@ -214,6 +214,28 @@ def test_a_keras_model_against_the_closed_form_hessian_of_least_squares():
     assert np.isclose(h.density().summary["lambda_max"], truth[0], rtol=1e-10)
 
 
+def test_a_keras_convolution_takes_channels_last_images_as_keras_does():
+    pytest.importorskip("tensorflow")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3), keras.layers.Flatten(),
+                              keras.layers.Dense(4)])
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((20, 6, 6, 2)).astype(np.float32), rng.integers(0, 4, 20)
+    truth = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, model(x))  # Keras' own mean loss
+    h = hessian(model, (x, y), "cross_entropy")
+    assert np.isclose(h.problem.objective.loss(h.problem.theta), float(truth), rtol=1e-5)
+
+
+def test_float64_inputs_to_a_float32_model_are_rounded_with_a_warning():
+    model = nn.Linear(4, 3)
+    x, y = _digits_like()
+    with pytest.warns(UserWarning, match="the inputs are float64, evaluated in float32"):
+        hessian(model, (x, y))
+    assert hessian(model, (x, y), dtype="float64").problem.dtype == "float64"
+
+
 # ------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(("loss", "data", "message"), [
     ("hinge", None, r"unknown loss 'hinge'; accepted: cross_entropy, mse"),
