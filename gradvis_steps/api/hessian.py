@@ -86,8 +86,8 @@ class Hessian:
         if vector not in ("gaussian", "rademacher"):
             raise ValueError(f"vector {vector!r} is not one of gaussian, rademacher")
         self.problem = problem
-        self.k, self.m, self.seed, self.vector, self.sigma = int(k), lanczos_steps(int(m), problem.dim), int(seed), \
-            vector, sigma
+        self.k, self.seed, self.vector, self.sigma = int(k), int(seed), vector, sigma
+        self.m = lanczos_steps(int(m), problem.dim)  # at most dim steps: capped where the steps cap it
         self.group_size = spectrum_step.resolve_group_size(group_size, self.k, problem.objective.device_type, 1)
         self.key = int(key)
         self._hvp: dict | None = None
