@@ -212,6 +212,12 @@ def test_a_keras_model_against_the_closed_form_hessian_of_least_squares():
     assert h.problem.framework == "tensorflow"
     assert np.allclose(h.eigenvalues(top=2, steps=4).values, truth[:2], rtol=1e-10)
     assert np.isclose(h.density().summary["lambda_max"], truth[0], rtol=1e-10)
+    import tensorflow as tf  # batches from a tf.data pipeline: one evaluation set, batch size the first batch's
+
+    batches = hessian(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(8), "mse", k=2, m=4)
+    assert batches.problem.objective.batch_size == 8
+    arrays = hessian(model, (x, y), "mse", k=2, m=4, batch_size=8)
+    assert np.array_equal(batches.density().nodes, arrays.density().nodes)
 
 
 def test_a_keras_convolution_takes_channels_last_images_as_keras_does():
