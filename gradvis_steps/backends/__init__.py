@@ -49,6 +49,12 @@ class Backend:
       it cannot read. None: the backend reads no checkpoint files (the import step says so).
     - ``recording``: what :mod:`gradvis_steps.record` offers a user of the framework, by name (torch: ``Recorder``,
       ``describe_optimizer``; tensorflow: ``KerasRecorder``, ``BatchLoss``); empty: no recorder.
+    - ``objective_for_model(model, x, y, *, loss, batch_size, device, dtype, hvp_memory_mb, hvp_mode, grid_batching)
+      -> Objective``: a user's own model (never changed: the objective keeps a copy) on the user's arrays, ``x`` in
+      the model's own input layout, ``dtype`` a name (``"float32"``); the Python API (:mod:`gradvis_steps.api`)
+      builds on it. None: the backend takes no user models.
+    - ``flat_parameters(model) -> ndarray``: the model's trainable parameters as one flat host array, in the order
+      of ``parameter_layout(model)`` and in their own dtype. None: as for ``objective_for_model``.
     """
 
     name: str
@@ -60,6 +66,8 @@ class Backend:
     train: Callable[..., dict[str, Any]]
     load_checkpoint: Callable[[Any, Any], tuple[dict[str, Any], str | None]] | None = None
     recording: Mapping[str, Any] = field(default_factory=dict)
+    objective_for_model: Callable[..., Objective] | None = None
+    flat_parameters: Callable[[Any], Any] | None = None
 
 
 _loaders: dict[str, Callable[[], Backend]] = {}

@@ -31,7 +31,7 @@ from ...losses import loss_of  # noqa: E402
 from ...storage.trajectory import Trajectory  # noqa: E402
 from .. import Backend  # noqa: E402
 from .checkpoint_files import load_checkpoint  # noqa: E402
-from .flat import assign_like, buffer_layout, layout_of  # noqa: E402
+from .flat import assign_like, buffer_layout, flatten_parameters, layout_of  # noqa: E402
 from .models import build_model, inputs_in  # noqa: E402
 from .objective import DTYPES, HVP_MODE_CHOICES, TFHessianOperator, TFObjective, channels_last  # noqa: E402
 from .recorder import BatchLoss, KerasRecorder  # noqa: E402
@@ -157,6 +157,25 @@ def _renamed(trajectory: Trajectory, model: keras.Model) -> list[dict]:
     return [{**entry, "name": mine["name"]} for entry, mine in zip(stored, own, strict=True)]
 
 
+def objective_for_model(model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss: dict | str | None = None,
+                        batch_size: int = 1024, device: str | None = None, dtype: str | None = None,
+                        hvp_memory_mb: float | str | None = None, hvp_mode: str = "auto",
+                        grid_batching: str = "auto") -> TFObjective:
+    """A user's Keras model (never changed) on the user's arrays: the objective the Python API computes with. ``x`` is
+    in the model's own layout (images channels-last, as Keras takes them); ``dtype`` None: the model's variables'
+    (another dtype needs a model built under that dtype policy, :func:`model_for`). ``hvp_memory_mb`` and
+    ``grid_batching`` are accepted as in :func:`objective_for_trajectory` and not used."""
+    x = np.asarray(x)
+    if dtype is None:
+        floats = [str(v.dtype) for v in model.trainable_variables if "float" in str(v.dtype)]
+        dtype = floats[0] if floats else "float32"
+    # TFObjective takes images in the framework-neutral layout (N, C, H, W) and moves the channels last itself
+    neutral = np.moveaxis(x, -1, 1) if x.ndim == 4 else x
+    with tf.device(resolve_device(device)):
+        return TFObjective(model, neutral, y, batch_size=batch_size, device=resolve_device(device), dtype=dtype,
+                           hvp_mode=hvp_mode, loss=loss)
+
+
 #: what the steps use of this backend (:class:`gradvis_steps.backends.Backend`)
 BACKEND = Backend(
     name="tensorflow",
@@ -168,6 +187,8 @@ BACKEND = Backend(
     train=train,
     load_checkpoint=load_checkpoint,
     recording={"BatchLoss": BatchLoss, "KerasRecorder": KerasRecorder},
+    objective_for_model=objective_for_model,
+    flat_parameters=flatten_parameters,
 )
 
 __all__ = [

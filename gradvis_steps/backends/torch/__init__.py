@@ -18,7 +18,7 @@ from ...losses import loss_of
 from ...storage.trajectory import Trajectory
 from .. import Backend
 from .checkpoint_files import load_checkpoint
-from .flat import buffer_layout, layout_of
+from .flat import buffer_layout, flatten_parameters, layout_of
 from .lanczos_graphs import clear_lanczos_graphs, set_cuda_graphs  # registers the CUDA-graph Lanczos loop
 from .models import build_model
 from .objective import TorchObjective
@@ -97,6 +97,35 @@ def objective_for_trajectory(
     return objective
 
 
+def objective_for_model(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    loss: dict | str | None = None,
+    batch_size: int = 1024,
+    device: str | None = None,
+    dtype: str | None = None,
+    hvp_memory_mb: float | str = HVP_MEMORY_MB,
+    hvp_mode: str = "auto",
+    grid_batching: str = "auto",
+) -> TorchObjective:
+    """A user's ``nn.Module`` (copied, never changed; evaluation mode) on the user's arrays: the objective the Python
+    API computes with. ``device`` None: where the model's parameters are; ``dtype`` None: theirs."""
+    first = next(model.parameters(), None)
+    if first is None:
+        raise ValueError(f"model {type(model).__name__} has no parameters: nothing to differentiate")
+    return TorchObjective(model, x, y, batch_size=batch_size,
+                          device=first.device if device is None else resolve_device(device),
+                          dtype=first.dtype if dtype is None else resolve_dtype(dtype), hvp_memory_mb=hvp_memory_mb,
+                          hvp_mode=hvp_mode, grid_batching=grid_batching, loss=loss)
+
+
+def flat_parameters(model: torch.nn.Module) -> np.ndarray:
+    """The model's trainable parameters as one flat host array (layout order, their own dtype)."""
+    return flatten_parameters(model).detach().cpu().numpy()
+
+
 #: what the steps use of this backend (:class:`gradvis_steps.backends.Backend`)
 BACKEND = Backend(
     name="torch",
@@ -108,6 +137,8 @@ BACKEND = Backend(
     train=train,
     load_checkpoint=load_checkpoint,
     recording={"Recorder": Recorder, "describe_optimizer": describe_optimizer},
+    objective_for_model=objective_for_model,
+    flat_parameters=flat_parameters,
 )
 
 __all__ = [
