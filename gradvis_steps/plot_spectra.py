@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.check_sigma(args.sigma)
-    from .core.plots import save_figure
+    from .render.figures import save_figure
     from .render.spectrum_plots import (
         common_density,
         density_title,
