@@ -179,7 +179,7 @@ def spectra_figure(comparison: SpectraComparison, *, log_scale: bool = True, tit
 # ----------------------------------------------------------------------------------------------- landscapes
 def shared_levels(results: Sequence[LandscapeResult], log_levels: bool, n_levels: int = 30) -> np.ndarray | None:
     """Contour levels spanning the finite losses of all landscapes (one colour scale for every panel)."""
-    from .core.plots import contour_levels
+    from .render.landscape_plots import contour_levels
 
     return contour_levels(np.concatenate([np.ravel(r.loss) for r in results]), n_levels, log_levels)
 
@@ -189,7 +189,7 @@ def landscapes_figure(results: Sequence[LandscapeResult], paths: Sequence[str], 
     """2D landscapes as contours side by side on shared levels, or 1D ones as curves on one axes."""
     from matplotlib.figure import Figure
 
-    from .core.plots import direction_labels, non_finite_note, plot_contour
+    from .render.landscape_plots import direction_labels, non_finite_note, plot_contour
 
     dims = {r.ndim for r in results}
     if len(dims) != 1 or dims - {1, 2}:
@@ -243,7 +243,7 @@ def run(settings: CompareSettings) -> Path:
     if args.landscapes and (args.iteration is not None or args.sigma is not None):
         raise ValueError("--iteration and --sigma apply to --spectra only")
     cli.check_sigma(args.sigma)
-    from .core.plots import save_figure
+    from .render.figures import save_figure
     from .storage import runs
     from .storage.landscape import load_landscape
     from .storage.spectra import load_spectra

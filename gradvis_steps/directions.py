@@ -107,11 +107,11 @@ def run(settings: DirectionsSettings) -> Directions:
     step_settings.check_positive(args, "count", "pca_memory_mb")
     cli.check_outputs(files=(args.out,))
     from .checkpoints import checkpoint_problem, skip_checkpoint, usable_or_error
-    from .core.directions import load_directions, random_directions
+    from .core.directions import random_directions
     from .core.pca import trajectory_pca
     from .provenance import provenance
     from .storage import runs
-    from .storage.directions import Directions, load_directions_file, save_directions
+    from .storage.directions import Directions, load_directions, load_directions_file, save_directions
     from .storage.trajectory import Trajectory
 
     with Trajectory(args.trajectory) as traj:

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--surface", type=cli.output_file, help="3D surface plot to write")
     parser.add_argument("--line", type=cli.output_file, help="1D curve to write (1D landscapes)")
     parser.add_argument("--vtk", help="ParaView-readable VTK structured grid of the surface")
-    parser.add_argument("--log-levels", action="store_true", help="log-spaced contour levels / log loss axis")
+    parser.add_argument("--log-levels", action="store_true", help="log-spaced contour levels / log loss axis "
+                        "(without it: the level rule, log-spaced for an interpolation plane, else linear)")
     parser.add_argument("--mark", nargs=3, action="append", metavar=("X", "Y", "LABEL"),
                         help="mark a point of the plane on the contour (repeatable), e.g. --mark 1 0 'minimum B'")
     parser.add_argument("--title", help="figure title")
@@ -57,7 +58,8 @@ def run(settings: PlotLandscapeSettings) -> None:
     cli.check_outputs(files=(args.contour, args.surface, args.line))
     if not any((args.contour, args.surface, args.line, args.vtk)):
         raise ValueError("nothing to do: give at least one of --contour, --surface, --line, --vtk")
-    from .core.plots import plot_contour, plot_line, plot_surface, save_figure
+    from .render.figures import save_figure
+    from .render.landscape_plots import plot_contour, plot_line, plot_surface
     from .storage.landscape import export_vtk, load_landscape
 
     result = load_landscape(args.landscape)
@@ -73,10 +75,11 @@ def run(settings: PlotLandscapeSettings) -> None:
         raise ValueError(f"--mark needs X Y LABEL with numbers X and Y, got {[list(m) for m in args.mark]}") \
             from error
     if args.contour:
-        save_figure(plot_contour(result, log_levels=args.log_levels, title=args.title, marks=marks), args.contour,
-                    dpi=args.dpi)
+        save_figure(plot_contour(result, log_levels=args.log_levels or None, title=args.title, marks=marks),
+                    args.contour, dpi=args.dpi)
     if args.surface:
-        save_figure(plot_surface(result, log_z=args.log_levels, title=args.title), args.surface, dpi=args.dpi)
+        save_figure(plot_surface(result, log_z=args.log_levels or None, title=args.title), args.surface,
+                    dpi=args.dpi)
     if args.line:
         save_figure(plot_line(result, log_scale=args.log_levels, title=args.title), args.line, dpi=args.dpi)
     if args.vtk:

@@ -56,7 +56,7 @@ def run(settings: PlotSpectraSettings) -> Path:
     step_settings.check_positive(args, "dpi")
     cli.check_outputs(folders=(args.out_dir,))
     cli.check_sigma(args.sigma)
-    from .core.plots import save_figure
+    from .render.figures import save_figure
     from .render.spectrum_plots import (
         common_density,
         density_title,

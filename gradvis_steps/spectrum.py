@@ -246,7 +246,7 @@ def stored_sigma_rule(sigma: float | None) -> str:
 
 def write_skipped_plot(iteration: int, reason: str, folder: Path) -> None:
     """The density figure of a skipped checkpoint: a blank panel saying why, so the sequence shows the gap."""
-    from .core.plots import save_figure
+    from .render.figures import save_figure
     from .render.spectrum_plots import plot_skipped
 
     save_figure(plot_skipped(f"iteration {iteration}", reason), folder / f"iter_{iteration:06d}.png", dpi=100)
@@ -254,7 +254,7 @@ def write_skipped_plot(iteration: int, reason: str, folder: Path) -> None:
 
 def write_plot(entry: CheckpointSpectrum, folder: Path, log_scale: bool, sigma_rule: str) -> None:
     """One density figure per checkpoint (its stored density), named by iteration."""
-    from .core.plots import save_figure
+    from .render.figures import save_figure
     from .render.spectrum_plots import density_title, plot_density, sigma_record
 
     fig = plot_density(entry.grid, entry.density, log_scale=log_scale, title=density_title(entry),

@@ -60,7 +60,7 @@ def _objective(make_model, eval_data, mode: str, dtype=torch.float64, **kwargs) 
 
 def _chunks_of(objective: TorchObjective, points: int) -> None:
     """A memory budget that holds ``points`` points (and a half) per vectorized call."""
-    objective.grid_memory_mb = (points + 0.5) * batched_points._batched_points(objective).bytes_per_point() / 2**20
+    objective.grid_memory_mb = (points + 0.5) * objective.grid_evaluator.batched.bytes_per_point() / 2**20
 
 
 def _spy(monkeypatch, owner, name: str) -> list:
@@ -89,7 +89,7 @@ def test_vmapped_points_equal_the_per_point_path(name, dims, dtype, eval_data, m
     got = vmapped.evaluate_many(center, dirs, coeffs)
     assert chunks == [3, 3, 3, 1]
     assert vmapped.grid_batching["mode"] == "vmap" and vmapped.grid_batching["points_per_call"] == 3
-    assert (name != "mlp") == (vmapped._plane_for(center, [d.to(dtype) for d in dirs]) is not None)
+    assert (name != "mlp") == (vmapped.plane_for(center, [d.to(dtype) for d in dirs]) is not None)
     expected = per_point.evaluate_many(center, dirs, coeffs)
     assert chunks == [3, 3, 3, 1]  # the per-point objective never ran the vectorized path
     losses = np.array([e.loss for e in expected])
@@ -122,7 +122,7 @@ def test_vmapped_points_without_the_input_layer_shortcut(eval_data, monkeypatch)
     vmapped = _objective(tiny_lenet, eval_data, "vmap")
     center, dirs, coeffs = _plane(vmapped, 2)
     got = vmapped.evaluate_many(center, dirs, coeffs)
-    assert vmapped._plane_for(center, dirs) is None
+    assert vmapped.plane_for(center, dirs) is None
     monkeypatch.undo()
     expected = _objective(tiny_lenet, eval_data, "per_point").evaluate_many(center, dirs, coeffs)
     for a, b in zip(got, expected, strict=True):
@@ -131,7 +131,7 @@ def test_vmapped_points_without_the_input_layer_shortcut(eval_data, monkeypatch)
 
 def test_each_mode_takes_its_path_and_records_it(eval_data, monkeypatch):
     vectorized = _spy(monkeypatch, BatchedPoints, "evaluate")
-    one_by_one = _spy(monkeypatch, TorchObjective, "_evaluate_many_per_point")
+    one_by_one = _spy(monkeypatch, TorchObjective, "evaluate_per_point")
     objective = _objective(tiny_lenet, eval_data, "per_point")
     center, dirs, coeffs = _plane(objective, 2, n_points=5)
     objective.evaluate_many(center, dirs, coeffs)
@@ -159,14 +159,15 @@ def test_bad_modes_are_named(eval_data):
 
 class VirtualClock:
     """``batched_points.clock`` advancing only by the costs charged to each path: the calibration sees exactly
-    these per-point times (one list entry per call of the path, the last one repeated), whatever the machine does."""
+    these per-point times (one list entry per call of the path, the last one repeated), whatever the machine does.
+    Make the objective after the clock: its grid evaluator takes the per-point path when the objective is made."""
 
     def __init__(self, monkeypatch, per_point: list[float], vmap: list[float]):
         self.now = 0.0
         self.costs = {"per_point": list(per_point), "vmap": list(vmap)}
         self.calls = {"per_point": 0, "vmap": 0}
         monkeypatch.setattr(batched_points, "clock", lambda: self.now)
-        for owner, name, path in ((TorchObjective, "_evaluate_many_per_point", "per_point"),
+        for owner, name, path in ((TorchObjective, "evaluate_per_point", "per_point"),
                                   (BatchedPoints, "evaluate", "vmap")):
             monkeypatch.setattr(owner, name, self._charged(getattr(owner, name), path))
 
@@ -191,10 +192,11 @@ class VirtualClock:
 )
 def test_auto_calibrates_once_and_keeps_the_per_point_path_unless_batching_clearly_pays(
         per_point, vmap, mode, reason, eval_data, monkeypatch):
-    objective = _objective(tiny_lenet, eval_data, "auto")
-    center, dirs, coeffs = _plane(objective, 2, n_points=9)
-    expected = _objective(tiny_lenet, eval_data, "per_point").evaluate_many(center, dirs, coeffs)
+    reference = _objective(tiny_lenet, eval_data, "per_point")
+    center, dirs, coeffs = _plane(reference, 2, n_points=9)
+    expected = reference.evaluate_many(center, dirs, coeffs)
     clock = VirtualClock(monkeypatch, per_point, vmap)
+    objective = _objective(tiny_lenet, eval_data, "auto")  # made after the clock: its evaluator has the charged paths
     got = objective.evaluate_many(center, dirs, coeffs)
     choice = objective.grid_batching
     assert choice["requested"] == "auto" and choice["mode"] == mode and reason in choice["reason"]
@@ -234,7 +236,7 @@ def test_auto_does_not_calibrate_single_points_or_one_point_budgets(eval_data, m
 
 def test_points_per_call_follow_the_memory_budget(eval_data, monkeypatch):
     objective = _objective(tiny_lenet, eval_data, "vmap")
-    batched = batched_points._batched_points(objective)
+    batched = objective.grid_evaluator.batched
     per_point = batched.bytes_per_point()
     assert per_point > objective.dim * 8  # activations and the point's parameters
     assert batched.points_per_call(100, 7.5 * per_point) == 7

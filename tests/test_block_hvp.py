@@ -1,5 +1,5 @@
-"""Block Hessian products ``PointHVP.matmat`` and the automatic HVP mode, against autograd's dense Hessian in
-float64 and against one-by-one products."""
+"""Block Hessian products ``TorchHessianOperator.matmat`` and the automatic HVP mode, against autograd's dense
+Hessian in float64 and against one-by-one products."""
 
 from __future__ import annotations
 

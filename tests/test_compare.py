@@ -167,7 +167,7 @@ def test_landscapes_share_levels(tmp_path, capsys):
 
 
 def test_plot_contour_levels_keyword():
-    from gradvis_steps.core.plots import plot_contour
+    from gradvis_steps.render.landscape_plots import plot_contour
 
     x = np.linspace(-1, 1, 5)
     res = LandscapeResult(axes=(x, x), loss=np.add.outer(x**2, x**2))

@@ -31,8 +31,8 @@ from gradvis_steps import (
 )
 from gradvis_steps import train as train_step
 from gradvis_steps.core.grid import LandscapeResult
-from gradvis_steps.core.plots import plot_contour, plot_line, plot_surface
 from gradvis_steps.core.training import DivergenceGuard, TrainingDiverged, TrainSettings
+from gradvis_steps.render.landscape_plots import plot_contour, plot_line, plot_surface
 from gradvis_steps.storage.directions import load_directions_file
 from gradvis_steps.storage.landscape import load_landscape, save_landscape
 from gradvis_steps.storage.spectra import load_spectra

@@ -10,13 +10,13 @@ import pytest
 from matplotlib.figure import Figure
 
 from gradvis_steps.core.grid import Grid, LandscapeResult
-from gradvis_steps.core.plots import (
+from gradvis_steps.render.figures import save_figure
+from gradvis_steps.render.landscape_plots import (
     contour_levels,
     direction_labels,
     plot_contour,
     plot_line,
     plot_surface,
-    save_figure,
 )
 from gradvis_steps.storage.landscape import export_vtk, load_landscape, save_landscape
 

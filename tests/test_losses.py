@@ -183,7 +183,7 @@ def test_mse_training_lowers_the_loss_and_landscape_and_spectrum_run(mse_run):
     step(landscape, "--trajectory", trajectory, "--directions", pca, "--dims", 1, "--resolution", 3,
          "--eval-fraction", 0.25, "--no-progress", "--out", line)
     step(plot_landscape, "--landscape", line, "--line", folder / "line.png")
-    from gradvis_steps.core.plots import plot_line
+    from gradvis_steps.render.landscape_plots import plot_line
 
     assert len(plot_line(load_landscape(line)).axes) == 1  # no accuracy axis of NaN values
     spectra = folder / "spectra.h5"

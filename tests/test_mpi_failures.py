@@ -58,11 +58,11 @@ STEP_DRIVER = """
 import sys
 from gradvis_steps import cli, landscape, spectrum
 from gradvis_steps.backends.torch.objective import TorchObjective
-from gradvis_steps.backends.torch.point_hvp import PointHVP
+from gradvis_steps.backends.torch.point_hvp import TorchHessianOperator
 from gradvis_steps.core.parallel import world
 
 name, error, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-module, cls, method = {"spectrum": (spectrum, PointHVP, "__call__"),
+module, cls, method = {"spectrum": (spectrum, TorchHessianOperator, "__call__"),
                        "landscape": (landscape, TorchObjective, "_evaluate_point")}[name]
 original, calls = getattr(cls, method), [0]
 

@@ -6,9 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
-from gradvis_steps.core.directions import load_directions, random_direction, random_directions
+from gradvis_steps.core.directions import random_direction, random_directions
 from gradvis_steps.core.layout import ParameterLayout
 from gradvis_steps.core.normalization import normalize_direction, normalize_directions
+from gradvis_steps.storage.directions import load_directions
 
 
 def _layout() -> ParameterLayout:

@@ -28,7 +28,7 @@ from gradvis_steps import directions, eigendirections, landscape, plot_landscape
 from gradvis_steps.backends.torch import objective_for_trajectory
 from gradvis_steps.backends.torch.models import build_model
 from gradvis_steps.backends.torch.objective import TorchObjective
-from gradvis_steps.backends.torch.point_hvp import PointHVP
+from gradvis_steps.backends.torch.point_hvp import TorchHessianOperator
 from gradvis_steps.core.grid import Grid, evaluate_grid
 from gradvis_steps.core.slq import starting_vector
 from gradvis_steps.data import load_dataset
@@ -765,7 +765,7 @@ def test_spectrum_resume_reuses_partial_entries(folder, trajectory, spectra_ever
     full = load_spectra(spectra_every5).entries
     out = folder / "resume" / "spectra.h5"
     argv = ["--trajectory", trajectory, "--iterations", 0, 5, 24, "--out", out, *SPECTRUM]
-    original = PointHVP.__call__  # the Hessian operator SLQ calls
+    original = TorchHessianOperator.__call__  # the Hessian operator SLQ calls
     per_checkpoint = 3 * 12  # k * m HVPs
     calls = [0]
 
@@ -775,7 +775,7 @@ def test_spectrum_resume_reuses_partial_entries(folder, trajectory, spectra_ever
             raise Interrupted
         return original(self, v)
 
-    monkeypatch.setattr(PointHVP, "__call__", failing)
+    monkeypatch.setattr(TorchHessianOperator, "__call__", failing)
     with pytest.raises(Interrupted):
         spectrum.main([str(a) for a in argv])
     partial = out.with_name("spectra.h5.partial")
@@ -787,7 +787,7 @@ def test_spectrum_resume_reuses_partial_entries(folder, trajectory, spectra_ever
         calls[0] += 1
         return original(self, v)
 
-    monkeypatch.setattr(PointHVP, "__call__", counting)
+    monkeypatch.setattr(TorchHessianOperator, "__call__", counting)
     capsys.readouterr()
     step(spectrum, *argv)
     assert calls[0] == 2 * per_checkpoint  # checkpoint 0 came from the partial file

@@ -15,7 +15,7 @@ from ..storage.spectra import CheckpointSpectrum, Spectra, save_spectra
 
 def plotting() -> SimpleNamespace:
     """The figure functions the API's ``plot()`` methods call (imports matplotlib at the first call)."""
-    from ..core.plots import plot_contour, plot_line, plot_surface
+    from ..render.landscape_plots import plot_contour, plot_line, plot_surface
     from ..render.spectrum_plots import density_title, plot_density
 
     return SimpleNamespace(plot_contour=plot_contour, plot_line=plot_line, plot_surface=plot_surface,

@@ -130,11 +130,6 @@ class Grid:
         return len(self.axes)
 
     @property
-    def non_finite_points(self) -> int:
-        """Evaluated grid points whose loss is NaN or inf (the model overflowed there)."""
-        return int(np.count_nonzero(self.filled & ~np.isfinite(self.loss)))
-
-    @property
     def shape(self) -> tuple[int, ...]:
         return tuple(a.size for a in self.axes)
 

@@ -48,9 +48,6 @@ class SerialComm:
     def bcast(self, obj: object) -> object:
         return obj
 
-    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
-        return np.asarray(values)
-
     def allreduce_sum_inplace(self, buffer: object) -> None:
         """One rank: the sum over ranks is the buffer itself."""
         return None
@@ -89,14 +86,6 @@ class MPIComm:
 
     def bcast(self, obj: object) -> object:
         return self.comm.bcast(obj, root=0)
-
-    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
-        from mpi4py import MPI
-
-        send = np.ascontiguousarray(values, dtype=np.float64)
-        recv = np.empty_like(send)
-        self.comm.Allreduce(send, recv, op=MPI.SUM)
-        return recv
 
     def allreduce_sum_inplace(self, buffer: object) -> None:
         """Algorithm 4's Allreduce(SUM), in place on ``buffer``: any contiguous array mpi4py takes without a copy

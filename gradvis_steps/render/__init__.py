@@ -1,1 +1,1 @@
-"""Rendering: composed video frames and mp4 encoding."""
+"""Rendering: landscape and spectrum figures, composed video frames and mp4 encoding (matplotlib, ffmpeg)."""

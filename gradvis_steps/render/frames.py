@@ -29,9 +29,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from ..core.grid import LandscapeResult
-from ..core.plots import plot_contour, plot_line, plot_surface
 from ..storage.atomic import atomic_path, write_json
 from ..storage.spectra import Spectra
+from .landscape_plots import plot_contour, plot_line, plot_surface
 from .spectrum_plots import (
     LOG_FLOOR,
     DensitySet,
@@ -207,7 +207,8 @@ class _Sequence:
 
 
 class TrainingFrames(_Sequence):
-    """Figure 1's layout for every checkpoint with a spectrum: 3D surface | contour | density."""
+    """Figure 1's layout for every checkpoint with a spectrum: 3D surface | contour | density (contour levels by the
+    level rule, :func:`~.landscape_plots.uses_log_levels`, or log-spaced with ``log_levels``)."""
 
     kind = "training"
 
@@ -251,7 +252,7 @@ class TrainingFrames(_Sequence):
         self.ax3d.zaxis.set_major_locator(MaxNLocator(5))
         self.ax3d.zaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         self.ax3d.tick_params(labelsize="small")
-        plot_contour(item, self.ax2d, log_levels=self.log_levels, show_trajectory=False, colorbar=False)
+        plot_contour(item, self.ax2d, log_levels=self.log_levels or None, show_trajectory=False, colorbar=False)
         _contour_colorbar(self.figure, self.ax2d, self.cax)
         traj, z = item.trajectory, self._heights(item)
         finite = np.isfinite(z)
@@ -303,7 +304,10 @@ class TrainingFrames(_Sequence):
 
 
 class InterpolationFrames(_Sequence):
-    """Figure 8's layout for every point of the line with a spectrum: [plane |] line loss | density."""
+    """Figure 8's layout for every point of the line with a spectrum: [plane |] line loss | density.
+
+    The plane's levels follow the level rule of its stand-alone contour (``plane_contour.png``,
+    :func:`~.landscape_plots.uses_log_levels`: log-spaced); ``log_levels`` True asks for log-spaced levels anyway."""
 
     kind = "interpolation"
 
@@ -321,7 +325,7 @@ class InterpolationFrames(_Sequence):
         if plane is not None:
             xy = line_to_plane(ts, plane)
             ax = fig.add_axes((0.05, 0.12, 0.24, 0.74))
-            plot_contour(plane, ax, log_levels=log_levels, show_trajectory=False, colorbar=False,
+            plot_contour(plane, ax, log_levels=log_levels or None, show_trajectory=False, colorbar=False,
                          marks=[(0.0, 0.0, "minimum A"), (1.0, 0.0, "minimum B"), (0.0, 1.0, "initial point of A")])
             self.cax = fig.add_axes((0.295, 0.12, 0.008, 0.74))
             _contour_colorbar(fig, ax, self.cax)

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ..core.slq import default_density_grid, gaussian_density, resolve_sigma
 from ..storage.spectra import CheckpointSpectrum, Spectra
+from .figures import new_axes
 
 #: Densities below this are drawn as this value on a log axis (the Gaussian tails underflow to 0).
 LOG_FLOOR = 1e-7
@@ -63,9 +64,7 @@ def plot_density(grid: np.ndarray, density: np.ndarray, ax: Axes | None = None, 
                  ylim: tuple[float, float] | None = None, sigma: float | None = None) -> Figure:
     """Density of the Hessian's eigenvalues against the eigenvalue (``sigma`` shown in the x label); returns the
     figure."""
-    if ax is None:
-        fig = Figure(figsize=(5, 4))
-        ax = fig.add_subplot()
+    ax = new_axes(ax, figsize=(5, 4))
     grid = np.asarray(grid, dtype=np.float64)
     density = np.asarray(density, dtype=np.float64)
     if log_scale:
@@ -98,9 +97,7 @@ def skipped_note(label: str, reason: str) -> str:
 def plot_skipped(label: str, reason: str, ax: Axes | None = None) -> Figure:
     """A blank density panel for a point whose spectrum was skipped (non-finite), saying so (``label``: e.g.
     "iteration 5", "point 3"); returns the figure."""
-    if ax is None:
-        fig = Figure(figsize=(5, 4))
-        ax = fig.add_subplot()
+    ax = new_axes(ax, figsize=(5, 4))
     ax.set_xlabel("eigenvalue")
     ax.set_yticks([])
     ax.set_title(f"{label}: skipped", fontsize="small")

@@ -10,20 +10,26 @@ Layout (format ``gradvis-directions``)::
     attrs: format, version, method, labels (JSON), normalization, center_iteration, config, provenance,
            runs (JSON: the run(s) the vectors belong to, see ``storage.runs``; absent in older files)
            skipped (JSON list of {iteration, reason}: non-finite checkpoints a PCA left out; absent in older files)
+
+A user's own direction files (``.npy``, ``.npz``, HDF5, Li et al.'s direction files among them) are read by
+:func:`load_directions` (the custom method of the directions step).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
 import numpy as np
 
+from ..core.layout import ParameterLayout
 from . import runs as run_record
 from .atomic import hdf5_output, reading
+from .li_files import DIRECTION_KEYS, is_li_directions, read_tensor_group
 
 FORMAT = "gradvis-directions"
 VERSION = 1
@@ -102,3 +108,79 @@ def load_directions_file(path: str | os.PathLike) -> Directions:
             skipped=json.loads(f.attrs.get("skipped", "[]")),
             **{name: f[name][()] for name in _OPTIONAL if name in f},
         )
+
+
+# ------------------------------------------------------------------------------------- a user's own files
+def _read_hdf5(path: str, keys: Sequence[str] | None, layout: ParameterLayout | None) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        if keys is None:
+            names = list(f.keys())
+            if is_li_directions(f):  # Li et al.'s direction file: the plane is xdirection, ydirection
+                keys = [key for key in DIRECTION_KEYS if key in f]
+            elif len(names) == 1:
+                keys = names
+            else:
+                raise ValueError(f"{path}: contains {names}; name the direction(s) to read (--custom-key)")
+        rows = []
+        for key in keys:
+            if key not in f:
+                raise ValueError(f"{path}: no dataset or group {key!r} (has {list(f.keys())})")
+            obj = f[key]
+            if isinstance(obj, h5py.Group):
+                # Li et al.'s direction files store one dataset per parameter tensor, named "0", "1", ...
+                # in model order; concatenating them flattened gives the flat vector.
+                rows.append(read_tensor_group(obj, f"{path}:{key}", layout)[None, :])
+            else:
+                value = np.asarray(obj[()])
+                rows.append(value[None, :] if value.ndim == 1 else value)
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+
+def load_directions(path: str | os.PathLike, dim: int, key: str | Sequence[str] | None = None,
+                    layout: ParameterLayout | None = None) -> np.ndarray:
+    """Load user directions from ``.npy``, ``.npz`` or HDF5 (``.h5``/``.hdf5``) as shape ``(k, dim)``.
+
+    The file holds one flat vector (``(dim,)``) or a stack (``(k, dim)``); for ``.npz``/HDF5 with several
+    entries, ``key`` names the one (or, a list, the ones, stacked in that order) to read. An HDF5 group of tensors
+    named 0, 1, ... is one direction, its tensors concatenated in model order, as in Li et al.'s direction files,
+    whose ``xdirection`` and ``ydirection`` are read as the plane when no key is given; with ``layout`` each
+    tensor's shape is checked against its parameter's. Raises ``ValueError`` on a wrong length or non-finite
+    entries.
+    """
+    path = os.fspath(path)
+    keys = None if key is None else [key] if isinstance(key, str) else list(key)
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        if keys is not None:
+            raise ValueError(f"{path}: a .npy file holds one array; a key ({keys}) applies to .npz and .h5 files")
+        arr = np.load(path, allow_pickle=False)
+    elif ext == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.keys())
+            if keys is None:
+                if len(names) != 1:
+                    raise ValueError(f"{path}: contains {names}; name the direction(s) to read (--custom-key)")
+                keys = names
+            missing = [k for k in keys if k not in names]
+            if missing:
+                raise ValueError(f"{path}: no array {missing[0]!r} (has {names})")
+            parts = [np.asarray(z[k]) for k in keys]
+            arr = parts[0] if len(parts) == 1 else np.concatenate([p[None, :] if p.ndim == 1 else p for p in parts])
+    elif ext in (".h5", ".hdf5", ".hdf"):
+        arr = _read_hdf5(path, keys, layout)
+    else:
+        raise ValueError(f"{path}: unknown direction file type {ext!r} (use .npy, .npz, .h5 or .hdf5)")
+
+    arr = np.asarray(arr)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(
+            f"{path}: direction has shape {arr.shape}, expected ({dim},) or (k, {dim}) for a model with "
+            f"{dim} parameters; was it saved for a different model?"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{path}: direction contains NaN or inf entries")
+    return arr

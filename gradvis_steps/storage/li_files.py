@@ -14,11 +14,11 @@ both, so their ``plot_2D.py`` and ``h52vtp.py`` read a gradvis landscape and gra
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import h5py
 import numpy as np
 
-from ..core.directions import DIRECTION_KEYS, is_li_directions, read_tensor_group
 from ..core.grid import LandscapeResult
 from ..core.layout import ParameterLayout
 from .atomic import hdf5_output, reading
@@ -27,6 +27,38 @@ __all__ = ["DIRECTION_KEYS", "is_li_directions", "is_li_surface", "read_li_direc
            "write_li_surface"]
 
 _SETS = ("train", "test")
+
+#: the groups of a Li et al. direction file, in the order of the plane's axes
+DIRECTION_KEYS = ("xdirection", "ydirection")
+
+
+def is_li_directions(file: Any) -> bool:
+    """Whether an open HDF5 file is a Li et al. direction file (an ``xdirection`` group of numbered tensors)."""
+    return isinstance(file.get("xdirection"), h5py.Group)
+
+
+def read_tensor_group(group: Any, source: str, layout: ParameterLayout | None) -> np.ndarray:
+    """One direction stored as a group of tensors ``0``, ``1``, ... (model order), flattened and concatenated;
+    with a ``layout``, each tensor's shape must be its parameter's (else one line naming both)."""
+    try:
+        names = sorted(group.keys(), key=int)
+    except ValueError:
+        raise ValueError(f"{source} is a group whose members {list(group.keys())[:5]} are not numbered tensors "
+                         "0, 1, ...") from None
+    tensors = [np.asarray(group[name][()]) for name in names]
+    if layout is not None:
+        specs = list(layout)
+        if len(tensors) != len(specs):
+            hint = (" (a 'states' direction file also holds the buffers, batch-norm statistics: write it with "
+                    "dir_type weights)" if len(tensors) > len(specs) else "")
+            raise ValueError(f"{source} holds {len(tensors)} tensors, the model has {len(specs)} parameter "
+                             f"tensors{hint}")
+        for name, tensor, spec in zip(names, tensors, specs, strict=True):
+            if tuple(tensor.shape) != tuple(spec.shape):
+                raise ValueError(f"{source}/{name} has shape {tuple(tensor.shape)}, but parameter {name} of the "
+                                 f"model ({spec.name}) has {tuple(spec.shape)}; was it written for this model?")
+    return np.concatenate([t.ravel() for t in tensors])
+
 
 
 def read_li_directions(path: str | os.PathLike, layout: ParameterLayout | None = None) -> np.ndarray:

@@ -9,10 +9,8 @@ runs on another framework.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-from collections.abc import Iterator
 from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -29,10 +27,10 @@ if keras.backend.backend() != "tensorflow":
 from ...data import ArrayDataset, load_dataset  # noqa: E402
 from ...losses import loss_of  # noqa: E402
 from ...storage.trajectory import Trajectory  # noqa: E402
-from .. import Backend  # noqa: E402
+from ..base import Backend  # noqa: E402
 from .checkpoint_files import load_checkpoint  # noqa: E402
 from .flat import assign_like, buffer_layout, flatten_parameters, layout_of  # noqa: E402
-from .models import build_model, inputs_in  # noqa: E402
+from .models import build_model, dtype_policy, inputs_in  # noqa: E402
 from .objective import DTYPES, HVP_MODE_CHOICES, TFHessianOperator, TFObjective, channels_last  # noqa: E402
 from .recorder import BatchLoss, KerasRecorder  # noqa: E402
 from .training import train  # noqa: E402
@@ -62,20 +60,6 @@ def resolve_device(name: str | None) -> str:
     if index >= len(gpus):
         raise ValueError(f"device {name!r} requested but TensorFlow sees {len(gpus)} GPU(s) here (use auto or cpu)")
     return f"/GPU:{index}"
-
-
-@contextlib.contextmanager
-def dtype_policy(dtype: str) -> Iterator[None]:
-    """Build Keras layers in ``dtype`` inside the block: Keras' global dtype policy, and its ``floatx``, the dtype of
-    ``keras.Input`` tensors that name none (both restored afterwards)."""
-    previous, previous_floatx = keras.config.dtype_policy(), keras.config.floatx()
-    keras.config.set_dtype_policy(dtype)
-    keras.config.set_floatx(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-        keras.config.set_floatx(previous_floatx)
 
 
 def model_for(config: dict[str, Any], dataset: ArrayDataset, dtype: str = "float32") -> keras.Model:

@@ -9,15 +9,30 @@ convolution on one side only, where torch pads both: explicit padding gives the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
 from keras import layers
 
 from ...entry_points import build_from_spec
+
+
+@contextlib.contextmanager
+def dtype_policy(dtype: str) -> Iterator[None]:
+    """Build Keras layers in ``dtype`` inside the block: Keras' global dtype policy, and its ``floatx``, the dtype of
+    ``keras.Input`` tensors that name none (both restored afterwards)."""
+    previous, previous_floatx = keras.config.dtype_policy(), keras.config.floatx()
+    keras.config.set_dtype_policy(dtype)
+    keras.config.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+        keras.config.set_floatx(previous_floatx)
 
 
 def _uniform(fan_in: int) -> keras.initializers.Initializer:

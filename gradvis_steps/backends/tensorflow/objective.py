@@ -261,20 +261,22 @@ class TFObjective:
         with tf.device(self.device):
             return self.reduction.mean(lambda xb, yb: self._batch_gradient(t, xb, yb)).numpy()
 
-    def _hvp_tensor(self, t: tf.Tensor, v: tf.Tensor, mode: str) -> tf.Tensor:
+    def hvp_tensor(self, t: tf.Tensor, v: tf.Tensor, mode: str) -> tf.Tensor:
+        """``H(t) @ v`` of the mean loss in ``mode`` as a tensor (``t`` and ``v`` already checked)."""
         batch_hvp = self._batch_hvp[mode]
         with tf.device(self.device):
             return self.reduction.mean(lambda xb, yb: batch_hvp(t, v, xb, yb))
 
     def hvp(self, theta: np.ndarray | tf.Tensor, v: np.ndarray | tf.Tensor) -> np.ndarray:
         """Exact ``H(theta) @ v`` of the mean loss."""
-        return self._hvp_tensor(self.check(theta), self.check(v), self._resolved_mode()).numpy()
+        return self.hvp_tensor(self.check(theta), self.check(v), self.resolved_mode()).numpy()
 
     def hvp_operator(self, theta: np.ndarray | tf.Tensor) -> TFHessianOperator:
         """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ): numpy in, numpy out."""
         return TFHessianOperator(self, theta)
 
-    def _resolved_mode(self) -> str:
+    def resolved_mode(self) -> str:
+        """The mode products take now: ``hvp_mode``, forward-over-reverse while "auto" is unresolved."""
         return "forward_over_reverse" if self.hvp_mode == "auto" else self.hvp_mode
 
     def calibrate_hvp(self, theta: np.ndarray | tf.Tensor, block: int = 1) -> dict:
@@ -298,12 +300,12 @@ class TFHessianOperator:
     def __init__(self, objective: TFObjective, theta: np.ndarray | tf.Tensor):
         self._objective = objective
         self._theta = tf.identity(objective.check(theta))  # a copy: later changes to the caller's array do not leak
-        self.mode = objective._resolved_mode()
+        self.mode = objective.resolved_mode()
 
     def __call__(self, v: np.ndarray | tf.Tensor) -> np.ndarray:
         """``H(theta) @ v``: the same values as :meth:`TFObjective.hvp` at the operator's point."""
         objective = self._objective
-        return objective._hvp_tensor(self._theta, objective.check(v), self.mode).numpy()
+        return objective.hvp_tensor(self._theta, objective.check(v), self.mode).numpy()
 
     def matmat(self, V: np.ndarray | tf.Tensor) -> np.ndarray:
         """``H(theta)`` applied to every row of ``V`` (g, dim): (g, dim)."""

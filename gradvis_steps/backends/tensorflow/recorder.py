@@ -22,11 +22,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from ...core.recording import RecordingSession, as_spec, model_inputs, recorded_config
 from ...losses import normalize
 from ...provenance import provenance
+from ...storage.recording import RecordingSession, as_spec, model_inputs, recorded_config
 from .flat import buffer_layout, flatten_buffers, flatten_parameters, layout_of
-from .models import build_model
+from .models import build_model, dtype_policy
 
 
 class BatchLoss(keras.metrics.Metric):
@@ -79,8 +79,6 @@ def _build_leaving_rng_alone(spec: dict[str, Any], input_shape: tuple[int, ...],
     global seed generator, which the initializers draw from; TensorFlow's global seed is not touched)."""
     from keras.src.backend.common import global_state
     from keras.src.random import seed_generator
-
-    from . import dtype_policy
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
     generator = global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)

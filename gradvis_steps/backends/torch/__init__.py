@@ -16,7 +16,7 @@ from ...core.parallel import MPIComm, SerialComm, local_rank
 from ...data import ArrayDataset, load_dataset
 from ...losses import loss_of
 from ...storage.trajectory import Trajectory
-from .. import Backend
+from ..base import Backend
 from .checkpoint_files import load_checkpoint
 from .flat import buffer_layout, flatten_parameters, layout_of
 from .lanczos_graphs import clear_lanczos_graphs, set_cuda_graphs  # registers the CUDA-graph Lanczos loop

@@ -1,14 +1,15 @@
 """Many landscape points in one vectorized forward pass (``torch.func.vmap`` over stacked parameter sets).
 
 :meth:`TorchObjective.evaluate_many <.objective.TorchObjective.evaluate_many>` evaluates loss and accuracy at
-``center + sum_k c[p, k] d_k`` for the rows ``p`` of a coefficient chunk. The per-point path loads each point into
-the module and runs it once per point; :class:`BatchedPoints` instead forms all ``P`` points of a chunk as one
-``(P, n)`` tensor (``center + C @ D``), views it per layer as a ``(P, *shape)`` parameter dict and runs
-``vmap(functional_call)`` over it, one call per data batch (buffers, e.g. batch-norm running statistics, shared
-by all points; eval mode). Where :class:`~.plane.PlaneShortcut` serves the input layers, their ``(P, ...)``
-outputs come from its pieces in one matrix product instead. On a GPU this replaces ``P`` small launch-bound
+``center + sum_k c[p, k] d_k`` for the rows ``p`` of a coefficient chunk. The per-point path (the objective's
+:meth:`~.objective.TorchObjective.evaluate_per_point`) loads each point into the module and runs it once per point;
+:class:`BatchedPoints` instead forms all ``P`` points of a chunk as one ``(P, n)`` tensor (``center + C @ D``),
+views it per layer as a ``(P, *shape)`` parameter dict and runs ``vmap(functional_call)`` over it, one call per
+data batch (buffers, e.g. batch-norm running statistics, shared by all points; eval mode). Where
+:class:`~.plane.PlaneShortcut` serves the input layers, their ``(P, ...)`` outputs come from its pieces in one
+matrix product instead. On a GPU this replaces ``P`` small launch-bound
 forward passes by one; on a CPU the batched convolutions (grouped, with layout copies) are often slower than the
-plain ones, so :func:`evaluate_many` decides:
+plain ones, so a :class:`GridEvaluator` decides:
 
 * ``"per_point"``: the existing path, always;
 * ``"vmap"``: always the vectorized path, in chunks of :meth:`BatchedPoints.points_per_call` points;
@@ -16,13 +17,16 @@ plain ones, so :func:`evaluate_many` decides:
   other devices, at the first call with at least two points, a short calibration (a warm-up of each path,
   then up to :data:`CALIBRATION_ROUNDS` alternating timings on that call's own points) picks the faster path; the
   vectorized one only when every round agrees and it is at least ``1 / CALIBRATION_MARGIN`` times faster, so a
-  calibration too noisy to trust keeps the per-point path. The choice is cached on the objective as
-  ``objective.grid_batching`` (a dict for provenance) and reused by later calls.
+  calibration too noisy to trust keeps the per-point path. The choice is kept as :attr:`GridEvaluator.choice`
+  (a dict for provenance, the objective's ``grid_batching``) and reused by later calls.
 
 Chunking to memory: one probe forward pass of a single point over the largest data batch measures the peak of
 the live tensors it allocates (:func:`forward_peak_bytes`); a vectorized point costs about
 :data:`VMAP_MEMORY_FACTOR` times that (the batching rules move the point axis and copy) plus its parameters, and
-:data:`MEMORY_BUDGET_MB` (per device type, or ``objective.grid_memory_mb``) bounds the points per call.
+:data:`MEMORY_BUDGET_MB` (per device type, or :attr:`GridEvaluator.memory_mb`) bounds the points per call.
+
+The evaluator is given what it needs (the per-point evaluator, the vectorized one, the plane shortcut, the reduction
+of sums to means) as callables and objects; it never reaches into the objective.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import statistics
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,9 +48,6 @@ from ...core.layout import ParameterLayout
 from ...core.objective import Evaluation
 from .losses import TorchLoss
 from .plane import PlaneShortcut
-
-if TYPE_CHECKING:
-    from .objective import TorchObjective
 
 GRID_BATCHING_MODES = ("auto", "vmap", "per_point")
 #: memory the activations of one vectorized call may take, per device type (MiB); others use the "cpu" value
@@ -208,31 +209,12 @@ class BatchedPoints:
 
 
 # ------------------------------------------------------------------------------------------- the choice
-def _budget_bytes(objective: TorchObjective) -> float:
-    mb = getattr(objective, "grid_memory_mb", None)
-    if mb is None:
-        mb = MEMORY_BUDGET_MB.get(objective.device.type, MEMORY_BUDGET_MB["cpu"])
-    return float(mb) * 2**20
-
-
-def _batched_points(objective: TorchObjective) -> BatchedPoints:
-    if objective._batched_points is None:
-        objective._batched_points = BatchedPoints(objective.module, objective.layout, objective.buffers,
-                                                  objective.reduction.batches(), objective.criterion)
-    return objective._batched_points
-
-
-def _vmapped(objective: TorchObjective, center: torch.Tensor, dirs: list[torch.Tensor], coeffs: np.ndarray,
-             per_call: int) -> list[Evaluation]:
-    """The points of ``coeffs`` in vectorized calls of at most ``per_call`` points, one host sync at the end."""
-    batched = _batched_points(objective)
-    plane = objective._plane_for(center, dirs)
-    table = torch.as_tensor(coeffs).to(device=objective.device, dtype=objective.dtype)
-    parts = []
-    for start in range(0, len(coeffs), per_call):
-        losses, corrects = batched.evaluate(center, dirs, table[start:start + per_call], plane)
-        parts.append(torch.stack([losses, corrects.to(torch.float64)], dim=1))
-    return objective.reduction.evaluations(torch.cat(parts))
+#: ``per_point(center, directions, coefficients)``: the points' loss and accuracy, one forward pass per point
+PerPoint = Callable[[torch.Tensor, list[torch.Tensor], np.ndarray], list[Evaluation]]
+#: ``plane_for(center, directions)``: the input-layer shortcut prepared for this plane, or None
+PlaneFor = Callable[[torch.Tensor, list[torch.Tensor]], PlaneShortcut | None]
+#: ``evaluations(sums)``: mean loss and accuracy of points from their ``(points, 2)`` sums over samples
+Evaluations = Callable[[torch.Tensor], list[Evaluation]]
 
 
 def _seconds_per_point(run: Callable[[], Any], points: int) -> tuple[float, Any]:
@@ -241,85 +223,119 @@ def _seconds_per_point(run: Callable[[], Any], points: int) -> tuple[float, Any]
     return (clock() - start) / points, value
 
 
-def calibrate(objective: TorchObjective, center: torch.Tensor, dirs: list[torch.Tensor], coeffs: np.ndarray,
-              per_call: int) -> tuple[dict[str, Any], list[Evaluation]]:
-    """Time the per-point and the vectorized path on the points of ``coeffs`` (at least 2; the vectorized path on
-    the first ``per_call`` of them, the per-point one on :data:`CALIBRATION_POINTS`), after a warm-up of each.
+class GridEvaluator:
+    """Many landscape points by the per-point path or the vectorized one, as :attr:`mode` says (see the module
+    docstring); the path taken, and why, is kept in :attr:`choice`.
 
-    Returns the choice (``mode``, the medians in ``seconds_per_point``, every round's times, ``reason``) and the
-    vectorized path's results for the first ``per_call`` points (valid whatever the choice)."""
-    chunk = coeffs[:per_call]
-    few = coeffs[:min(CALIBRATION_POINTS, len(chunk))]
-    times: dict[str, list[float]] = {"per_point": [], "vmap": []}
-    objective._evaluate_many_per_point(center, dirs, few[:1])  # warm-ups
-    try:
-        results = _vmapped(objective, center, dirs, chunk, per_call)
-    except Exception as error:  # noqa: BLE001 - no batching rule for some op, ...: the per-point path works
-        return {"mode": "per_point", "seconds_per_point": {}, "rounds": times,
-                "reason": f"the vectorized forward pass failed: {type(error).__name__}: {error}"}, []
-    reason = ""
-    for round_ in range(CALIBRATION_ROUNDS):
-        per_point = lambda: objective._evaluate_many_per_point(center, dirs, few)  # noqa: E731
-        vectorized = lambda: _vmapped(objective, center, dirs, chunk, per_call)  # noqa: E731
-        order = [("per_point", per_point, len(few)), ("vmap", vectorized, len(chunk))]
-        for name, run, points in order if round_ % 2 == 0 else order[::-1]:
-            seconds, value = _seconds_per_point(run, points)
-            times[name].append(seconds)
-            if name == "vmap":
-                results = value
-        if times["vmap"][-1] >= times["per_point"][-1]:
-            reason = f"the vectorized path was not faster in round {round_ + 1}"
-            break
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    if not reason:
-        if max(times["vmap"]) >= min(times["per_point"]):
-            reason = "too noisy to trust: the rounds' times overlap"
-        elif medians["vmap"] > CALIBRATION_MARGIN * medians["per_point"]:
-            reason = f"the vectorized path was less than {1 / CALIBRATION_MARGIN:.3g}x faster"
-    mode = "per_point" if reason else "vmap"
-    return {"mode": mode, "seconds_per_point": medians, "rounds": times,
-            "reason": reason or "the vectorized path was faster in every round"}, results
+    ``per_point`` evaluates points one forward pass each; ``batched`` is the vectorized path; ``plane_for`` gives
+    the input-layer shortcut of a plane (or None); ``evaluations`` turns sums over samples into means; ``device``
+    and ``dtype`` are the objective's (a chunk's coefficient table is made there)."""
 
+    def __init__(self, per_point: PerPoint, batched: BatchedPoints, plane_for: PlaneFor, evaluations: Evaluations,
+                 device: torch.device, dtype: torch.dtype, mode: str = "auto"):
+        self.per_point, self.batched, self.plane_for, self.evaluations = per_point, batched, plane_for, evaluations
+        self.device, self.dtype = device, dtype
+        #: the path asked for: "auto" | "vmap" | "per_point" (checked again at every call: it may be changed)
+        self.mode = check_grid_batching(mode)
+        #: the choice made (None: not yet), for provenance
+        self.choice: dict[str, Any] | None = None
+        #: the memory budget of a vectorized call in MiB (None: :data:`MEMORY_BUDGET_MB` of the device type)
+        self.memory_mb: float | None = None
 
-def evaluate_many(objective: TorchObjective, center: torch.Tensor, dirs: list[torch.Tensor],
-                  coeffs: np.ndarray) -> list[Evaluation]:
-    """``objective.evaluate_many`` by the path ``objective.grid_batching_mode`` names (see the module docstring);
-    records the path taken, and why, in ``objective.grid_batching``."""
-    requested = check_grid_batching(objective.grid_batching_mode)
-    choice = objective.grid_batching
-    if choice is not None and choice["requested"] != requested:
-        choice = None  # the override changed since the choice was made
-    if requested == "auto" and choice is None and objective.device.type == "cpu" and not CALIBRATE_ON_CPU:
-        # On CPUs the batched convolutions measured slower than plain ones (bench/README.md, grid_batched.py), and a
-        # timed choice would make two runs of one config differ in the last bits: keep the per-point path.
-        objective.grid_batching = {"requested": requested, "mode": "per_point", "points_per_call": 1,
-                                   "seconds_per_point": {}, "reason": "auto on a CPU: per-point (vmap is slower there)"}
-        choice = objective.grid_batching
-    if choice is not None and choice["mode"] == "per_point" and choice["points_per_call"] == 1:
-        return objective._evaluate_many_per_point(center, dirs, coeffs)
-    if requested == "per_point" or (requested == "auto" and choice is None and len(coeffs) < 2):
-        if choice is None and requested == "per_point":
-            objective.grid_batching = {"requested": requested, "mode": "per_point", "points_per_call": 1,
-                                       "seconds_per_point": {}, "reason": "requested"}
-        return objective._evaluate_many_per_point(center, dirs, coeffs)
-    batched = _batched_points(objective)
-    budget = _budget_bytes(objective)
-    per_call = batched.points_per_call(len(coeffs), budget)
-    head: list[Evaluation] = []
-    if choice is None:
-        choice = {"requested": requested, "mode": requested, "points_per_call": per_call,
-                  "bytes_per_point": batched.bytes_per_point(), "memory_budget_mb": budget / 2**20,
-                  "seconds_per_point": {}, "reason": "requested"}
-        if requested == "auto":
-            if per_call < 2:
-                choice.update(mode="per_point", reason="one point per vectorized call fits the memory budget")
-            else:
-                found, head = calibrate(objective, center, dirs, coeffs, per_call)
-                choice.update(found)
-        objective.grid_batching = choice
-    rest = coeffs[len(head):]
-    if not len(rest):
-        return head
-    if choice["mode"] == "per_point":
-        return head + objective._evaluate_many_per_point(center, dirs, rest)
-    return head + _vmapped(objective, center, dirs, rest, per_call)
+    def budget_bytes(self) -> float:
+        """The memory one vectorized call may take."""
+        mb = self.memory_mb
+        if mb is None:
+            mb = MEMORY_BUDGET_MB.get(self.device.type, MEMORY_BUDGET_MB["cpu"])
+        return float(mb) * 2**20
+
+    def _vmapped(self, center: torch.Tensor, dirs: list[torch.Tensor], coeffs: np.ndarray,
+                 per_call: int) -> list[Evaluation]:
+        """The points of ``coeffs`` in vectorized calls of at most ``per_call`` points, one host sync at the end."""
+        plane = self.plane_for(center, dirs)
+        table = torch.as_tensor(coeffs).to(device=self.device, dtype=self.dtype)
+        parts = []
+        for start in range(0, len(coeffs), per_call):
+            losses, corrects = self.batched.evaluate(center, dirs, table[start:start + per_call], plane)
+            parts.append(torch.stack([losses, corrects.to(torch.float64)], dim=1))
+        return self.evaluations(torch.cat(parts))
+
+    def calibrate(self, center: torch.Tensor, dirs: list[torch.Tensor], coeffs: np.ndarray,
+                  per_call: int) -> tuple[dict[str, Any], list[Evaluation]]:
+        """Time the per-point and the vectorized path on the points of ``coeffs`` (at least 2; the vectorized path
+        on the first ``per_call`` of them, the per-point one on :data:`CALIBRATION_POINTS`), after a warm-up of each.
+
+        Returns the choice (``mode``, the medians in ``seconds_per_point``, every round's times, ``reason``) and the
+        vectorized path's results for the first ``per_call`` points (valid whatever the choice)."""
+        chunk = coeffs[:per_call]
+        few = coeffs[:min(CALIBRATION_POINTS, len(chunk))]
+        times: dict[str, list[float]] = {"per_point": [], "vmap": []}
+        self.per_point(center, dirs, few[:1])  # warm-ups
+        try:
+            results = self._vmapped(center, dirs, chunk, per_call)
+        except Exception as error:  # noqa: BLE001 - no batching rule for some op, ...: the per-point path works
+            return {"mode": "per_point", "seconds_per_point": {}, "rounds": times,
+                    "reason": f"the vectorized forward pass failed: {type(error).__name__}: {error}"}, []
+        reason = ""
+        for round_ in range(CALIBRATION_ROUNDS):
+            per_point = lambda: self.per_point(center, dirs, few)  # noqa: E731
+            vectorized = lambda: self._vmapped(center, dirs, chunk, per_call)  # noqa: E731
+            order = [("per_point", per_point, len(few)), ("vmap", vectorized, len(chunk))]
+            for name, run, points in order if round_ % 2 == 0 else order[::-1]:
+                seconds, value = _seconds_per_point(run, points)
+                times[name].append(seconds)
+                if name == "vmap":
+                    results = value
+            if times["vmap"][-1] >= times["per_point"][-1]:
+                reason = f"the vectorized path was not faster in round {round_ + 1}"
+                break
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        if not reason:
+            if max(times["vmap"]) >= min(times["per_point"]):
+                reason = "too noisy to trust: the rounds' times overlap"
+            elif medians["vmap"] > CALIBRATION_MARGIN * medians["per_point"]:
+                reason = f"the vectorized path was less than {1 / CALIBRATION_MARGIN:.3g}x faster"
+        mode = "per_point" if reason else "vmap"
+        return {"mode": mode, "seconds_per_point": medians, "rounds": times,
+                "reason": reason or "the vectorized path was faster in every round"}, results
+
+    def __call__(self, center: torch.Tensor, dirs: list[torch.Tensor], coeffs: np.ndarray) -> list[Evaluation]:
+        """Loss and accuracy at ``center + coeffs[p] @ dirs`` for every row ``p``, by the path :attr:`mode` names;
+        records the path taken, and why, in :attr:`choice`."""
+        requested = check_grid_batching(self.mode)
+        choice = self.choice
+        if choice is not None and choice["requested"] != requested:
+            choice = None  # the override changed since the choice was made
+        if requested == "auto" and choice is None and self.device.type == "cpu" and not CALIBRATE_ON_CPU:
+            # On CPUs the batched convolutions measured slower than plain ones (bench/README.md, grid_batched.py), and
+            # a timed choice would make two runs of one config differ in the last bits: keep the per-point path.
+            self.choice = {"requested": requested, "mode": "per_point", "points_per_call": 1,
+                           "seconds_per_point": {}, "reason": "auto on a CPU: per-point (vmap is slower there)"}
+            choice = self.choice
+        if choice is not None and choice["mode"] == "per_point" and choice["points_per_call"] == 1:
+            return self.per_point(center, dirs, coeffs)
+        if requested == "per_point" or (requested == "auto" and choice is None and len(coeffs) < 2):
+            if choice is None and requested == "per_point":
+                self.choice = {"requested": requested, "mode": "per_point", "points_per_call": 1,
+                               "seconds_per_point": {}, "reason": "requested"}
+            return self.per_point(center, dirs, coeffs)
+        budget = self.budget_bytes()
+        per_call = self.batched.points_per_call(len(coeffs), budget)
+        head: list[Evaluation] = []
+        if choice is None:
+            choice = {"requested": requested, "mode": requested, "points_per_call": per_call,
+                      "bytes_per_point": self.batched.bytes_per_point(), "memory_budget_mb": budget / 2**20,
+                      "seconds_per_point": {}, "reason": "requested"}
+            if requested == "auto":
+                if per_call < 2:
+                    choice.update(mode="per_point", reason="one point per vectorized call fits the memory budget")
+                else:
+                    found, head = self.calibrate(center, dirs, coeffs, per_call)
+                    choice.update(found)
+            self.choice = choice
+        rest = coeffs[len(head):]
+        if not len(rest):
+            return head
+        if choice["mode"] == "per_point":
+            return head + self.per_point(center, dirs, rest)
+        return head + self._vmapped(center, dirs, rest, per_call)

@@ -53,6 +53,16 @@ def unflatten(theta: torch.Tensor, layout: ParameterLayout) -> dict[str, torch.T
     return {spec.name: theta[spec.slice].view(spec.shape) for spec in layout}
 
 
+def as_flat_vector(x: torch.Tensor | np.ndarray, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as a flat vector of ``dim`` entries on ``device`` in ``dtype`` (a host array is copied over); a
+    ValueError if its shape is not ``(dim,)``."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x)).to(device=device, dtype=dtype)
+    if x.shape != (dim,):
+        raise ValueError(f"flat vector has shape {tuple(x.shape)}, expected ({dim},)")
+    return x.to(device=device, dtype=dtype)
+
+
 def flatten_parameters(model: nn.Module, layout: ParameterLayout | None = None) -> torch.Tensor:
     """Copy the model's trainable parameters into one new flat tensor (detached)."""
     layout = layout or layout_of(model)

@@ -29,12 +29,13 @@ from ...core.memory import budget_bytes, check_memory_budget, host_available_byt
 from ...core.objective import HVP_MEMORY_MB, Evaluation
 from ...core.parallel import MPIComm, SerialComm, shard_bounds
 from ...losses import check_targets
-from . import batched_points
 from .affine_norm import batch_norm_as_affine
-from .flat import flatten_parameters, layout_of, unflatten, unflatten_buffers
+from .batched_points import BatchedPoints, GridEvaluator
+from .flat import as_flat_vector, flatten_parameters, layout_of, unflatten, unflatten_buffers
 from .losses import TorchLoss
 from .plane import PlaneShortcut
-from .point_hvp import PointHVP, forward_over_reverse
+from .point_hvp import TorchHessianOperator
+from .point_hvp import batch_hvp as recomputed_batch_hvp
 from .reduction import BatchReduction
 
 #: The two exact ways to take a Hessian-vector product; ``"auto"`` picks one by timing both at the point.
@@ -116,20 +117,44 @@ class TorchObjective:
         #: the run's loss (targets in the form it takes them)
         self.criterion = TorchLoss(loss)
         self.y = self.criterion.targets(y[start:stop], self.device, dtype)
-        #: the evaluation set's batches and the size-weighted mean over them (PointHVP and batched_points use it too);
-        #: the one place where a data-parallel group's shards are summed
+        #: the evaluation set's batches and the size-weighted mean over them (the Hessian operator and the grid
+        #: evaluator get it too); the one place where a data-parallel group's shards are summed
         self.reduction = BatchReduction(self.x, self.y, self.batch_size, n_samples=n_samples, comm=data_comm)
         with torch.no_grad():
             self._n_classes: int = int(self.module(self.x[:1]).shape[-1])
         check_targets(self.criterion.spec, y if isinstance(y, np.ndarray) else torch.as_tensor(y).cpu().numpy(),
                       self._n_classes)
-        self._plane: PlaneShortcut | None = None  # made at the first evaluate_many
-        # evaluate_many's path (batched_points): "auto" | "vmap" | "per_point"; the choice made, for provenance;
-        # the memory budget of a vectorized call (None: batched_points.MEMORY_BUDGET_MB of the device type)
-        self.grid_batching_mode = batched_points.check_grid_batching(grid_batching)
-        self.grid_batching: dict | None = None
-        self.grid_memory_mb: float | None = None
-        self._batched_points: batched_points.BatchedPoints | None = None
+        self._plane: PlaneShortcut | None = None  # made at the first plane_for
+        #: evaluate_many's choice between the per-point path and the vectorized one (:mod:`.batched_points`)
+        self.grid_evaluator = GridEvaluator(
+            self.evaluate_per_point, BatchedPoints(self.module, self.layout, self.buffers, self.reduction.batches(),
+                                                   self.criterion),
+            self.plane_for, self.reduction.evaluations, self.device, self.dtype, grid_batching)
+
+    # -- the grid evaluator's settings and record -------------------------------------------------
+    @property
+    def grid_batching_mode(self) -> str:
+        """evaluate_many's path: "auto" | "vmap" | "per_point" (may be changed between calls)."""
+        return self.grid_evaluator.mode
+
+    @grid_batching_mode.setter
+    def grid_batching_mode(self, mode: str) -> None:
+        self.grid_evaluator.mode = mode
+
+    @property
+    def grid_batching(self) -> dict | None:
+        """The path evaluate_many took, and why (None: not chosen yet), for provenance."""
+        return self.grid_evaluator.choice
+
+    @property
+    def grid_memory_mb(self) -> float | None:
+        """The memory budget of a vectorized call in MiB (None: ``batched_points.MEMORY_BUDGET_MB`` of the device
+        type)."""
+        return self.grid_evaluator.memory_mb
+
+    @grid_memory_mb.setter
+    def grid_memory_mb(self, mb: float | None) -> None:
+        self.grid_evaluator.memory_mb = mb
 
     # -- conversion ---------------------------------------------------------------------------------
     @property
@@ -252,7 +277,7 @@ class TorchObjective:
     ) -> list[Evaluation]:
         """Loss and accuracy at ``center + sum_k coeffs[p, k] * directions[k]`` for every row ``p``.
 
-        Either point by point (:meth:`_evaluate_many_per_point`) or many points in one vectorized forward pass
+        Either point by point (:meth:`evaluate_per_point`) or many points in one vectorized forward pass
         (:mod:`.batched_points`), as ``grid_batching_mode`` says ("auto": the faster one, measured at the first
         call and recorded in ``grid_batching``). Results stay on the device until one host sync for the whole
         batch. The grid code calls this when present."""
@@ -261,24 +286,25 @@ class TorchObjective:
         coeffs = np.asarray(coeffs, dtype=np.float64).reshape(len(coeffs), -1)
         if coeffs.shape[1] != len(dirs):
             raise ValueError(f"coefficients have {coeffs.shape[1]} columns for {len(dirs)} directions")
-        return batched_points.evaluate_many(self, center, dirs, coeffs)
+        return self.grid_evaluator(center, dirs, coeffs)
 
-    def _plane_for(self, center: torch.Tensor, dirs: list[torch.Tensor]) -> PlaneShortcut | None:
+    def plane_for(self, center: torch.Tensor, dirs: list[torch.Tensor]) -> PlaneShortcut | None:
         """The input-layer shortcut prepared for this plane, or None where it cannot serve it."""
         if self._plane is None:
             self._plane = PlaneShortcut(self.module, self.layout, [xb for xb, _ in self.reduction.batches()])
         return self._plane if self._plane.prepare(center, dirs) else None
 
-    def _evaluate_many_per_point(
+    def evaluate_per_point(
         self, center: torch.Tensor, dirs: list[torch.Tensor], coeffs: np.ndarray
     ) -> list[Evaluation]:
-        """:meth:`evaluate_many` one point at a time: each point is formed in place in the module's parameter
+        """:meth:`evaluate_many` one point at a time (``center`` and ``dirs`` already checked, ``coeffs`` a float64
+        ``(points, len(dirs))`` table): each point is formed in place in the module's parameter
         buffer (no new model-sized tensor per point), its logits are reduced together with those of the other
         points: a grid point costs one forward pass plus ``k`` axpy updates, minus the input layer where
         :class:`~.plane.PlaneShortcut` can serve it from its pieces (made once per center and directions, reused
         by later calls with the same tensors)."""
         rows = coeffs.tolist()
-        plane = self._plane_for(center, dirs)
+        plane = self.plane_for(center, dirs)
 
         def form_point(p: int) -> None:
             if dirs:
@@ -307,13 +333,18 @@ class TorchObjective:
         mode = self._resolved_mode()
         return self.reduction.mean(theta, lambda _, xb, yb: self.batch_hvp(theta, v, xb, yb, mode))
 
-    def hvp_operator(self, theta: torch.Tensor) -> PointHVP:
+    def hvp_operator(self, theta: torch.Tensor) -> TorchHessianOperator:
         """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ), with ``matmat(V)`` for a block of
         vectors: each batch's gradient is computed once and kept with its graph while the graphs fit
         :meth:`hvp_budget_bytes`, so a product is one backward pass per batch instead of a forward and two backward
         passes; bitwise the same results as :meth:`hvp`. With ``hvp_mode="auto"`` not yet calibrated, double
         backprop."""
-        return PointHVP(self, theta, self.hvp_budget_bytes(), self._resolved_mode(), self._block_bytes())
+        return self._operator(theta, self._resolved_mode())
+
+    def _operator(self, theta: torch.Tensor, mode: str) -> TorchHessianOperator:
+        """The Hessian operator at ``theta`` in ``mode``, given what it needs of this objective."""
+        return TorchHessianOperator(self.hessian_loss_sum, self.reduction, self.check(theta), self.hvp_budget_bytes(),
+                                    mode, self._block_bytes(), buffers=self.buffers)
 
     def _block_bytes(self) -> float | None:
         """The working memory of a block product under the automatic budget: fixed, so a block's split (and its
@@ -362,9 +393,9 @@ class TorchObjective:
         V = torch.randn(max(block, 1), self.dim, generator=generator, dtype=torch.float64).to(self.device, self.dtype)
         seconds = {}
         for mode in HVP_MODES:
-            operator = PointHVP(self, theta, self.hvp_budget_bytes(), mode, self._block_bytes())
+            operator = self._operator(theta, mode)
 
-            def product(op: PointHVP = operator) -> torch.Tensor:
+            def product(op: TorchHessianOperator = operator) -> torch.Tensor:
                 return op.matmat(V) if len(V) > 1 else op(V[0])
 
             product()  # warm-up: lazy kernel set-up, vmap tracing, allocator growth
@@ -389,19 +420,9 @@ class TorchObjective:
                   mode: str) -> torch.Tensor:
         """``H_b(theta) @ v`` of one batch's loss sum (:meth:`loss_sum`), in ``mode`` (one of :data:`HVP_MODES`),
         recomputed from scratch: :meth:`hvp` sums these over the batches."""
-        if mode == "forward_over_reverse":
-            return forward_over_reverse(self.hessian_loss_sum, theta, v, xb, yb)
-        t = theta.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.hessian_loss_sum(t, xb, yb), t, create_graph=True)
-            (hv,) = torch.autograd.grad(g, t, grad_outputs=v)
-        return hv
+        return recomputed_batch_hvp(self.hessian_loss_sum, theta, v, xb, yb, mode)
 
     def check(self, theta: torch.Tensor) -> torch.Tensor:
         """``theta`` as a flat vector of this objective (a host array is copied over); a ValueError if its shape
         is not ``(dim,)``."""
-        if not isinstance(theta, torch.Tensor):
-            theta = self.from_numpy(theta)
-        if theta.shape != (self.dim,):
-            raise ValueError(f"flat vector has shape {tuple(theta.shape)}, expected ({self.dim},)")
-        return theta.to(device=self.device, dtype=self.dtype)
+        return as_flat_vector(theta, self.dim, self.device, self.dtype)

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from ...core.layout import ParameterLayout
-from ...core.recording import RecordingSession, as_spec, model_inputs, recorded_config
 from ...losses import normalize
 from ...provenance import provenance
+from ...storage.recording import RecordingSession, as_spec, model_inputs, recorded_config
 from .flat import buffer_layout, flatten_buffers, flatten_parameters, layout_of
 from .models import build_model
 

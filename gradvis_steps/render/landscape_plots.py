@@ -1,17 +1,16 @@
-"""Matplotlib figures of a :class:`~.grid.LandscapeResult`: 2D contour, 3D surface, 1D line.
+"""Matplotlib figures of a :class:`~..core.grid.LandscapeResult`: 2D contour, 3D surface, 1D line.
 
 Non-finite grid values (NaN: not evaluated or diverged; inf: overflow) are masked and never crash a
 plot; levels and log scales come from the finite values only; evaluated points that are not finite are
 counted on the figure ("12 of 625 points non-finite (masked)"); a grid with no finite value gives a
 figure that says so. Every function takes an optional ``ax``
-(so the frames step can put a landscape beside a spectrum plot) and returns the Figure. The backend is
-Agg: figures are built as ``matplotlib.figure.Figure`` objects (not through pyplot), which render
-with the Agg canvas and need no screen, and leave the user's pyplot backend untouched.
+(so the frames step can put a landscape beside a spectrum plot) and returns the Figure (built without pyplot,
+:mod:`.figures`). One level rule (:func:`uses_log_levels`) decides linear or log-spaced levels for every figure of
+a landscape, the stand-alone contour and the video frames alike.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,11 +20,11 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
 
-from ..storage.atomic import atomic_path
-from .grid import LandscapeResult
+from ..core.grid import LandscapeResult
+from .figures import new_axes
 
-__all__ = ["direction_labels", "contour_levels", "non_finite_note", "plot_contour", "plot_surface", "plot_line",
-           "save_figure"]
+__all__ = ["direction_labels", "contour_levels", "landscape_levels", "non_finite_note", "plot_contour",
+           "plot_surface", "plot_line", "uses_log_levels"]
 
 _EMPTY_MSG = "no finite loss values"
 
@@ -74,21 +73,29 @@ def contour_levels(z: np.ndarray, n_levels: int = 30, log_levels: bool = False) 
     return np.linspace(lo, hi, n_levels)
 
 
-def _new_ax(ax: Axes | None, projection: str | None = None, figsize: tuple[float, float] = (6, 5)) -> Axes:
-    if ax is not None:
-        if projection == "3d" and getattr(ax, "name", "") != "3d":
-            raise ValueError("plot_surface needs a 3D axes (fig.add_subplot(..., projection='3d'))")
-        return ax
-    fig = Figure(figsize=figsize)  # not pyplot: no global figure registry to leak in long runs
-    return fig.add_subplot(1, 1, 1, projection=projection)
-
-
 def _say_empty(ax: Axes, text: str = _EMPTY_MSG) -> None:
     kw: dict[str, Any] = {"ha": "center", "va": "center", "transform": ax.transAxes}
     if getattr(ax, "name", "") == "3d":
         ax.text2D(0.5, 0.5, text, **kw)
     else:
         ax.text(0.5, 0.5, text, **kw)
+
+
+def uses_log_levels(result: LandscapeResult, log_levels: bool | None = None) -> bool:
+    """The level rule of every figure of ``result``: ``log_levels`` where the caller says; by default log-spaced
+    levels for an interpolation plane (``directions --method interpolation``), linear ones otherwise. The plane
+    holds both minima and A's initial point, so its loss spans orders of magnitude (0.08 to 54 in the default
+    workflow's plane): linear levels would paint everything near the minima, the part worth seeing, in the lowest
+    level's colour."""
+    if log_levels is not None:
+        return bool(log_levels)
+    return result.method == "interpolation" and result.ndim == 2
+
+
+def landscape_levels(result: LandscapeResult, n_levels: int = 30, log_levels: bool | None = None) -> np.ndarray | None:
+    """The contour levels of ``result`` under the level rule (:func:`uses_log_levels`): what :func:`plot_contour`
+    draws when given no levels."""
+    return contour_levels(result.loss, n_levels, uses_log_levels(result, log_levels))
 
 
 def non_finite_note(result: LandscapeResult) -> str | None:
@@ -122,7 +129,7 @@ def plot_contour(
     result: LandscapeResult,
     ax: Axes | None = None,
     *,
-    log_levels: bool = False,
+    log_levels: bool | None = None,
     n_levels: int = 30,
     cmap: str = "viridis",
     show_trajectory: bool = True,
@@ -135,16 +142,18 @@ def plot_contour(
     star), colorbar "loss", axes labelled by direction (paper Fig. 4-7). ``marks``: extra labelled points
     ``(x, y, label)`` in plane coordinates, e.g. the second minimum of an interpolation plane. ``levels``:
     increasing contour levels to use instead of ones spanning this landscape (positive ones with
-    ``log_levels``), so that several landscapes share one colour scale."""
+    ``log_levels``), so that several landscapes share one colour scale. ``log_levels`` None: the level rule
+    (:func:`uses_log_levels`)."""
     if result.ndim != 2:
         raise ValueError(f"plot_contour needs a 2D landscape, got {result.ndim}D")
-    ax = _new_ax(ax)
+    log_levels = uses_log_levels(result, log_levels)
+    ax = new_axes(ax)
     fig = ax.figure
     x, y = result.axes
     X, Y = np.meshgrid(x, y, indexing="ij")
     Z = _masked(result.loss)
     if levels is None:
-        levels = contour_levels(Z.filled(np.nan), n_levels, log_levels)
+        levels = landscape_levels(result, n_levels, log_levels)
     else:
         levels = np.asarray(levels, dtype=np.float64)
         if levels.ndim != 1 or levels.size < 2 or not np.all(np.diff(levels) > 0) or not np.isfinite(levels).all():
@@ -187,18 +196,20 @@ def plot_surface(
     result: LandscapeResult,
     ax: Axes | None = None,
     *,
-    log_z: bool = False,
+    log_z: bool | None = None,
     cmap: str = "viridis",
     show_trajectory: bool = True,
     title: str | None = None,
 ) -> Figure:
     """3D surface of the loss with the trajectory drawn at its projected loss (paper Fig. 4-6).
 
-    Non-finite cells are left as holes. With ``log_z`` the z axis is ``log10(loss)``.
+    Non-finite cells are left as holes. With ``log_z`` the z axis is ``log10(loss)`` (None: the level rule,
+    :func:`uses_log_levels`, as the contour's levels).
     """
     if result.ndim != 2:
         raise ValueError(f"plot_surface needs a 2D landscape, got {result.ndim}D")
-    ax = _new_ax(ax, projection="3d", figsize=(7, 6))
+    log_z = uses_log_levels(result, log_z)
+    ax = new_axes(ax, projection="3d", figsize=(7, 6))
     fig = ax.figure
     x, y = result.axes
     X, Y = np.meshgrid(x, y, indexing="ij")
@@ -263,7 +274,7 @@ def plot_line(
     their projected loss."""
     if result.ndim != 1:
         raise ValueError(f"plot_line needs a 1D landscape, got {result.ndim}D")
-    ax = _new_ax(ax, figsize=(6, 4))
+    ax = new_axes(ax, figsize=(6, 4))
     fig = ax.figure
     x = result.axes[0]
     z = _masked(result.loss)
@@ -300,17 +311,3 @@ def plot_line(
     ax.legend(handles, names, loc="best", fontsize="small")
     return fig
 
-
-def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150, close: bool = True,
-                metadata: dict[str, str] | None = None) -> None:
-    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``); ``metadata``:
-    text chunks stored in the file (PNG tEXt), e.g. how a density was smoothed."""
-    ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
-    try:
-        with atomic_path(path, "." + ext) as tmp:
-            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight", metadata=metadata)
-    finally:
-        if close and fig.canvas.manager is not None:  # a pyplot figure: drop it from pyplot's registry
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..core.layout import ParameterLayout
-from ..storage.trajectory import Trajectory, TrajectoryWriter, partial_path
+from .trajectory import Trajectory, TrajectoryWriter, partial_path
 
 
 def as_spec(value: str | dict[str, Any], what: str) -> dict[str, Any]:
