@@ -45,6 +45,18 @@ class EigendirectionsSettings(step_settings.HessianSettings):
     seed: int = 0
 
 
+def add_eigen_arguments(parser: argparse.ArgumentParser, *, per: str = "") -> None:
+    """The Lanczos eigenvector options (``--which --target --count --steps --seed``), also the moving frame's (whose
+    numbers are ``per`` centre)."""
+    per = f" {per}" if per else ""
+    parser.add_argument("--which", choices=WHICH,
+                        help="largest eigenvalues, most negative ones, or nearest --target")
+    parser.add_argument("--target", type=float, help="value for --which nearest")
+    parser.add_argument("--count", type=cli.positive_int, help=f"number of eigenvectors{per}")
+    parser.add_argument("--steps", type=cli.positive_int, help=f"Lanczos steps{per}")
+    parser.add_argument("--seed", type=int, help="seed of the Lanczos starting vector")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gradvis_steps.eigendirections",
                                      description=__doc__.split("\n\n")[0],
@@ -52,12 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trajectory", required=True, help="trajectory file (.h5) from the train step")
     parser.add_argument("--out", required=True, type=cli.output_file, help="directions file to write (.h5)")
     parser.add_argument("--iteration", type=int, help="checkpoint to analyse (default: the last)")
-    parser.add_argument("--which", choices=WHICH,
-                        help="largest eigenvalues, most negative ones, or nearest --target")
-    parser.add_argument("--target", type=float, help="value for --which nearest")
-    parser.add_argument("--count", type=cli.positive_int, help="number of eigenvectors")
-    parser.add_argument("--steps", type=cli.positive_int, help="Lanczos steps")
-    parser.add_argument("--seed", type=int, help="seed of the Lanczos starting vector")
+    add_eigen_arguments(parser)
     cli.add_evaluation_arguments(parser, hessian=True)
     return step_settings.use_defaults(parser, EigendirectionsSettings)
 

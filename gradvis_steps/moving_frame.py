@@ -41,7 +41,7 @@ from typing import Any
 
 from . import cli, step_settings
 from .defaults import schema_default
-from .eigendirections import WHICH
+from .eigendirections import add_eigen_arguments
 
 FORMAT = "gradvis-moving-frame"
 MANIFEST = ".moving_frame.json"
@@ -85,12 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every k-th checkpoint (the last one always), as the spectrum step's --every")
     parser.add_argument("--out-dir", required=True, type=cli.output_folder,
                         help="folder for centre_<iteration>.h5, ...")
-    parser.add_argument("--which", choices=WHICH,
-                        help="largest eigenvalues, most negative ones, or nearest --target")
-    parser.add_argument("--target", type=float, help="value for --which nearest")
-    parser.add_argument("--count", type=cli.positive_int, help="eigenvectors computed per centre")
-    parser.add_argument("--steps", type=cli.positive_int, help="Lanczos steps per centre")
-    parser.add_argument("--seed", type=int, help="seed of the Lanczos starting vector")
+    add_eigen_arguments(parser, per="per centre")
     parser.add_argument("--pick", type=int, nargs=2, metavar=("I", "J"),
                         help="the two eigenvectors (0-based, of --count) that span each plane")
     parser.add_argument("--resolution", type=cli.positive_int, help="grid points per axis")

@@ -308,6 +308,11 @@ def evaluate_trajectory(
 
 
 # ------------------------------------------------------------------------------------------- result
+#: the landscape's arrays with one value per checkpoint of its projected trajectory
+PER_CHECKPOINT = ("residuals", "trajectory_loss", "trajectory_accuracy", "checkpoint_loss", "checkpoint_accuracy",
+                  "iterations")
+
+
 @dataclass(frozen=True, eq=False)
 class LandscapeResult:
     """A computed landscape and everything needed to plot and store it.
@@ -361,29 +366,12 @@ class LandscapeResult:
             if traj.ndim != 2 or traj.shape[1] != len(axes):
                 raise ValueError(f"trajectory must be (n, {len(axes)}), got {traj.shape}")
             set_(self, "trajectory", traj)
-        for name in (
-            "residuals",
-            "trajectory_loss",
-            "trajectory_accuracy",
-            "checkpoint_loss",
-            "checkpoint_accuracy",
-            "iterations",
-            "explained_variance",
-            "explained_variance_ratio",
-            "eigenvalues",
-        ):
+        for name in (*PER_CHECKPOINT, "explained_variance", "explained_variance_ratio", "eigenvalues"):
             v = getattr(self, name)
             if v is not None:
                 set_(self, name, np.asarray(v).ravel())
         n = None if self.trajectory is None else self.trajectory.shape[0]
-        for name in (
-            "residuals",
-            "trajectory_loss",
-            "trajectory_accuracy",
-            "checkpoint_loss",
-            "checkpoint_accuracy",
-            "iterations",
-        ):
+        for name in PER_CHECKPOINT:
             v = getattr(self, name)
             if v is not None and n is not None and v.size != n:
                 raise ValueError(f"{name} has {v.size} entries for a trajectory of {n} checkpoints")
