@@ -1,0 +1,108 @@
+"""Per-layer (per-block) Hessian spectra: each block's Hessian H[S, S] against the dense Hessian's principal
+submatrix, in both backends; the step's ``--blocks`` beside the whole model's spectrum, bitwise unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gradvis_steps.api import hessian
+from gradvis_steps.core.layout import ParameterLayout, layer_of, parameter_blocks, parameter_indices
+from gradvis_steps.core.slq import starting_vector
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+
+
+def _data(n: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return rng.standard_normal((n, 4)), rng.integers(0, 3, n)
+
+
+def _torch_dense_hessian(model: nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The mean cross-entropy's Hessian in the flat parameters, by torch.autograd.functional.hessian."""
+    named = list(model.named_parameters())
+    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        pieces, start = {}, 0
+        for name, p in named:
+            pieces[name] = theta[start:start + p.numel()].reshape(p.shape)
+            start += p.numel()
+        return nn.functional.cross_entropy(torch.func.functional_call(model, pieces, (xt,)), yt)
+
+    return torch.autograd.functional.hessian(loss, flat).numpy()
+
+
+def _check_block(h, dense: np.ndarray, index: list[int]) -> None:
+    """Top eigenvalue, Hutchinson trace and quadrature moments j = 0, 1, 2 of ``h`` (full Lanczos) against
+    ``dense[S, S]``."""
+    block = dense[np.ix_(index, index)]
+    dim = len(index)
+    assert h.dim == dim and h.m == dim
+    truth = np.linalg.eigvalsh(block)
+    top = h.eigenvalues(top=1, steps=dim)
+    assert abs(top.values[0] - truth[-1]) <= 1e-8 * max(1.0, abs(truth[-1]))
+    assert top.residuals[0] < 1e-7
+    density = h.density()
+    starts = np.stack([starting_vector(dim, h.seed, i) for i in range(h.k)])
+    quadratic = np.einsum("ij,jk,ik->i", starts, block, starts)
+    assert np.isclose(h.trace().estimate, dim * quadratic.mean(), rtol=1e-10)
+    # full-Lanczos Gauss quadrature is exact: sum_j w_ij l_ij^p = v_i^T H_SS^p v_i; averaged over many vectors it
+    # estimates tr(H_SS^p)/dim
+    for p, matrix in ((0, np.eye(dim)), (1, block), (2, block @ block)):
+        moments = np.einsum("ij,jk,ik->i", starts, matrix, starts)
+        assert np.allclose((density.weights * density.nodes ** p).sum(axis=1), moments, rtol=1e-8, atol=1e-12)
+    assert np.allclose(h.hvp(starts[0]), block @ starts[0], atol=1e-12)
+
+
+def test_layers_and_patterns_are_blocks_of_the_layout():
+    layout = ParameterLayout.from_shapes([("features.0.weight", (2, 3), "linear", 0), ("features.0.bias", (2,), "bias",
+                                          None), ("fc/kernel", (2, 2), "linear", 1), ("scale", (1,), "other", None)])
+    assert [layer_of(s.name) for s in layout] == ["features.0", "features.0", "fc", "scale"]
+    blocks = parameter_blocks(layout, ["whole", "per_layer", "*.bias"])
+    assert blocks == {"features.0": ("features.0.weight", "features.0.bias"), "fc": ("fc/kernel",),
+                      "scale": ("scale",), "*.bias": ("features.0.bias",)}
+    assert parameter_indices(layout, ["fc/kernel", "features.0.bias"]) == [6, 7, 8, 9, 10, 11]
+    with pytest.raises(ValueError, match=r"block 'conv\*' matches no parameter.*features.0.weight, .*scale$"):
+        parameter_blocks(layout, ["per_layer", "conv*"])
+
+
+@pytest.mark.parametrize("params", [["0.weight", "0.bias"], ["2.*"], ["0.bias", "2.weight"]])
+def test_torch_blocks_equal_the_dense_hessian_block(params):
+    model = _mlp()
+    x, y = _data()
+    dense = _torch_dense_hessian(model, x, y)
+    h = hessian(model, (x, y), "cross_entropy", k=3, m=1000, params=params, batch_size=7)
+    _check_block(h, dense, parameter_indices(h.problem.objective.layout, h.params))
+
+
+def test_tensorflow_blocks_equal_the_dense_hessian_block():
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from gradvis_steps.backends.tensorflow import dtype_policy
+
+    keras.utils.set_random_seed(0)
+    with dtype_policy("float64"):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="tanh", name="hidden"),
+                                  keras.layers.Dense(3, name="out")])
+    x, y = _data()
+    for mode in ("forward_over_reverse", "double_backprop"):
+        whole = hessian(model, (x, y), "cross_entropy", hvp_mode=mode, batch_size=7)
+        objective, theta = whole.problem.objective, whole.problem.theta
+        dense = np.stack([objective.hvp(theta, e) for e in np.eye(objective.dim)], axis=1)  # column by column
+        for params in (["*/hidden/*"], ["*/out/kernel", "*/hidden/bias"]):
+            h = hessian(model, (x, y), "cross_entropy", k=3, m=1000, params=params, hvp_mode=mode, batch_size=7)
+            _check_block(h, dense, parameter_indices(objective.layout, h.params))
+
+
+def test_a_pattern_that_matches_nothing_is_one_error_naming_it():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"block 'conv\*' matches no parameter.*0.weight, 0.bias, 2.weight, 2.bias"):
+        hessian(_mlp(), (x, y), "cross_entropy", params=["conv*"])
