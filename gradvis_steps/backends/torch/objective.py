@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
-from ...core.memory import budget_bytes, check_memory_budget, host_available_bytes, keep_freed_memory
 from ...core.layout import parameter_indices
+from ...core.memory import budget_bytes, check_memory_budget, host_available_bytes, keep_freed_memory
 from ...core.objective import HVP_MEMORY_MB, Evaluation
 from ...core.parallel import MPIComm, SerialComm, shard_bounds
 from ...losses import check_targets
