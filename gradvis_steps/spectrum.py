@@ -311,10 +311,11 @@ def write_skipped_plot(iteration: int, reason: str, folder: Path) -> None:
 def write_plot(entry: CheckpointSpectrum, folder: Path, log_scale: bool, sigma_rule: str) -> None:
     """One density figure per checkpoint (its stored density), named by iteration."""
     from .render.figures import save_figure
-    from .render.spectrum_plots import density_title, plot_density, sigma_record
+    from .render.spectrum_plots import density_title, draw_blocks, plot_density, sigma_record
 
     fig = plot_density(entry.grid, entry.density, log_scale=log_scale, title=density_title(entry),
                        sigma=entry.sigma)
+    draw_blocks(fig, entry, entry.grid, entry.sigma, log_scale=log_scale)
     save_figure(fig, folder / f"iter_{entry.iteration:06d}.png", dpi=100,
                 metadata=sigma_record(entry.sigma, sigma_rule))
 

@@ -106,3 +106,101 @@ def test_a_pattern_that_matches_nothing_is_one_error_naming_it():
     x, y = _data()
     with pytest.raises(ValueError, match=r"block 'conv\*' matches no parameter.*0.weight, 0.bias, 2.weight, 2.bias"):
         hessian(_mlp(), (x, y), "cross_entropy", params=["conv*"])
+
+
+# -- the spectrum step ------------------------------------------------------------------------------------------------
+
+STEP_ARGV = ["--iterations", "0", "12", "--k", "2", "--m", "6", "--dtype", "float64", "--hvp-mode", "double_backprop",
+             "--eval-fraction", "0.05", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def step_files(tmp_path_factory):
+    from step_helpers import step, train_tiny
+
+    from gradvis_steps import spectrum
+
+    folder = tmp_path_factory.mktemp("blocks")
+    trajectory = train_tiny(folder / "trajectory.h5", 0)
+    whole, blocks = folder / "whole.h5", folder / "blocks.h5"
+    step(spectrum, "--trajectory", trajectory, "--out", whole, *STEP_ARGV)
+    step(spectrum, "--trajectory", trajectory, "--out", blocks, *STEP_ARGV, "--blocks", "whole", "per_layer", "*.bias")
+    return folder, trajectory, whole, blocks
+
+
+def _datasets(path) -> dict[str, bytes]:
+    import h5py
+
+    found = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.__setitem__(name, np.asarray(obj[()]).tobytes())
+                     if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def test_the_step_stores_blocks_beside_the_unchanged_whole_spectrum(step_files):
+    from gradvis_steps.backends import backend_for_trajectory
+    from gradvis_steps.spectrum import SpectrumSettings
+    from gradvis_steps.storage.spectra import load_spectra
+    from gradvis_steps.storage.trajectory import Trajectory
+
+    _, trajectory, whole, blocks = step_files
+    plain, with_blocks = _datasets(whole), _datasets(blocks)
+    assert not any("blocks" in name for name in plain)  # the default writes what it wrote before
+    assert {name: with_blocks[name] for name in plain} == plain  # the whole model's spectrum, bitwise
+    spectra = load_spectra(blocks)
+    assert load_spectra(whole).entries[12].blocks == {}
+    with Trajectory(trajectory) as traj:
+        layout = traj.layout
+        layers = list(dict.fromkeys(spec.name.rsplit(".", 1)[0] for spec in layout))
+        assert list(spectra.attrs["blocks"]) == [*layers, "*.bias"]
+        assert spectra.attrs["blocks"]["*.bias"] == [spec.name for spec in layout if spec.name.endswith(".bias")]
+        objective = backend_for_trajectory(traj).objective_for_trajectory(
+            traj, fraction=0.05, subset_seed=SpectrumSettings.eval_seed, batch_size=SpectrumSettings.batch_size,
+            device="cpu", dtype="float64", hvp_mode="double_backprop")
+        theta = objective.from_numpy(traj.params(12))
+    entry = spectra.entries[12]
+    assert list(entry.blocks) == list(spectra.attrs["blocks"])
+    for name, params in spectra.attrs["blocks"].items():
+        block = entry.blocks[name]
+        index = parameter_indices(layout, params)
+        # v_i^T H[S, S] v_i by the whole model's product of the zero-padded vector: an independent path
+        for i, alpha in enumerate(block.alpha1):
+            v = starting_vector(len(index), 0, i)
+            padded = np.zeros(objective.dim)
+            padded[index] = v
+            product = objective.to_numpy(objective.hvp(theta, objective.from_numpy(padded)))[index]
+            assert np.isclose(alpha, v @ product, rtol=1e-9, atol=1e-13)
+        assert np.isclose(block.summary["trace_estimate"], len(index) * block.alpha1.mean(), rtol=1e-12)
+        assert block.summary["ritz_top_residual"] >= 0 and np.isfinite(block.summary["ritz_top"])
+        assert block.nodes.shape == (2, min(6, len(index)))
+    assert np.array_equal(spectra.series("ritz_top", block=layers[0]),
+                          [spectra.entries[i].blocks[layers[0]].summary["ritz_top"] for i in (0, 12)])
+
+
+def test_chunks_merge_and_plot_with_their_blocks(step_files, tmp_path):
+    from step_helpers import step
+
+    from gradvis_steps import merge_spectra, plot_spectra, spectrum
+
+    folder, trajectory, _, blocks = step_files
+    parts = [tmp_path / f"chunk{i}.h5" for i in (1, 2)]
+    for i, part in enumerate(parts, 1):
+        step(spectrum, "--trajectory", trajectory, "--out", part, *STEP_ARGV, "--blocks", "whole", "per_layer",
+             "*.bias", "--chunk", f"{i}/2")
+    merged = tmp_path / "merged.h5"
+    step(merge_spectra, "--inputs", *parts, "--out", merged)
+    assert _datasets(merged) == _datasets(blocks)
+    step(plot_spectra, "--spectra", merged, "--out-dir", tmp_path / "plots")
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["density_000000.png", "density_000012.png"]
+
+
+def test_the_step_names_a_bad_pattern_in_one_line(step_files, capsys):
+    from step_helpers import fails
+
+    from gradvis_steps import spectrum
+
+    folder, trajectory, _, _ = step_files
+    err = fails(spectrum, ["--trajectory", trajectory, "--out", folder / "bad.h5", *STEP_ARGV, "--blocks", "nope*"],
+                capsys)
+    assert "block 'nope*' matches no parameter" in err and "conv1.weight, conv1.bias, conv2.weight" in err
