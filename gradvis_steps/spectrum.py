@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--every", type=cli.positive_int, help="every k-th checkpoint (the last one always)")
     parser.add_argument("--iterations", type=int, nargs="+", help="exactly these iterations instead")
     parser.add_argument("--chunk", help="only part i of n of the selected checkpoints, as i/n (scatter jobs)")
-    parser.add_argument("--blocks", nargs="+", type=tuple_item,
+    parser.add_argument("--blocks", nargs="+", type=block_item,
                         help="Hessian blocks besides the whole model: whole, per_layer or parameter-name patterns")
     cli.add_slq_arguments(parser)
     cli.add_parallel_arguments(parser)
@@ -215,7 +215,7 @@ def settle_hvp_mode(comm: SerialComm | MPIComm, objective: Objective, theta: Arr
     return {**record, "block": block}
 
 
-def tuple_item(text: str) -> str:
+def block_item(text: str) -> str:
     """One item of ``--blocks`` (non-empty)."""
     if not text:
         raise argparse.ArgumentTypeError("a block must be whole, per_layer or a non-empty parameter-name pattern")

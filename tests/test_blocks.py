@@ -73,12 +73,18 @@ def test_layers_and_patterns_are_blocks_of_the_layout():
         parameter_blocks(layout, ["per_layer", "conv*"])
 
 
-@pytest.mark.parametrize("params", [["0.weight", "0.bias"], ["2.*"], ["0.bias", "2.weight"]])
-def test_torch_blocks_equal_the_dense_hessian_block(params):
+@pytest.mark.parametrize(("params", "hvp_mode", "group_size", "hvp_memory_mb"), [
+    (["0.weight", "0.bias"], "double_backprop", 1, "auto"),  # kept graphs, one vector at a time
+    (["2.*"], "forward_over_reverse", 1, "auto"),
+    (["0.bias", "2.weight"], "double_backprop", 3, 0),  # lockstep blocks of 3 vectors, graphs recomputed
+    (["0.bias", "2.weight"], "forward_over_reverse", 3, "auto"),
+])
+def test_torch_blocks_equal_the_dense_hessian_block(params, hvp_mode, group_size, hvp_memory_mb):
     model = _mlp()
     x, y = _data()
     dense = _torch_dense_hessian(model, x, y)
-    h = hessian(model, (x, y), "cross_entropy", k=3, m=1000, params=params, batch_size=7)
+    h = hessian(model, (x, y), "cross_entropy", k=3, m=1000, params=params, batch_size=7, hvp_mode=hvp_mode,
+                group_size=group_size, hvp_memory_mb=hvp_memory_mb)
     _check_block(h, dense, parameter_indices(h.problem.objective.layout, h.params))
 
 
@@ -204,3 +210,13 @@ def test_the_step_names_a_bad_pattern_in_one_line(step_files, capsys):
     err = fails(spectrum, ["--trajectory", trajectory, "--out", folder / "bad.h5", *STEP_ARGV, "--blocks", "nope*"],
                 capsys)
     assert "block 'nope*' matches no parameter" in err and "conv1.weight, conv1.bias, conv2.weight" in err
+
+
+def test_api_blocks_are_the_layers_with_the_same_settings():
+    x, y = _data()
+    h = hessian(_mlp(), (x, y), "cross_entropy", k=2, m=5)
+    layers = h.blocks()
+    assert list(layers) == ["0", "2"] and layers["2"].params == ("2.weight", "2.bias")
+    alone = hessian(_mlp(), (x, y), "cross_entropy", k=2, m=5, params=["2.*"])
+    assert np.array_equal(layers["2"].density().nodes, alone.density().nodes)
+    assert layers["0"].dim == 25 and layers["0"].m == 5

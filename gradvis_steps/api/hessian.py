@@ -3,6 +3,8 @@
     from gradvis_steps.api import hessian
     h = hessian(model, (x, y), "cross_entropy")
     h.eigenvalues(top=3).values, h.trace().estimate, h.density().plot()
+    fc = hessian(model, (x, y), "cross_entropy", params=["fc*"])    # the block H[S, S] of those parameters
+    {name: b.eigenvalues().values[0] for name, b in h.blocks().items()}   # one block per layer
 
 ``H = d^2 L / d theta^2`` at the model's current parameters ``theta`` (``dim`` of them), where
 ``L(theta) = (1/n) sum_i loss(f(x_i; theta), y_i)`` over all ``n`` samples. Nothing is formed densely: every
@@ -97,6 +99,8 @@ class Hessian:
         self._dim = problem.dim if self.params is None else len(parameter_indices(problem.objective.layout,
                                                                                     self.params))
         self.k, self.seed, self.vector, self.sigma = int(k), int(seed), vector, sigma
+        self._asked = {"k": k, "m": m, "seed": seed, "vector": vector, "sigma": sigma, "group_size": group_size,
+                       "key": key}  # as given, for blocks()
         self.m = lanczos_steps(int(m), self._dim)  # at most dim steps: capped where the steps cap it
         self.group_size = spectrum_step.resolve_group_size(group_size, self.k, problem.objective.device_type, 1)
         self.key = int(key)
@@ -181,6 +185,17 @@ class Hessian:
             self._density = Density(**{name: getattr(entry, name) for name in CheckpointSpectrum.__dataclass_fields__},
                                     attrs=attrs)
         return self._density
+
+    def blocks(self, items: list[str] | tuple[str, ...] = ("per_layer",)) -> dict[str, Hessian]:
+        """The Hessians of parameter blocks, by name, with this one's settings: ``per_layer`` (one per layer, the
+        parameters sharing a module prefix) and/or fnmatch patterns over the parameter names, as the spectrum step's
+        ``--blocks`` (:func:`~gradvis_steps.core.layout.parameter_blocks`)."""
+        from ..core.layout import parameter_blocks
+
+        if isinstance(items, str):
+            items = (items,)
+        return {name: Hessian(self.problem, **self._asked, params=params)
+                for name, params in parameter_blocks(self.problem.objective.layout, items).items()}
 
     def trace(self) -> Trace:
         """Hutchinson's trace estimate from the SLQ starting vectors (the one SLQ run of :meth:`density`)."""
