@@ -279,14 +279,14 @@ class TFObjective:
         = their size) instead, differentiating only them."""
         return TFHessianOperator(self, theta, params)
 
-    def block_hvp(self, t: tf.Tensor, index: tf.Tensor, mode: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    def block_hvp(self, t: tf.Tensor, index: list[int], mode: str) -> Callable[[tf.Tensor], tf.Tensor]:
         """``v -> H[S, S] @ v`` at ``t`` for the flat positions ``index`` = ``S`` (``v`` of their length): the loss as
         a function of ``s`` with ``t[S] = s`` and every other entry held, differentiated in ``s`` only; the
         per-batch product is traced once for all the vectors."""
         # t with t[S] = s, concatenated from contiguous pieces of t and of s (slices and concat have dense
         # derivatives of every order; gather/scatter ones are sparse, which forward-over-reverse cannot take)
         chosen = np.zeros(self.dim, dtype=bool)
-        chosen[index.numpy()] = True
+        chosen[index] = True
         cuts = np.flatnonzero(np.diff(chosen.astype(np.int8))) + 1
         runs = [(int(a), int(b), bool(chosen[a])) for a, b in zip([0, *cuts], [*cuts, self.dim], strict=True)]
 
@@ -303,8 +303,10 @@ class TFObjective:
                 loss = self.loss_sum(embed(s), xb, yb)
             return tape.gradient(loss, s)
 
+        with tf.device(self.device):
+            s = tf.gather(t, index)  # the point's entries S: the primal every product differentiates at
+
         def batch_product(v: tf.Tensor, xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
-            s = tf.gather(t, index)
             if mode == "forward_over_reverse":
                 with tf.autodiff.ForwardAccumulator(primals=s, tangents=v) as accumulator:
                     g = gradient(s, xb, yb)
@@ -349,15 +351,15 @@ class TFHessianOperator:
         self._objective = objective
         self._theta = tf.identity(objective.check(theta))  # a copy: later changes to the caller's array do not leak
         self.mode = objective.resolved_mode()
-        self._index = None if params is None else tf.constant(parameter_indices(objective.layout, params), tf.int64)
-        self.dim = objective.dim if params is None else int(self._index.shape[0])
-        self._block = None if params is None else objective.block_hvp(self._theta, self._index, self.mode)
+        index = None if params is None else parameter_indices(objective.layout, params)
+        self.dim = objective.dim if index is None else len(index)
+        self._block = None if index is None else objective.block_hvp(self._theta, index, self.mode)
 
     def __call__(self, v: np.ndarray | tf.Tensor) -> np.ndarray:
         """``H(theta) @ v``: the same values as :meth:`TFObjective.hvp` at the operator's point (``H[S, S] @ v`` of
         the operator's parameters)."""
         objective = self._objective
-        if self._index is None:
+        if self._block is None:
             return objective.hvp_tensor(self._theta, objective.check(v), self.mode).numpy()
         if tuple(v.shape) != (self.dim,):
             raise ValueError(f"vector has shape {tuple(v.shape)}, expected ({self.dim},)")
