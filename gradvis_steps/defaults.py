@@ -37,7 +37,7 @@ _EIGEN = {"which": "directions.hessian.which", "target": "directions.hessian.tar
 #: counterpart (or one of another meaning: ``moving_frame --every`` >= 1 is not ``frames.moving_every``, whose 0
 #: means "no moving frame"; ``directions --count`` is the landscape's plane, not ``directions.hessian.count``).
 CONFIG_KEYS: dict[str, dict[str, str]] = {
-    "spectrum": {"every": "spectra.every", **_SLQ, **_PARALLEL, **_EVALUATION, **_HESSIAN},
+    "spectrum": {"every": "spectra.every", "blocks": "spectra.blocks", **_SLQ, **_PARALLEL, **_EVALUATION, **_HESSIAN},
     "landscape": {"resolution": "landscape.resolution", "border": "landscape.border",
                   "grid_batching": "landscape.grid_batching", **_EVALUATION},
     "directions": {"seed": "directions.seed", "normalization": "directions.normalization",

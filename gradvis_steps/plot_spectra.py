@@ -5,9 +5,10 @@
 Writes ``density_<iteration:06d>.png`` for every checkpoint (point index for an interpolation line's spectra).
 The densities are smoothed again from the stored raw nodes with one Gaussian width for all of them (``--sigma``,
 else range/500 over all the checkpoints: the same width the frames of that file use) and drawn with common axis
-limits, so the plots compare side by side; the width and its rule are in each PNG's text. A checkpoint the spectrum
-step skipped (non-finite: the run diverged there) gets a blank plot saying so. The folder appears whole (filled as a
-hidden sibling, then renamed).
+limits, so the plots compare side by side; the width and its rule are in each PNG's text. Where the spectrum step
+analysed Hessian blocks (``--blocks``), each block's density is a further curve, its top eigenvalue and trace in
+the legend. A checkpoint the spectrum step skipped (non-finite: the run diverged there) gets a blank plot saying so.
+The folder appears whole (filled as a hidden sibling, then renamed).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def run(settings: PlotSpectraSettings) -> Path:
         common_density,
         density_title,
         density_ylim,
+        draw_blocks,
         plot_density,
         plot_skipped,
         sigma_record,
@@ -86,6 +88,7 @@ def run(settings: PlotSpectraSettings) -> Path:
         for key, values in density.densities.items():
             fig = plot_density(density.grid, values, log_scale=args.log_scale, xlim=xlim, ylim=ylim,
                                title=density_title(spectra.entries[key], label), sigma=density.sigma)
+            draw_blocks(fig, spectra.entries[key], density.grid, density.sigma, log_scale=args.log_scale)
             save_figure(fig, staging / f"density_{key:06d}.png", dpi=args.dpi,
                         metadata=sigma_record(density.sigma, density.rule))
     skipped = f" and {len(spectra.skipped)} blank ones of skipped (non-finite) points" if spectra.skipped else ""

@@ -14,6 +14,13 @@ result equals the serial one bitwise), or every rank runs all chains over a shar
 batches (``--parallel data``, Algorithm 4), or both (``--parallel hybrid --ranks-per-group D``); rank 0
 gathers and writes. Finished checkpoints are kept in ``<out>.partial`` so an interrupted run resumes (not from a
 partial file of other settings or of another run: that one is started over).
+
+``--blocks`` adds per-block spectra: for each block of parameters ``S`` (``per_layer``: one per layer, the
+parameters sharing a module prefix; or fnmatch patterns over the parameter names, see
+:func:`~.core.layout.parameter_blocks`) the same SLQ (same k, m, seed: vector i is stream (seed, i) in the block's
+dimension) of the principal submatrix ``H[S, S]``, plus its top Ritz pair's value and true residual (``ritz_top``,
+``ritz_top_residual``: m Lanczos steps from vector 0), stored beside the whole model's spectrum
+(:mod:`.storage.spectra`). ``whole`` (the default, alone) is the whole model's spectrum, always computed.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +55,7 @@ class SpectrumSettings(step_settings.SLQSettings):
     trajectory: str
     out: str
     every: int = schema_default("spectra.every")
+    blocks: tuple[str, ...] = tuple(schema_default("spectra.blocks"))
     iterations: tuple[int, ...] | None = None
     chunk: str | None = None
     plot_dir: str | None = None
@@ -62,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--every", type=cli.positive_int, help="every k-th checkpoint (the last one always)")
     parser.add_argument("--iterations", type=int, nargs="+", help="exactly these iterations instead")
     parser.add_argument("--chunk", help="only part i of n of the selected checkpoints, as i/n (scatter jobs)")
+    parser.add_argument("--blocks", nargs="+", type=block_item,
+                        help="Hessian blocks besides the whole model: whole, per_layer or parameter-name patterns")
     cli.add_slq_arguments(parser)
     cli.add_parallel_arguments(parser)
     parser.add_argument("--plot-dir", type=cli.output_folder, help="also write one density plot per checkpoint here")
@@ -88,6 +98,7 @@ def run(settings: SpectrumSettings) -> Spectra | None:
     from .backends import backend_for_trajectory
     from .checkpoints import UnusableCheckpoint, checkpoint_problem, loss_problem, select_rows, skip_checkpoint
     from .core.lanczos import lanczos_steps
+    from .core.layout import parameter_blocks
     from .core.parallel import parallel_layout, world
     from .provenance import provenance
     from .storage import runs
@@ -108,12 +119,15 @@ def run(settings: SpectrumSettings) -> Spectra | None:
             device=args.device, dtype=args.dtype, hvp_memory_mb=args.hvp_memory_mb, hvp_mode=args.hvp_mode,
             data_comm=layout.data)
         m = lanczos_steps(args.m, traj.dim)
+        blocks = parameter_blocks(objective.layout, args.blocks)  # a bad pattern fails here, before any work
         group_size = resolve_group_size(args.group_size, args.k, objective.device_type, layout.n_groups)
         attrs = {"dim": traj.dim, "k": args.k, "m": m, "seed": args.seed, "vector_kind": args.vector,
                  "sigma_rule": stored_sigma_rule(args.sigma),
                  "group_size": group_size, "config": {**config, "run": traj.config},
                  "provenance": provenance(config, ranks=comm.size, **layout.record()), runs.ATTRIBUTE: [traj.run],
                  "skipped": []}
+        if blocks:
+            attrs["blocks"] = {name: list(params) for name, params in blocks.items()}
         done = Spectra({}, attrs)
         if comm.rank == 0 and partial.exists():
             with unless_unreadable(partial, "partial spectra file"):  # a torn one: start over, with a warning
@@ -147,6 +161,9 @@ def run(settings: SpectrumSettings) -> Spectra | None:
                     entry = point_spectrum(comm, objective, theta, iteration, k=args.k, m=m, seed=args.seed,
                                            kind=args.vector, sigma=args.sigma, group_size=group_size,
                                            ranks_per_group=layout.ranks_per_group)
+                    entry = with_blocks(entry, comm, objective, theta, blocks, k=args.k, m=args.m, seed=args.seed,
+                                        kind=args.vector, sigma=args.sigma, group_size=group_size,
+                                        ranks_per_group=layout.ranks_per_group)
                 except UnusableCheckpoint as error:  # rank 0 only, after the point's last collective
                     reason = error.reason
             if comm.rank != 0:
@@ -198,22 +215,61 @@ def settle_hvp_mode(comm: SerialComm | MPIComm, objective: Objective, theta: Arr
     return {**record, "block": block}
 
 
+def block_item(text: str) -> str:
+    """One item of ``--blocks`` (non-empty)."""
+    if not text:
+        raise argparse.ArgumentTypeError("a block must be whole, per_layer or a non-empty parameter-name pattern")
+    return text
+
+
+def with_blocks(entry: CheckpointSpectrum | None, comm: SerialComm | MPIComm, objective: Objective, theta: Array,
+                blocks: dict[str, tuple[str, ...]], *, m: int, seed: int, kind: str, **slq: Any
+                ) -> CheckpointSpectrum | None:
+    """``entry`` (rank 0; None elsewhere) with the spectrum of each block's ``H[S, S]`` (:func:`point_spectrum` with
+    its ``params``, every rank taking part as for the whole model) and the top Ritz value of m Lanczos steps from
+    starting vector 0 with its true residual ``||H_SS u - lambda u||`` added to the block's summary."""
+    from dataclasses import replace
+
+    from .core.lanczos import lanczos_steps, ritz_pairs
+    from .core.slq import starting_vector
+
+    spectra = {}
+    for name, params in blocks.items():
+        block = point_spectrum(comm, objective, theta, entry.iteration if entry else 0, m=m, seed=seed, kind=kind,
+                               params=params, **slq)
+        operator = objective.hvp_operator(theta, params=params)
+        steps = lanczos_steps(m, operator.dim)
+        top = ritz_pairs(operator, starting_vector(operator.dim, seed, 0, kind, like=theta), steps, 1)
+        if block is not None:
+            spectra[name] = replace(block, summary={**block.summary, "ritz_top": float(top.values[0]),
+                                                    "ritz_top_residual": float(top.residuals[0])})
+    return replace(entry, blocks=spectra) if entry is not None and spectra else entry
+
+
 def point_spectrum(comm: SerialComm | MPIComm, objective: Objective, theta: Array, key: int, *, k: int, m: int,
                    seed: int, kind: str, sigma: float | None, group_size: int = 1,
-                   ranks_per_group: int = 1) -> CheckpointSpectrum | None:
+                   ranks_per_group: int = 1, params: tuple[str, ...] | None = None) -> CheckpointSpectrum | None:
     """SLQ (Algorithm 2) of the Hessian at ``theta``, the chains of each group of ``group_size`` starting vectors
     in lockstep; under MPI the groups are split over the rank groups of ``ranks_per_group`` ranks (Algorithm 5;
     inside a rank group the objective is data parallel, Algorithm 4) and the raw quadratures gathered on rank 0.
     Rank 0 gets a CheckpointSpectrum stored under ``key``, the other ranks None; where the Hessian-vector products
-    were not finite, rank 0 gets an :class:`~.checkpoints.UnusableCheckpoint` instead."""
+    were not finite, rank 0 gets an :class:`~.checkpoints.UnusableCheckpoint` instead. ``params``: of the principal
+    submatrix ``H[S, S]`` of those parameters (:meth:`~.core.objective.Objective.hvp_operator`) instead, its
+    starting vectors the same streams in its dimension."""
     from .checkpoints import UnusableCheckpoint
+    from .core.lanczos import lanczos_steps
+    from .core.layout import parameter_indices
     from .core.parallel import distributed_values
     from .core.slq import SLQResult, resolve_sigma, slq, spectral_density, spectrum_summary
     from .storage.spectra import CheckpointSpectrum
 
+    operator = (lambda: objective.hvp_operator(theta)) if params is None else \
+        (lambda: objective.hvp_operator(theta, params=params))
+    dim = objective.dim if params is None else len(parameter_indices(objective.layout, params))
+    m = lanczos_steps(m, dim)
+
     def quadrature(indices: np.ndarray) -> np.ndarray:
-        part = slq(objective.hvp_operator(theta), objective.dim, k, m, seed=seed, kind=kind, like=theta,
-                   indices=indices, group_size=group_size)
+        part = slq(operator(), dim, k, m, seed=seed, kind=kind, like=theta, indices=indices, group_size=group_size)
         return np.concatenate([part.nodes, part.weights, part.alpha1[:, None]], axis=1)
 
     start = time.perf_counter()
@@ -224,7 +280,7 @@ def point_spectrum(comm: SerialComm | MPIComm, objective: Objective, theta: Arra
     if not np.isfinite(rows).all():
         reason = "non-finite Hessian-vector products"
         raise UnusableCheckpoint(f"point {key}: {reason}", key, reason)
-    result = SLQResult(nodes=rows[:, :m], weights=rows[:, m:2 * m], alpha1=rows[:, 2 * m], dim=objective.dim,
+    result = SLQResult(nodes=rows[:, :m], weights=rows[:, m:2 * m], alpha1=rows[:, 2 * m], dim=dim,
                        seed=seed, indices=np.arange(k), kind=kind)
     width, _ = resolve_sigma(result.nodes, sigma)  # the stored density shows this point alone
     grid, density = spectral_density(result, sigma=width)
@@ -255,10 +311,11 @@ def write_skipped_plot(iteration: int, reason: str, folder: Path) -> None:
 def write_plot(entry: CheckpointSpectrum, folder: Path, log_scale: bool, sigma_rule: str) -> None:
     """One density figure per checkpoint (its stored density), named by iteration."""
     from .render.figures import save_figure
-    from .render.spectrum_plots import density_title, plot_density, sigma_record
+    from .render.spectrum_plots import density_title, draw_blocks, plot_density, sigma_record
 
     fig = plot_density(entry.grid, entry.density, log_scale=log_scale, title=density_title(entry),
                        sigma=entry.sigma)
+    draw_blocks(fig, entry, entry.grid, entry.sigma, log_scale=log_scale)
     save_figure(fig, folder / f"iter_{entry.iteration:06d}.png", dpi=100,
                 metadata=sigma_record(entry.sigma, sigma_rule))
 

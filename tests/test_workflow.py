@@ -88,6 +88,9 @@ def test_whole_dag_produces_every_result(tiny_run):
         spectra = load_spectra(spectra_dir / "spectra.h5")
         assert spectra.iterations.tolist() == [0, 3, 6, 9, 12]  # every 3rd checkpoint and the last
         assert int(spectra.attrs["m"]) == m
+        # spectra.blocks: [whole, per_layer] in config/test.yaml: one Hessian block per layer of the LeNet
+        assert list(spectra.attrs["blocks"]) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+        assert all(list(entry.blocks) == list(spectra.attrs["blocks"]) for entry in spectra.entries.values())
         densities = sorted(p.name for p in (spectra_dir / "densities").glob("*.png"))
         assert densities == [f"density_{i:06d}.png" for i in (0, 3, 6, 9, 12)]
     videos = {settings_of(v.parent)["settings"]["spectra"]["spectra"]["m"]: v

@@ -595,6 +595,8 @@ def _plan_variant(plan: Plan, experiment: Experiment, variant: Variant) -> None:
     spectra_id = None
     if spectra["enabled"]:
         spectra_settings = {"evaluation": evaluation, "spectra": _pick(spectra, SPECTRA_WHAT)}
+        if spectra["blocks"] != ["whole"]:  # Hessian blocks: in the id only where asked, so default ids stay
+            spectra_settings["spectra"]["blocks"] = spectra["blocks"]
         spectra_id = plan.add_job("spectra", f"k{spectra['k']}-m{spectra['m']}-every{spectra['every']}",
                                   spectra_settings, config)
     eig_id = plan.add_job("eigendirections", f"{hessian['which']}{hessian['count']}-at{centre}",

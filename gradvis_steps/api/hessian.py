@@ -3,6 +3,8 @@
     from gradvis_steps.api import hessian
     h = hessian(model, (x, y), "cross_entropy")
     h.eigenvalues(top=3).values, h.trace().estimate, h.density().plot()
+    fc = hessian(model, (x, y), "cross_entropy", params=["fc*"])    # the block H[S, S] of those parameters
+    {name: b.eigenvalues().values[0] for name, b in h.blocks().items()}   # one block per layer
 
 ``H = d^2 L / d theta^2`` at the model's current parameters ``theta`` (``dim`` of them), where
 ``L(theta) = (1/n) sum_i loss(f(x_i; theta), y_i)`` over all ``n`` samples. Nothing is formed densely: every
@@ -77,8 +79,9 @@ class Hessian:
     :meth:`density` and :meth:`trace`."""
 
     def __init__(self, problem: Problem, *, k: int, m: int, seed: int, vector: str, sigma: float | None,
-                 group_size: int | str, key: int = 0):
+                 group_size: int | str, key: int = 0, params: list[str] | tuple[str, ...] | None = None):
         from ..core.lanczos import lanczos_steps
+        from ..core.layout import parameter_blocks, parameter_indices
 
         for name, value in (("k", k), ("m", m)):
             if int(value) < 1:
@@ -86,8 +89,19 @@ class Hessian:
         if vector not in ("gaussian", "rademacher"):
             raise ValueError(f"vector {vector!r} is not one of gaussian, rademacher")
         self.problem = problem
+        #: the parameters whose block H[S, S] this is (layout order; None: the whole model)
+        self.params: tuple[str, ...] | None = None
+        if params is not None:
+            if isinstance(params, str) or not params:
+                raise ValueError(f"params must be a non-empty list of parameter names or patterns, got {params!r}")
+            matched = {name for item in params for name in parameter_blocks(problem.objective.layout, [item])[item]}
+            self.params = tuple(spec.name for spec in problem.objective.layout if spec.name in matched)
+        self._dim = problem.dim if self.params is None else len(parameter_indices(problem.objective.layout,
+                                                                                    self.params))
         self.k, self.seed, self.vector, self.sigma = int(k), int(seed), vector, sigma
-        self.m = lanczos_steps(int(m), problem.dim)  # at most dim steps: capped where the steps cap it
+        self._asked = {"k": k, "m": m, "seed": seed, "vector": vector, "sigma": sigma, "group_size": group_size,
+                       "key": key}  # as given, for blocks()
+        self.m = lanczos_steps(int(m), self._dim)  # at most dim steps: capped where the steps cap it
         self.group_size = spectrum_step.resolve_group_size(group_size, self.k, problem.objective.device_type, 1)
         self.key = int(key)
         self._hvp: dict | None = None
@@ -95,8 +109,14 @@ class Hessian:
 
     @property
     def dim(self) -> int:
-        """Number of parameters: H is dim x dim."""
-        return self.problem.dim
+        """Number of parameters (of the block, with ``params``): H is dim x dim."""
+        return self._dim
+
+    def operator(self) -> Any:
+        """The backend's Hessian operator at the point (of the block ``H[S, S]`` with ``params``)."""
+        objective, theta = self.problem.objective, self.problem.theta
+        return objective.hvp_operator(theta) if self.params is None else objective.hvp_operator(theta,
+                                                                                                params=self.params)
 
     @property
     def hvp_record(self) -> dict | None:
@@ -119,6 +139,8 @@ class Hessian:
         if v.shape != (self.dim,):
             raise ValueError(f"v has shape {v.shape}, the Hessian is {self.dim} x {self.dim}")
         self._settle(1)
+        if self.params is not None:
+            return np.asarray(objective.to_numpy(self.operator()(objective.from_numpy(v))))
         return np.asarray(objective.to_numpy(objective.hvp(self.problem.theta, objective.from_numpy(v))))
 
     def eigenvalues(self, top: int = 1, *, which: str = "largest", target: float = 0.0,
@@ -138,7 +160,7 @@ class Hessian:
         objective, theta = self.problem.objective, self.problem.theta
         self._settle(1)
         v0 = starting_vector(self.dim, int(seed), 0, like=theta)
-        pairs = ritz_pairs(objective.hvp_operator(theta), v0, min(int(steps), self.dim), int(top), which=which,
+        pairs = ritz_pairs(self.operator(), v0, min(int(steps), self.dim), int(top), which=which,
                            target=target)
         return Eigenpairs(np.asarray(pairs.values), np.asarray(objective.to_numpy(pairs.vectors)),
                           np.asarray(pairs.residuals))
@@ -152,16 +174,28 @@ class Hessian:
             hvp = self._settle(self.group_size)
             entry = spectrum_step.point_spectrum(SerialComm(), objective, theta, self.key, k=self.k, m=self.m,
                                                  seed=self.seed, kind=self.vector, sigma=self.sigma,
-                                                 group_size=self.group_size)
+                                                 group_size=self.group_size, params=self.params)
             config = {"k": self.k, "m": self.m, "seed": self.seed, "vector": self.vector, "sigma": self.sigma,
                       "batch_size": int(objective.batch_size), "dtype": self.problem.dtype,
-                      "loss": self.problem.loss, "framework": self.problem.framework, "source": "gradvis_steps.api"}
+                      "loss": self.problem.loss, "framework": self.problem.framework, "source": "gradvis_steps.api",
+                      **({"params": list(self.params)} if self.params is not None else {})}
             attrs = {"dim": self.dim, "k": self.k, "m": self.m, "seed": self.seed, "vector_kind": self.vector,
                      "sigma_rule": spectrum_step.stored_sigma_rule(self.sigma), "group_size": self.group_size,
                      "config": config, "provenance": {**provenance(config, ranks=1), "hvp": hvp}, "skipped": []}
             self._density = Density(**{name: getattr(entry, name) for name in CheckpointSpectrum.__dataclass_fields__},
                                     attrs=attrs)
         return self._density
+
+    def blocks(self, items: list[str] | tuple[str, ...] = ("per_layer",)) -> dict[str, Hessian]:
+        """The Hessians of parameter blocks, by name, with this one's settings: ``per_layer`` (one per layer, the
+        parameters sharing a module prefix) and/or fnmatch patterns over the parameter names, as the spectrum step's
+        ``--blocks`` (:func:`~gradvis_steps.core.layout.parameter_blocks`)."""
+        from ..core.layout import parameter_blocks
+
+        if isinstance(items, str):
+            items = (items,)
+        return {name: Hessian(self.problem, **self._asked, params=params)
+                for name, params in parameter_blocks(self.problem.objective.layout, items).items()}
 
     def trace(self) -> Trace:
         """Hutchinson's trace estimate from the SLQ starting vectors (the one SLQ run of :meth:`density`)."""
@@ -177,7 +211,8 @@ def hessian(model: Any, data: Any, loss: str | dict | None = "cross_entropy", *,
             group_size: int | str = setting_default(SpectrumSettings, "group_size"),
             batch_size: int | None = None, device: str | None = None, dtype: str | None = None,
             hvp_mode: str = setting_default(SpectrumSettings, "hvp_mode"),
-            hvp_memory_mb: float | str = setting_default(SpectrumSettings, "hvp_memory_mb"), key: int = 0) -> Hessian:
+            hvp_memory_mb: float | str = setting_default(SpectrumSettings, "hvp_memory_mb"), key: int = 0,
+            params: list[str] | tuple[str, ...] | None = None) -> Hessian:
     """The Hessian of ``model``'s mean ``loss`` over ``data`` at the model's current parameters (the model is never
     changed): ``.eigenvalues(top)``, ``.trace()``, ``.density()``, ``.hvp(v)``.
 
@@ -185,7 +220,9 @@ def hessian(model: Any, data: Any, loss: str | dict | None = "cross_entropy", *,
     batches (concatenated; batch size the first batch's), see :mod:`gradvis_steps.api.inputs`. ``loss``: a name
     (``"cross_entropy"``, ``"mse"``, ``"bce_with_logits"``) or a spec dict (a custom entry point). SLQ settings
     and ``hvp_mode`` default to the spectrum step's; ``key``: the iteration the saved density is stored under.
-    A ValueError of one line for a bad model, data or loss."""
+    ``params``: parameter names or fnmatch patterns (``["fc2.*"]``): every figure is then of the block
+    ``H[S, S]`` of those parameters (``dim`` their size), as the spectrum step's ``--blocks``.
+    A ValueError of one line for a bad model, data, loss or pattern."""
     return Hessian(problem(model, data, loss, batch_size=batch_size, device=device, dtype=dtype, hvp_mode=hvp_mode,
                            hvp_memory_mb=hvp_memory_mb),
-                   k=k, m=m, seed=seed, vector=vector, sigma=sigma, group_size=group_size, key=key)
+                   k=k, m=m, seed=seed, vector=vector, sigma=sigma, group_size=group_size, key=key, params=params)

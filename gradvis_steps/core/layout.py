@@ -101,3 +101,49 @@ class ParameterLayout:
     @classmethod
     def from_json(cls, text: str) -> ParameterLayout:
         return cls([ParamSpec(**{**d, "shape": tuple(d["shape"])}) for d in json.loads(text)])
+
+
+#: the items of ``spectra.blocks`` that are not parameter-name patterns
+WHOLE, PER_LAYER = "whole", "per_layer"
+
+
+def layer_of(name: str) -> str:
+    """The layer a parameter belongs to: its name without the last ``.``- or ``/``-separated part (torch
+    ``features.0.weight`` -> ``features.0``, Keras ``dense/kernel`` -> ``dense``; a bare name is its own layer)."""
+    cut = max(name.rfind("."), name.rfind("/"))
+    return name[:cut] if cut > 0 else name
+
+
+def parameter_blocks(layout: ParameterLayout, items: list[str] | tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Blocks of parameters for per-block Hessian spectra, name -> parameter names in layout order: ``per_layer``
+    gives one block per layer (:func:`layer_of`: the parameters sharing a module prefix), any other item but
+    ``whole`` (the whole model, which callers handle themselves) is an fnmatch pattern over the parameter names,
+    one block named by the pattern. A pattern that matches nothing is a ValueError naming it and the names."""
+    from fnmatch import fnmatchcase
+
+    names = [spec.name for spec in layout]
+    blocks: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        if item == WHOLE:
+            continue
+        if item == PER_LAYER:
+            for layer in dict.fromkeys(layer_of(name) for name in names):
+                blocks.setdefault(layer, tuple(name for name in names if layer_of(name) == layer))
+            continue
+        matched = tuple(name for name in names if fnmatchcase(name, item))
+        if not matched:
+            raise ValueError(f"block {item!r} matches no parameter: give {WHOLE!r}, {PER_LAYER!r} or an fnmatch "
+                             f"pattern over the parameter names {', '.join(names)}")
+        blocks.setdefault(item, matched)
+    return blocks
+
+
+def parameter_indices(layout: ParameterLayout, params: list[str] | tuple[str, ...]) -> list[int]:
+    """Positions in the flat vector of the named parameters' entries, in layout order (the coordinates ``S`` of a
+    principal submatrix ``H[S, S]``); a ValueError for a name the layout does not have."""
+    wanted = set(params)
+    unknown = sorted(wanted - set(layout._by_name))
+    if unknown or not wanted:
+        raise ValueError(f"parameters {unknown or '[]'} are not in the model: its parameters are "
+                         f"{', '.join(spec.name for spec in layout)}")
+    return [i for spec in layout if spec.name in wanted for i in range(spec.offset, spec.offset + spec.numel)]

@@ -12,7 +12,7 @@ Evaluating many points of a line or plane in one call is an optional capability
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -97,9 +97,11 @@ class Objective(Protocol):
     def hvp(self, theta: Array, v: Array) -> Array:
         """Exact Hessian-vector product ``H(theta) @ v`` of the mean loss."""
 
-    def hvp_operator(self, theta: Array) -> HessianOperator:
+    def hvp_operator(self, theta: Array, params: Sequence[str] | None = None) -> HessianOperator:
         """``v -> H(theta) @ v`` for many products at one point (Lanczos, SLQ), the same values as :meth:`hvp`;
-        it may keep work that does not depend on ``v`` between products."""
+        it may keep work that does not depend on ``v`` between products. ``params`` (names of :attr:`layout`): the
+        principal submatrix ``H[S, S]`` of those parameters' entries ``S`` instead (layout order; the operator's
+        ``dim`` is their size), differentiating only them (:func:`~.layout.parameter_indices`)."""
 
     def calibrate_hvp(self, theta: Array, block: int = 1) -> dict:
         """Resolve ``hvp_mode="auto"`` at ``theta`` for blocks of ``block`` vectors and return the choice as a

@@ -84,6 +84,25 @@ def plot_density(grid: np.ndarray, density: np.ndarray, ax: Axes | None = None, 
     return ax.figure
 
 
+def draw_blocks(fig: Figure, entry: CheckpointSpectrum, grid: np.ndarray, sigma: float, *,
+                log_scale: bool = True) -> Figure:
+    """Add one curve per Hessian block of ``entry`` (its spectra of ``H[S, S]``, each a density of its own
+    dimension) to the density figure ``fig``, smoothed with the whole model's ``sigma`` on its ``grid`` (a block's
+    eigenvalues lie inside the whole spectrum: Cauchy interlacing), labelled with the block's top Ritz value and
+    trace; a figure without blocks is returned unchanged."""
+    if not entry.blocks:
+        return fig
+    ax = fig.axes[0]
+    ax.lines[0].set_label(f"whole: λmax={entry.summary['lambda_max']:.3g}, tr≈{entry.summary['trace_estimate']:.3g}")
+    for name, block in entry.blocks.items():
+        density = gaussian_density(block.nodes, block.weights, grid, sigma)
+        top = block.summary.get("ritz_top", block.summary["lambda_max"])
+        label = f"{name}: λmax={top:.3g}, tr≈{block.summary['trace_estimate']:.3g}"
+        ax.plot(grid, np.maximum(density, LOG_FLOOR) if log_scale else density, lw=0.9, alpha=0.8, label=label)
+    ax.legend(fontsize="xx-small", loc="upper right")
+    return fig
+
+
 #: why a point of each kind has no spectrum (a checkpoint of training, a point of an interpolation line)
 SKIP_CAUSES = {"iteration": "training diverged there", "point": "the loss overflows there"}
 

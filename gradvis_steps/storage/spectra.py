@@ -10,11 +10,15 @@ Layout (format ``gradvis-spectra``), one group per checkpoint, plus time series 
     /checkpoints/<iteration>/grid, density    the Gaussian-smoothed density (eq. 4-8) and its grid
     /checkpoints/<iteration> attrs: iteration, summary (JSON), seconds, sigma (the density's Gaussian width;
                                        absent in older files, read as NaN)
+    /checkpoints/<iteration>/blocks/<j>/...    the same datasets and attrs for block j (0, 1, ...: the spectrum of
+                                       the Hessian block H[S, S] of some parameters), plus attr name; absent without
+                                       blocks (older files, the default ``spectra.blocks: [whole]``)
     attrs: format, version, dim, k, m, seed, vector_kind, sigma_rule (how the widths were chosen), config,
            provenance, runs (JSON: the run, or the pair A, B of an interpolation line, see ``storage.runs``;
            absent in older files),
            skipped (JSON list of {iteration, reason}: checkpoints or points left out because they
-           were not finite, the run having diverged there; absent in older files)
+           were not finite, the run having diverged there; absent in older files),
+           blocks (JSON {block name: [parameter names]}; only where blocks were analysed)
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ VERSION = 1
 #: the settings of the spectrum step (its ``config`` attribute) that say what a spectrum is: chunks merged into one
 #: file must agree on them (the others, such as device, MPI layout or --chunk, change how it is computed)
 RESULT_SETTINGS = ("every", "iterations", "k", "m", "vector", "seed", "sigma", "eval_fraction", "eval_seed",
-                   "batch_size", "dtype")
+                   "batch_size", "dtype", "blocks")
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +55,8 @@ class CheckpointSpectrum:
     summary: dict[str, float]
     seconds: float = float("nan")
     sigma: float = float("nan")  # Gaussian width of ``density`` (NaN: not recorded, a file from before)
+    #: the spectra of Hessian blocks H[S, S] at this point, by block name (empty: the whole model only)
+    blocks: dict[str, CheckpointSpectrum] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -74,9 +80,11 @@ class Spectra:
         """Points left out as non-finite (the run diverged there): key -> reason."""
         return {int(item["iteration"]): str(item["reason"]) for item in self.attrs.get("skipped") or []}
 
-    def series(self, name: str) -> np.ndarray:
-        """One derived figure (e.g. ``lambda_max``) over the checkpoints, in iteration order."""
-        return np.array([self.entries[i].summary.get(name, np.nan) for i in self.iterations])
+    def series(self, name: str, block: str | None = None) -> np.ndarray:
+        """One derived figure (e.g. ``lambda_max``) over the checkpoints, in iteration order (of ``block``'s
+        spectra where given; NaN where a checkpoint lacks it)."""
+        entries = [self.entries[i] if block is None else self.entries[i].blocks.get(block) for i in self.iterations]
+        return np.array([np.nan if e is None else e.summary.get(name, np.nan) for e in entries])
 
 
 def _write_entry(group: h5py.Group, entry: CheckpointSpectrum) -> None:
@@ -86,10 +94,15 @@ def _write_entry(group: h5py.Group, entry: CheckpointSpectrum) -> None:
     group.attrs["summary"] = json.dumps(entry.summary)
     group.attrs["seconds"] = float(entry.seconds)
     group.attrs["sigma"] = float(entry.sigma)
+    for j, (name, block) in enumerate(entry.blocks.items()):
+        _write_entry(group.create_group(f"blocks/{j}"), block)
+        group[f"blocks/{j}"].attrs["name"] = name
 
 
 def _read_entry(group: h5py.Group) -> CheckpointSpectrum:
+    blocks = group.get("blocks", {})
     return CheckpointSpectrum(
+        blocks={str(blocks[j].attrs["name"]): _read_entry(blocks[j]) for j in sorted(blocks, key=int)},
         iteration=int(group.attrs["iteration"]),
         summary=json.loads(group.attrs["summary"]),
         seconds=float(group.attrs.get("seconds", np.nan)),

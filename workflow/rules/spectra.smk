@@ -16,7 +16,8 @@ rule spectrum_chunk:
     params:
         launch=mpi_launcher,
         args=from_job("spectra", lambda cfg: (
-            f"--every {cfg['spectra']['every']} {slq_args(cfg)} {parallel_args(cfg)} {eval_args(cfg)} {hvp_args(cfg)}")),
+            f"--every {cfg['spectra']['every']} {slq_args(cfg)} {parallel_args(cfg)} {eval_args(cfg)} {hvp_args(cfg)} "
+            f"--blocks {shlex.join(cfg['spectra']['blocks'])}")),
     threads: threads_of("spectra")
     resources:
         **resources_of("spectra", mpi=lambda cfg: cfg["spectra"]),

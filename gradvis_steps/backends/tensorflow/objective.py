@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ...core.layout import parameter_indices
 from ...core.objective import Evaluation
 from ...losses import check_targets
 from .flat import buffer_layout, flatten_parameters, layout_of, unflatten_buffers
@@ -271,9 +272,57 @@ class TFObjective:
         """Exact ``H(theta) @ v`` of the mean loss."""
         return self.hvp_tensor(self.check(theta), self.check(v), self.resolved_mode()).numpy()
 
-    def hvp_operator(self, theta: np.ndarray | tf.Tensor) -> TFHessianOperator:
-        """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ): numpy in, numpy out."""
-        return TFHessianOperator(self, theta)
+    def hvp_operator(self, theta: np.ndarray | tf.Tensor,
+                     params: list[str] | tuple[str, ...] | None = None) -> TFHessianOperator:
+        """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ): numpy in, numpy out. ``params`` (names
+        of the layout): the principal submatrix ``H[S, S]`` of those parameters' entries ``S`` (layout order, ``dim``
+        = their size) instead, differentiating only them."""
+        return TFHessianOperator(self, theta, params)
+
+    def block_hvp(self, t: tf.Tensor, index: list[int], mode: str) -> Callable[[tf.Tensor], tf.Tensor]:
+        """``v -> H[S, S] @ v`` at ``t`` for the flat positions ``index`` = ``S`` (``v`` of their length): the loss as
+        a function of ``s`` with ``t[S] = s`` and every other entry held, differentiated in ``s`` only; the
+        per-batch product is traced once for all the vectors."""
+        # t with t[S] = s, concatenated from contiguous pieces of t and of s (slices and concat have dense
+        # derivatives of every order; gather/scatter ones are sparse, which forward-over-reverse cannot take)
+        chosen = np.zeros(self.dim, dtype=bool)
+        chosen[index] = True
+        cuts = np.flatnonzero(np.diff(chosen.astype(np.int8))) + 1
+        runs = [(int(a), int(b), bool(chosen[a])) for a, b in zip([0, *cuts], [*cuts, self.dim], strict=True)]
+
+        def embed(s: tf.Tensor) -> tf.Tensor:
+            pieces, used = [], 0
+            for a, b, in_block in runs:
+                pieces.append(s[used:used + b - a] if in_block else t[a:b])
+                used += (b - a) if in_block else 0
+            return tf.concat(pieces, 0)
+
+        def gradient(s: tf.Tensor, xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                tape.watch(s)
+                loss = self.loss_sum(embed(s), xb, yb)
+            return tape.gradient(loss, s)
+
+        with tf.device(self.device):
+            s = tf.gather(t, index)  # the point's entries S: the primal every product differentiates at
+
+        def batch_product(v: tf.Tensor, xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
+            if mode == "forward_over_reverse":
+                with tf.autodiff.ForwardAccumulator(primals=s, tangents=v) as accumulator:
+                    g = gradient(s, xb, yb)
+                return accumulator.jvp(g)
+            with tf.GradientTape() as outer:
+                outer.watch(s)
+                directional = tf.reduce_sum(gradient(s, xb, yb) * tf.stop_gradient(v))
+            return outer.gradient(directional, s)
+
+        traced = tf.function(batch_product)
+
+        def product(v: tf.Tensor) -> tf.Tensor:
+            with tf.device(self.device):
+                return self.reduction.mean(lambda xb, yb: traced(v, xb, yb))
+
+        return product
 
     def resolved_mode(self) -> str:
         """The mode products take now: ``hvp_mode``, forward-over-reverse while "auto" is unresolved."""
@@ -297,19 +346,30 @@ class TFHessianOperator:
 
     block_size = 1
 
-    def __init__(self, objective: TFObjective, theta: np.ndarray | tf.Tensor):
+    def __init__(self, objective: TFObjective, theta: np.ndarray | tf.Tensor,
+                 params: list[str] | tuple[str, ...] | None = None):
         self._objective = objective
         self._theta = tf.identity(objective.check(theta))  # a copy: later changes to the caller's array do not leak
         self.mode = objective.resolved_mode()
+        index = None if params is None else parameter_indices(objective.layout, params)
+        self.dim = objective.dim if index is None else len(index)
+        self._block = None if index is None else objective.block_hvp(self._theta, index, self.mode)
 
     def __call__(self, v: np.ndarray | tf.Tensor) -> np.ndarray:
-        """``H(theta) @ v``: the same values as :meth:`TFObjective.hvp` at the operator's point."""
+        """``H(theta) @ v``: the same values as :meth:`TFObjective.hvp` at the operator's point (``H[S, S] @ v`` of
+        the operator's parameters)."""
         objective = self._objective
-        return objective.hvp_tensor(self._theta, objective.check(v), self.mode).numpy()
+        if self._block is None:
+            return objective.hvp_tensor(self._theta, objective.check(v), self.mode).numpy()
+        if tuple(v.shape) != (self.dim,):
+            raise ValueError(f"vector has shape {tuple(v.shape)}, expected ({self.dim},)")
+        with tf.device(objective.device):
+            v = tf.cast(tf.convert_to_tensor(v), objective.tf_dtype)
+        return self._block(v).numpy()
 
     def matmat(self, V: np.ndarray | tf.Tensor) -> np.ndarray:
         """``H(theta)`` applied to every row of ``V`` (g, dim): (g, dim)."""
-        dim = self._objective.dim
+        dim = self.dim
         if len(V.shape) != 2 or V.shape[1] != dim:
             raise ValueError(f"matmat takes a (g, {dim}) block of row vectors, got {tuple(V.shape)}")
         return np.stack([self(V[i]) for i in range(V.shape[0])])

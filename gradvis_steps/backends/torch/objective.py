@@ -18,13 +18,14 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad
 
+from ...core.layout import parameter_indices
 from ...core.memory import budget_bytes, check_memory_budget, host_available_bytes, keep_freed_memory
 from ...core.objective import HVP_MEMORY_MB, Evaluation
 from ...core.parallel import MPIComm, SerialComm, shard_bounds
@@ -333,13 +334,26 @@ class TorchObjective:
         mode = self._resolved_mode()
         return self.reduction.mean(theta, lambda _, xb, yb: self.batch_hvp(theta, v, xb, yb, mode))
 
-    def hvp_operator(self, theta: torch.Tensor) -> TorchHessianOperator:
+    def hvp_operator(self, theta: torch.Tensor, params: Sequence[str] | None = None) -> TorchHessianOperator:
         """``v -> H(theta) v`` for many products at one point (Lanczos, SLQ), with ``matmat(V)`` for a block of
         vectors: each batch's gradient is computed once and kept with its graph while the graphs fit
         :meth:`hvp_budget_bytes`, so a product is one backward pass per batch instead of a forward and two backward
         passes; bitwise the same results as :meth:`hvp`. With ``hvp_mode="auto"`` not yet calibrated, double
-        backprop."""
-        return self._operator(theta, self._resolved_mode())
+        backprop.
+
+        ``params`` (names of the layout): the principal submatrix ``H[S, S]`` of those parameters' entries ``S``
+        (in layout order, ``dim`` = their size) instead: only they are differentiated, the others held at
+        ``theta``."""
+        if params is None:
+            return self._operator(theta, self._resolved_mode())
+        theta = self.check(theta).detach()
+        index = torch.as_tensor(parameter_indices(self.layout, params), device=self.device)
+
+        def block_loss_sum(s: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            return self.hessian_loss_sum(theta.index_put((index,), s), xb, yb)  # differentiable in s only
+
+        return TorchHessianOperator(block_loss_sum, self.reduction, theta[index], self.hvp_budget_bytes(),
+                                    self._resolved_mode(), self._block_bytes(), buffers=self.buffers)
 
     def _operator(self, theta: torch.Tensor, mode: str) -> TorchHessianOperator:
         """The Hessian operator at ``theta`` in ``mode``, given what it needs of this objective."""
