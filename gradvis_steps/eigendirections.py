@@ -114,7 +114,7 @@ def run(settings: EigendirectionsSettings) -> Directions | None:
             raise unusable(traj, row, "point of the Hessian", reason, advice)
         hvp = settle_hvp_mode(comm, objective, theta, 1, everyone=True)
         v0 = starting_vector(traj.dim, args.seed, 0, like=theta)
-        pairs = ritz_pairs(objective.hvp_operator(theta), v0, min(args.steps, traj.dim), args.count,
+        pairs = ritz_pairs(objective.hvp_operator(theta), v0, args.steps, args.count,  # m capped by lanczos itself
                            which=args.which, target=args.target)
         iteration = int(traj.iterations[row])
         config = step_settings.config_of(args, "out", "no_progress")

@@ -230,7 +230,7 @@ def with_blocks(entry: CheckpointSpectrum | None, comm: SerialComm | MPIComm, ob
     starting vector 0 with its true residual ``||H_SS u - lambda u||`` added to the block's summary."""
     from dataclasses import replace
 
-    from .core.lanczos import lanczos_steps, ritz_pairs
+    from .core.lanczos import ritz_pairs
     from .core.slq import starting_vector
 
     spectra = {}
@@ -238,8 +238,7 @@ def with_blocks(entry: CheckpointSpectrum | None, comm: SerialComm | MPIComm, ob
         block = point_spectrum(comm, objective, theta, entry.iteration if entry else 0, m=m, seed=seed, kind=kind,
                                params=params, **slq)
         operator = objective.hvp_operator(theta, params=params)
-        steps = lanczos_steps(m, operator.dim)
-        top = ritz_pairs(operator, starting_vector(operator.dim, seed, 0, kind, like=theta), steps, 1)
+        top = ritz_pairs(operator, starting_vector(operator.dim, seed, 0, kind, like=theta), m, 1)  # m capped there
         if block is not None:
             spectra[name] = replace(block, summary={**block.summary, "ritz_top": float(top.values[0]),
                                                     "ritz_top_residual": float(top.residuals[0])})

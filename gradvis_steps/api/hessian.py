@@ -160,7 +160,7 @@ class Hessian:
         objective, theta = self.problem.objective, self.problem.theta
         self._settle(1)
         v0 = starting_vector(self.dim, int(seed), 0, like=theta)
-        pairs = ritz_pairs(self.operator(), v0, min(int(steps), self.dim), int(top), which=which,
+        pairs = ritz_pairs(self.operator(), v0, int(steps), int(top), which=which,  # m capped by lanczos itself
                            target=target)
         return Eigenpairs(np.asarray(pairs.values), np.asarray(objective.to_numpy(pairs.vectors)),
                           np.asarray(pairs.residuals))
